@@ -83,9 +83,10 @@ def tree_shardings(tree: Any, mesh: Mesh, shard: bool) -> Any:
     return jax.tree.map(lambda x: param_sharding(tuple(x.shape), mesh, shard), tree)
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's slice of the batch into one global array sharded over ``"data"``."""
-    sharding = batch_sharding(mesh)
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False) -> dict[str, jax.Array]:
+    """Assembles each process's slice of the batch into one global array sharded over ``"data"``
+    (along axis 1 when ``stacked``: a (K, batch, ...) stack of K steps' batches)."""
+    sharding = NamedSharding(mesh, P(None, DATA_AXIS)) if stacked else batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 

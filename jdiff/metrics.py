@@ -1,0 +1,72 @@
+"""Training metrics: stdout progress lines with ETA, and TensorBoard event files in the workdir."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+
+class MetricsWriter:
+    """Scalars and images to ``<workdir>/tensorboard`` (tensorboardX: no TensorFlow needed).
+
+    Only process 0 writes (``enabled``), so multi-host runs log once.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self._writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self._writer is not None:
+            for name, value in values.items():
+                self._writer.add_scalar(name, float(value), step)
+
+    def image(self, step: int, name: str, picture: np.ndarray) -> None:
+        """An (H, W, C) uint8 picture."""
+        if self._writer is not None:
+            self._writer.add_image(name, np.asarray(picture), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class ProgressReporter:
+    """Steps/s, images/s and ETA between consecutive reports, and a one-line summary."""
+
+    def __init__(self, num_steps: int, batch_size: int):
+        self.num_steps = num_steps
+        self.batch_size = batch_size
+        self._last: tuple[int, float] | None = None
+        self._rates: dict[str, float] = {}
+
+    def rates(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        if self._last is not None and step > self._last[0]:
+            steps_per_sec = (step - self._last[0]) / (now - self._last[1])
+            self._rates = dict(steps_per_sec=steps_per_sec, images_per_sec=steps_per_sec * self.batch_size)
+        self._last = (step, now)
+        return dict(self._rates)
+
+    def line(self, step: int, scalars: dict[str, float]) -> str:
+        parts = [f"step {step}/{self.num_steps}"]
+        parts += [f"{k} {v:.4g}" for k, v in scalars.items() if k not in ("steps_per_sec",)]
+        if "steps_per_sec" in self._rates:
+            eta = (self.num_steps - step) / self._rates["steps_per_sec"]
+            parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}" if eta < 86400
+                         else f"ETA {eta / 86400:.1f} d")
+        return " | ".join(parts)
+
+
+def log_to_file(workdir: str) -> None:
+    """Also write the absl/python log to ``<workdir>/log.txt``."""
+    os.makedirs(workdir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)

@@ -1,0 +1,317 @@
+"""The training program: model, optimiser, the compiled sharded train step, and the loop around it.
+
+The step is one ``jax.jit`` over a ``("data",)`` mesh: the batch is sharded, the state replicated (or
+sharded with ``training.shard_params``), gradients are reduced by XLA, and the EMA, the optimiser and
+the timestep sampler's history are all updated inside the same compiled call. Keys come from
+``fold_in(seed, step)``, so a resumed run is bit-for-bit the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jdiff import checkpoint as ckpt_lib
+from jdiff import config as config_lib
+from jdiff import data as data_lib
+from jdiff import losses, models, schedules, sharding, timestep_sampling
+from jdiff.metrics import MetricsWriter, ProgressReporter
+from jdiff.train_state import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss or the gradient becomes NaN or Inf; the last good checkpoint is kept."""
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """'auto' is bfloat16 on GPU and TPU (float32 parameters, bf16 matmuls) and float32 on the CPU."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return jnp.dtype(name)
+
+
+def build_model(config: ml_collections.ConfigDict) -> models.UNet:
+    """The ADM UNet described by ``config.model`` for images of ``config.data``."""
+    m, d = config.model, config.data
+    return models.UNet(
+        image_size=d.image_size,
+        in_channels=d.channels,
+        model_channels=m.model_channels,
+        out_channels=d.channels,
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=tuple(m.attention_resolutions),
+        dropout=m.dropout,
+        channel_mult=tuple(m.channel_mult),
+        num_classes=d.num_classes if d.class_conditional else None,
+        num_heads=m.num_heads,
+        num_head_channels=m.num_head_channels,
+        use_scale_shift_norm=m.use_scale_shift_norm,
+        resblock_updown=m.resblock_updown,
+        use_new_attention_order=m.use_new_attention_order,
+        learn_sigma=config.diffusion.variance == "learned_range",
+        dtype=compute_dtype(m.compute_dtype),
+        attention_implementation=m.attention_implementation or None,
+    )
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """The parameter-initialisation key and the base key of the per-step keys ``fold_in(base, step)``."""
+    init_key, step_key = jax.random.split(jax.random.key(seed))
+    return init_key, step_key
+
+
+def build_schedule(config: ml_collections.ConfigDict, respacing: str | None = None) -> schedules.Schedule:
+    d = config.diffusion
+    return schedules.make_schedule(d.schedule, d.num_timesteps, respacing)
+
+
+def learning_rate_fn(training: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up from 0 to ``learning_rate`` over ``warmup_steps``, then constant (ADM)."""
+    if training.warmup_steps > 0:
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, training.learning_rate, training.warmup_steps),
+             optax.constant_schedule(training.learning_rate)], [training.warmup_steps])
+    return optax.constant_schedule(training.learning_rate)
+
+
+def make_optimizer(training: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW (β = 0.9, 0.999 as ADM) after an optional global-norm gradient clip."""
+    chain = [optax.clip_by_global_norm(training.grad_clip)] if training.grad_clip > 0 else []
+    chain.append(optax.adamw(learning_rate_fn(training), weight_decay=training.weight_decay))
+    return optax.chain(*chain)
+
+
+def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[jax.Array, jax.Array, Any]:
+    d = config.data
+    x = jnp.zeros((batch, d.image_size, d.image_size, d.channels), jnp.float32)
+    t = jnp.zeros((batch,), jnp.int32)
+    y = jnp.zeros((batch,), jnp.int32) if d.class_conditional else None
+    return x, t, y
+
+
+def init_train_state(key: jax.Array, config: ml_collections.ConfigDict, model: models.UNet,
+                     tx: optax.GradientTransformation) -> TrainState:
+    """Fresh parameters (EMA = parameters), optimiser state and timestep-sampler history."""
+    params = model.init({"params": key}, *dummy_inputs(config), train=False)["params"]
+    sampler_state = (timestep_sampling.init_loss_second_moment(config.diffusion.num_timesteps)
+                     if config.diffusion.timestep_sampler == "loss_second_moment" else None)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
+                      sampler_state=sampler_state)
+
+
+def loss_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keyword arguments of :func:`jdiff.losses.diffusion_loss` that the config fixes."""
+    d = config.diffusion
+    return dict(target=d.target, variance=d.variance, weighting=d.weighting,
+                rescale_learned_sigmas=d.rescale_learned_sigmas,
+                weighting_kwargs=dict(p2_k=d.p2_k, p2_gamma=d.p2_gamma, min_snr_gamma=d.min_snr_gamma,
+                                      max_weight=d.max_weight or None))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.UNet,
+               tx: optax.GradientTransformation, schedule: schedules.Schedule, base_key: jax.Array,
+               ema_rate: float, loss_kwargs: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step: sample t and ε, the weighted diffusion loss, AdamW, EMA, sampler history.
+
+    EMA as ADM: θ_ema ← r·θ_ema + (1 − r)·θ after the optimiser update.
+    """
+    key = jax.random.fold_in(base_key, state.step)
+    key_t, key_noise, key_dropout = jax.random.split(key, 3)
+    x0 = batch["images"]
+    labels = batch.get("labels")
+    num_timesteps = schedule.num_steps
+    t, importance = timestep_sampling.sample_timesteps(state.sampler_state, key_t, x0.shape[0], num_timesteps)
+    noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
+
+    def loss_fn(params):
+        def model_fn(x, timesteps):
+            return model.apply({"params": params}, x, timesteps, labels, train=True,
+                               rngs={"dropout": key_dropout})
+
+        per_example, terms = losses.diffusion_loss(model_fn, schedule, x0, t, noise, **loss_kwargs)
+        return jnp.mean(per_example * importance), (per_example, terms)
+
+    (loss, (per_example, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, params)
+    sampler_state = (None if state.sampler_state is None else
+                     timestep_sampling.update_loss_second_moment(state.sampler_state, t, per_example))
+
+    quarter = (t * 4) // num_timesteps
+    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads))
+    for q in range(4):
+        in_quarter = quarter == q
+        metrics[f"loss_q{q}_sum"] = jnp.sum(jnp.where(in_quarter, per_example, 0.0))
+        metrics[f"loss_q{q}_count"] = jnp.sum(in_quarter)
+    for name, value in terms.items():
+        metrics[name] = jnp.mean(value)
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
+                              sampler_state=sampler_state)
+    return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: models.UNet, tx: optax.GradientTransformation,
+                    schedule: schedules.Schedule, mesh: jax.sharding.Mesh,
+                    state_shardings: Any) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The jitted step over the mesh. With ``training.steps_per_call = K`` > 1 it scans K optimiser
+    steps over a stack of K batches in one call (fewer dispatches; metrics of the last step)."""
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                             base_key=run_keys(config.seed)[1], ema_rate=config.training.ema_rate,
+                             loss_kwargs=loss_settings(config))
+    if config.training.steps_per_call > 1:
+        def multi_step(state, batches):
+            state, metrics = jax.lax.scan(step, state, batches)
+            return state, jax.tree.map(lambda m: m[-1], metrics)
+        fn = multi_step
+    else:
+        fn = step
+    return jax.jit(fn, donate_argnums=0, out_shardings=(state_shardings, sharding.replicated(mesh)))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, model: models.UNet,
+                         tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+    """The train state's shapes and dtypes (no computation), and the shardings it lives in."""
+    shapes = jax.eval_shape(functools.partial(init_train_state, config=config, model=model, tx=tx),
+                            jax.random.key(0))
+    shardings = sharding.tree_shardings(shapes, mesh, config.training.shard_params)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return abstract, shardings
+
+
+def _check_compatible(saved_config: dict, config: ml_collections.ConfigDict) -> None:
+    """A checkpoint can only be resumed by a run with the same model, data shape and diffusion."""
+    for section in ("model", "diffusion"):
+        saved = {k: v for k, v in saved_config.get(section, {}).items() if k not in ("compute_dtype",
+                                                                                   "attention_implementation")}
+        now = {k: v for k, v in json.loads(config[section].to_json()).items() if k in saved}
+        changed = {k: (saved[k], now[k]) for k in saved if saved[k] != now.get(k)}
+        if changed:
+            raise ValueError(f"the checkpoint in the workdir was trained with different config.{section} "
+                             f"values {changed} (saved, now); use a new --workdir or the saved values")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Trains (or resumes) the run in ``workdir`` until ``training.num_steps``.
+
+    Returns ``"finished"``, or ``"preempted"`` after SIGTERM, once a checkpoint of the current step is
+    committed. Raises :class:`NonFiniteLossError` on a NaN/Inf loss without writing a checkpoint.
+    """
+    config_lib.validate(config)
+    t_cfg = config.training
+    mesh = sharding.make_mesh()
+    sharding.check_batch_divides(t_cfg.batch_size, mesh)
+    # The data set is loaded before anything is written, so a missing download fails at start-up.
+    dataset = data_lib.load_dataset(config.data.name, split=config.data.split, image_size=config.data.image_size,
+                                    channels=config.data.channels, data_dir=config.data.data_dir or None)
+    model = build_model(config)
+    schedule = build_schedule(config)
+    tx = make_optimizer(t_cfg)
+    abstract_state, state_shardings = abstract_train_state(config, model, tx, mesh)
+
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t_cfg.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        items, meta = checkpointer.restore(targets=abstract_state.checkpoint_items())
+        _check_compatible(meta.get("config", {}), config)
+        state = abstract_state.replace(step=jnp.asarray(meta["step"], jnp.int32),
+                                       **{k: items[k] for k in abstract_state.checkpoint_items()})
+        state = jax.device_put(state, state_shardings)
+        logging.info("resumed from step %d", meta["step"])
+    else:
+        init = jax.jit(functools.partial(init_train_state, config=config, model=model, tx=tx),
+                       out_shardings=state_shardings)
+        state = init(run_keys(config.seed)[0])
+    start_step = int(state.step)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    step_fn = make_train_step(config, model, tx, schedule, mesh, state_shardings)
+    lr_fn = learning_rate_fn(t_cfg)
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    reporter = ProgressReporter(t_cfg.num_steps, t_cfg.batch_size)
+    meta = dict(config=json.loads(config.to_json_best_effort()))
+    k = t_cfg.steps_per_call
+    batches = data_lib.prefetch_batches(dataset, start_step, k=k, seed=config.seed,
+                                        global_batch_size=t_cfg.batch_size,
+                                        process_index=jax.process_index(), process_count=jax.process_count(),
+                                        random_flip=config.data.random_flip,
+                                        with_labels=config.data.class_conditional)
+    status = "finished"
+    pending: tuple[int, dict] | None = None
+
+    def flush(pending_metrics: tuple[int, dict] | None) -> None:
+        if pending_metrics is None:
+            return
+        at_step, metrics = pending_metrics
+        host = jax.device_get(metrics)
+        if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
+            raise NonFiniteLossError(
+                f"non-finite loss {host['loss']} / grad norm {host['grad_norm']} at step {at_step}; "
+                f"training stopped, the last good checkpoint ({checkpointer.latest_step()}) is kept. "
+                "Lower training.learning_rate, enable training.grad_clip, or set diffusion.max_weight.")
+        if at_step % t_cfg.log_every == 0 or at_step == t_cfg.num_steps:
+            scalars = {"loss": host["loss"], "grad_norm": host["grad_norm"], "lr": float(lr_fn(at_step))}
+            for q in range(4):
+                count = host[f"loss_q{q}_count"]
+                if count:
+                    scalars[f"loss_q{q}"] = host[f"loss_q{q}_sum"] / count
+            scalars.update({n: v for n, v in host.items() if n in ("mse", "vb")})
+            scalars.update(reporter.rates(at_step))
+            writer.scalars(at_step, scalars)
+            logging.info("%s", reporter.line(at_step, scalars))
+
+    try:
+        with ckpt_lib.PreemptionGuard(checkpointer) as guard:
+            step = start_step
+            while step < t_cfg.num_steps:
+                batch = sharding.global_batch(next(batches), mesh, stacked=k > 1)
+                state, metrics = step_fn(state, batch)
+                step += k
+                flush(pending)          # the previous step's metrics: no stall of the device queue
+                pending = (step, metrics)
+                if guard.should_stop(step):
+                    flush(pending)
+                    pending = None
+                    checkpointer.save(step, state.checkpoint_items(), dict(meta, step=step), force=True)
+                    checkpointer.wait()
+                    logging.warning("preempted: checkpoint of step %d saved, exiting", step)
+                    status = "preempted"
+                    break
+                if step % t_cfg.checkpoint_every == 0 or step >= t_cfg.num_steps:
+                    flush(pending)
+                    pending = None
+                    checkpointer.save(step, state.checkpoint_items(), dict(meta, step=step), force=True)
+                if t_cfg.sample_every and (step % t_cfg.sample_every == 0 or step >= t_cfg.num_steps):
+                    write_sample_grid(config, model, state.ema_params, step, workdir, writer, mesh)
+            flush(pending)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+    return status
+
+
+def write_sample_grid(config: ml_collections.ConfigDict, model: models.UNet, params: Any, step: int,
+                      workdir: str, writer: MetricsWriter, mesh: jax.sharding.Mesh) -> None:
+    """A PNG grid of ``training.num_grid_samples`` EMA samples with the config's sampler."""
+    from jdiff import sampling
+    from jdiff.images import make_grid, save_png
+
+    images = sampling.generate(config, model, params, np.arange(config.training.num_grid_samples), mesh)
+    grid = make_grid(images)
+    if jax.process_index() == 0:
+        save_png(os.path.join(workdir, "samples", f"grid_{step:08d}.png"), grid, scale=max(1, 128 // images.shape[1]))
+        writer.image(step, "ema_samples", grid)
