@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from jdiff.targets import check_target
 
 WEIGHTINGS = ("constant", "debias", "p2", "min_snr", "snr")
+WEIGHTING_PARAMETERS = ("p2_k", "p2_gamma", "min_snr_gamma", "max_weight")
 
 
 def eps_weight(name: str, snr: jax.Array, *, p2_k: float = 1.0, p2_gamma: float = 1.0,
