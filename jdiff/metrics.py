@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -10,22 +11,27 @@ import numpy as np
 
 
 class MetricsWriter:
-    """Scalars and images to ``<workdir>/tensorboard`` (tensorboardX: no TensorFlow needed).
+    """Scalars and images to ``<workdir>/tensorboard`` (tensorboardX: no TensorFlow needed), and the
+    scalars also as JSON lines in ``<workdir>/metrics.jsonl`` for scripts and notebooks.
 
     Only process 0 writes (``enabled``), so multi-host runs log once.
     """
 
     def __init__(self, workdir: str, enabled: bool = True):
         self._writer = None
+        self._jsonl = None
         if enabled:
             from tensorboardX import SummaryWriter
 
             self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer is not None:
             for name, value in values.items():
                 self._writer.add_scalar(name, float(value), step)
+            self._jsonl.write(json.dumps(dict(step=step, **{k: float(v) for k, v in values.items()})) + "\n")
+            self._jsonl.flush()
 
     def image(self, step: int, name: str, picture: np.ndarray) -> None:
         """An (H, W, C) uint8 picture."""
@@ -35,6 +41,13 @@ class MetricsWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._jsonl.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+    """The scalars a run wrote to ``<workdir>/metrics.jsonl``, one dict per logged step."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 class ProgressReporter:
