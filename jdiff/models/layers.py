@@ -1,0 +1,219 @@
+"""Building blocks of the ADM UNet (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs"), NHWC.
+
+Submodules are named after guided-diffusion's state-dict keys with ``.`` written ``_`` (a ResBlock's
+``in_layers.0`` GroupNorm is ``in_layers_0``), so :mod:`jdiff.convert` maps names mechanically.
+
+Precision: convolutions and attention matmuls run in ``dtype`` (e.g. bfloat16) with ``param_dtype``
+parameters; GroupNorm statistics and outputs, the timestep-embedding projections and the attention
+softmax run in float32, because bfloat16 statistics and embeddings visibly shift diffusion outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+NORM_GROUPS = 32
+NORM_EPS = 1e-5  # torch.nn.GroupNorm's default, which guided-diffusion's GroupNorm32 keeps
+
+
+def torch_default_init(fan_in: int) -> Initializer:
+    """U(−1/√fan_in, 1/√fan_in): PyTorch's default for Conv and Linear weights and biases.
+
+    ADM's optimiser settings (Adam, lr 1e-4, no warm-up) were tuned with this initialisation, so jdiff
+    uses it rather than Flax's LeCun-normal kernels and zero biases.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _inits(fan_in: int, zero_init: bool) -> dict[str, Initializer]:
+    if zero_init:  # guided-diffusion's zero_module: weights and bias
+        return dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+    init = torch_default_init(fan_in)
+    return dict(kernel_init=init, bias_init=init)
+
+
+def conv2d(x: jax.Array, features: int, *, name: str, kernel_size: int = 3, stride: int = 1,
+           zero_init: bool = False, dtype: Dtype = jnp.float32,
+           param_dtype: Dtype = jnp.float32) -> jax.Array:
+    """A biased 2-D convolution with PyTorch's symmetric padding (k // 2 on every side).
+
+    Explicit padding matters for the stride-2 downsampling conv: 'SAME' would pad (0, 1) and shift
+    the sampling grid relative to the official model.
+    """
+    pad = kernel_size // 2
+    conv = nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=param_dtype, name=name,
+                   **_inits(x.shape[-1] * kernel_size * kernel_size, zero_init))
+    return conv(x)
+
+
+def dense(x: jax.Array, features: int, *, name: str, zero_init: bool = False,
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> jax.Array:
+    """A biased linear map of the last axis (also the 1×1 Conv1d of the official attention)."""
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
+                    **_inits(x.shape[-1], zero_init))(x)
+
+
+def group_norm(x: jax.Array, *, name: str, param_dtype: Dtype = jnp.float32) -> jax.Array:
+    """GroupNorm over 32 channel groups and all non-batch axes, computed and returned in float32.
+
+    Two-pass variance (``use_fast_variance=False``) as PyTorch: E[x²] − E[x]² loses digits when the
+    mean is large against the spread.
+    """
+    channels = x.shape[-1]
+    if channels % NORM_GROUPS:
+        raise ValueError(f"GroupNorm needs channels divisible by {NORM_GROUPS}, got {channels}: choose "
+                         f"model_channels and channel_mult so that every level's width is a multiple of 32")
+    norm = nn.GroupNorm(num_groups=NORM_GROUPS, epsilon=NORM_EPS, dtype=jnp.float32,
+                        param_dtype=param_dtype, use_fast_variance=False, name=name)
+    return norm(x.astype(jnp.float32))
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding [cos(t·ω_k), sin(t·ω_k)], ω_k = max_period^(−k/half), k < half = dim // 2.
+
+    float32 (a bfloat16 t rounds 998 to 1000); timesteps may be fractional. An odd ``dim`` gets a
+    trailing zero column, as in guided-diffusion.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+    embedding = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+    return embedding
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour ×2 upsampling of H and W."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+    """2×2 average pooling with stride 2."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def attention_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
+    """Heads of an attention layer: ``channels // num_head_channels`` if that is set (≠ −1), else
+    ``num_heads`` (guided-diffusion's rule)."""
+    if num_head_channels != -1:
+        if num_head_channels <= 0 or channels % num_head_channels:
+            raise ValueError(f"attention over {channels} channels cannot use num_head_channels="
+                             f"{num_head_channels}: it must divide every attention layer's width")
+        return channels // num_head_channels
+    if num_heads <= 0 or channels % num_heads:
+        raise ValueError(f"attention over {channels} channels cannot use num_heads={num_heads}: it must "
+                         f"divide every attention layer's width (or set num_head_channels)")
+    return num_heads
+
+
+class Downsample(nn.Module):
+    """Halves H and W: a stride-2 3×3 conv (``op``), as guided-diffusion with ``conv_resample``."""
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return conv2d(x, x.shape[-1], stride=2, name="op", dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+class Upsample(nn.Module):
+    """Doubles H and W: nearest-neighbour then a 3×3 conv (``conv``)."""
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return conv2d(upsample_nearest(x), x.shape[-1], name="conv", dtype=self.dtype,
+                      param_dtype=self.param_dtype)
+
+
+class ResBlock(nn.Module):
+    """ADM residual block conditioned on the embedding ``emb``.
+
+    h = conv(SiLU(GN(x))) [with x, h resampled after the SiLU when ``up``/``down``];
+    scale-shift norm: h = GN(h)·(1 + s) + b with (s, b) = Linear(SiLU(emb)), else GN(h + Linear(SiLU(emb)));
+    out = skip(x) + conv₀(Dropout(SiLU(h))), conv₀ zero-initialised; skip is a 1×1 conv when the width
+    changes.
+    """
+    out_channels: int
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = False
+    up: bool = False
+    down: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(group_norm(x, name="in_layers_0", param_dtype=self.param_dtype))
+        if self.up:
+            h, x = upsample_nearest(h), upsample_nearest(x)
+        elif self.down:
+            h, x = avg_pool2(h), avg_pool2(x)
+        h = conv2d(h, self.out_channels, name="in_layers_2", **kw)
+
+        emb_width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
+        emb_out = dense(nn.silu(emb), emb_width, name="emb_layers_1", param_dtype=self.param_dtype)
+        emb_out = emb_out[:, None, None, :]
+        if self.use_scale_shift_norm:
+            scale, shift = jnp.split(emb_out, 2, axis=-1)
+            h = group_norm(h, name="out_layers_0", param_dtype=self.param_dtype) * (1 + scale) + shift
+        else:
+            h = group_norm(h + emb_out, name="out_layers_0", param_dtype=self.param_dtype)
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+        h = conv2d(h, self.out_channels, name="out_layers_3", zero_init=True, **kw)
+
+        if x.shape[-1] != self.out_channels:
+            x = conv2d(x, self.out_channels, kernel_size=1, name="skip_connection", **kw)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all H·W positions, with a residual connection.
+
+    qkv = Linear(GN(x)) has 3·C channels. ``use_new_attention_order`` (guided-diffusion's QKVAttention)
+    reads them as (q|k|v, head, channel); the legacy order (QKVAttentionLegacy) as (head, q|k|v,
+    channel). The two give different networks for the same weights, so the flag must match the
+    checkpoint. Softmax(q·kᵀ/√d)·v runs in :func:`jax.nn.dot_product_attention` (logits in float32);
+    ``implementation`` is passed through to it (None lets XLA choose; "cudnn" for the fused GPU
+    kernel with bfloat16).
+    """
+    num_heads: int = 1
+    num_head_channels: int = -1
+    use_new_attention_order: bool = False
+    implementation: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, height, width, channels = x.shape
+        heads = attention_heads(channels, self.num_heads, self.num_head_channels)
+        tokens = x.reshape(batch, height * width, channels)
+        qkv = dense(group_norm(tokens, name="norm", param_dtype=self.param_dtype), 3 * channels,
+                    name="qkv", dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.use_new_attention_order:
+            qkv = qkv.reshape(batch, height * width, 3, heads, channels // heads)
+        else:
+            qkv = qkv.reshape(batch, height * width, heads, 3, channels // heads).swapaxes(2, 3)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        a = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        h = dense(a.reshape(batch, height * width, channels), channels, name="proj_out", zero_init=True,
+                  dtype=self.dtype, param_dtype=self.param_dtype)
+        return x + h.reshape(x.shape)
