@@ -11,12 +11,13 @@ and a weighting reads w_ε on the ε-MSE, w_ε·SNR on the x₀-MSE and w_ε·SN
 
 The exception is ``constant``: weight 1 on the MSE of whichever target the network predicts (Ho et al.
 2020's L_simple for ε; the plain x₀- or v-MSE otherwise), the official code's unweighted loss for all three
-targets. A constant weight on the ε-MSE would instead be ``snr`` for x₀ and ``min_snr`` with γ → ∞.
+targets. A constant weight on the ε-MSE would instead read SNR on the x₀-MSE and SNR/(1 + SNR) on the
+v-MSE (``min_snr`` in the limit γ → ∞).
 
 Weightings (w_ε, the weight on the ε-MSE):
 
 ``constant``  1 on the target's own MSE (not converted, see above).
-``debias``    1/√SNR, unnormalised: Yu et al. 2024, "Unmasking Bias in Diffusion Model Training"
+``debias``    1/√SNR, unnormalised: Yu et al. (ECCV 2024), "Unmasking Bias in Diffusion Model Training"
               (arXiv 2310.08442), the debiased weight λ_t = 1/√SNR_t on the ε-MSE as the official code
               applies it. For x₀ it reads √SNR, for v √SNR/(1 + SNR). It spans 0.01 … 157 on the linear
               schedule and 0.0064 … 20,291 on the cosine one (T = 1000): see ``max_weight``.
@@ -28,8 +29,7 @@ Weightings (w_ε, the weight on the ε-MSE):
               Strategy" (ICCV), w_t = min(SNR_t, γ) on the x₀-MSE, stated there for ε as min(SNR, γ)/SNR
               and for v as min(SNR, γ)/(SNR + 1) — exactly the conversions above.
 ``snr``       1/SNR, the official Debias code's "SNR weighting" for ε; it makes the ε loss the plain
-              x₀-MSE (Ho et al. 2020's true-variational weighting up to the β-dependent factor), so for
-              x₀ it reads 1 and for v 1/(1 + SNR).
+              x₀-MSE, so for x₀ it reads 1 and for v 1/(1 + SNR).
 
 How this differs from the official Debias code (commit e4cd260): its weight line multiplies the same array
 into the MSE of whatever target ``model_mean_type`` selects, and its README states the weightings for
@@ -76,7 +76,8 @@ def check_weighting(name: str, *, p2_k: float = 1.0, p2_gamma: float = 1.0, min_
     if not p2_gamma >= 0:
         raise ValueError(f"p2_gamma must be >= 0 (P2's γ, 0.5 or 1 in Choi et al. 2022), got {p2_gamma}")
     if not min_snr_gamma > 0:
-        raise ValueError(f"min_snr_gamma must be > 0 (Min-SNR's γ, 5 in Hang et al. 2023), got {min_snr_gamma}")
+        raise ValueError(f"min_snr_gamma must be > 0 (Min-SNR's γ, 5 in Hang et al. 2023), "
+                         f"got {min_snr_gamma}")
     if max_weight is not None and not max_weight > 0:
         raise ValueError(f"max_weight must be None (no clamp) or > 0, got {max_weight}")
     return name
