@@ -81,7 +81,8 @@ def sample_timesteps(state: LossSecondMomentState | None, key: jax.Array, batch_
                          f"{num_timesteps}; initialise it with init_loss_second_moment({num_timesteps})")
     p = timestep_probabilities(state)
     warm = is_warmed_up(state)
-    t = jnp.where(warm, jax.random.choice(key, num_timesteps, (batch_size,), p=p).astype(jnp.int32), uniform_t)
+    importance_t = jax.random.choice(key, num_timesteps, (batch_size,), p=p).astype(jnp.int32)
+    t = jnp.where(warm, importance_t, uniform_t)
     weights = jnp.where(warm, 1.0 / (num_timesteps * p[t]), 1.0)
     return t, weights.astype(jnp.float32)
 

@@ -82,7 +82,8 @@ def test_same_objective_of_the_implied_eps_error_for_every_target(name):
         objectives = {}
         for target, prediction in predictions.items():
             true = targets.training_target(target, x0, eps, alpha, sigma)
-            objectives[target] = weighting.loss_weight(name, snr, target) * jnp.sum((prediction - true) ** 2, -1)
+            squared_error = jnp.sum((prediction - true) ** 2, axis=-1)
+            objectives[target] = weighting.loss_weight(name, snr, target) * squared_error
         np.testing.assert_allclose(objectives["x0"], objectives["eps"], rtol=1e-9)
         np.testing.assert_allclose(objectives["v"], objectives["eps"], rtol=1e-9)
 
