@@ -1,0 +1,8 @@
+"""Evaluation: the FID Inception network (:mod:`.inception`), FID, Inception Score, precision/recall
+and reference statistics (:mod:`.fid`), and the Epsilon Scaling λ search (:mod:`.search`)."""
+
+from jdiff.evaluation.fid import (Statistics, dataset_statistics, frechet_distance, inception_score,
+                                  load_reference_statistics, make_feature_fn, precision_recall,
+                                  save_statistics, statistics)
+from jdiff.evaluation.inception import InceptionV3, convert_pth_to_npz, load_inception_params
+from jdiff.evaluation.search import SearchResult, grid_search, plot_search
