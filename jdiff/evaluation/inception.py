@@ -27,6 +27,7 @@ needs no torch. :func:`load_inception_params` downloads the ``.pth`` once into a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -84,6 +85,20 @@ def resize_bilinear(images: jax.Array, size: tuple[int, int],
     cols = jnp.asarray(_bilinear_matrix(images.shape[2], size[1]), images.dtype)
     images = jnp.einsum("oh,nhwc->nowc", rows, images, precision=precision)
     return jnp.einsum("pw,nowc->nopc", cols, images, precision=precision)
+
+
+def preprocess(images: jax.Array, precision: jax.lax.Precision = jax.lax.Precision.HIGHEST) -> jax.Array:
+    """uint8 NHWC pictures (RGB, or one channel repeated to RGB) → the network's float32 input:
+    x / 255, bilinear resize to 299×299 (:func:`resize_bilinear`), then 2x − 1, in pytorch-fid's order."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3) or (N, H, W, 1), got {images.shape}")
+    if images.dtype != jnp.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}: quantise samples first "
+                         "(jdiff.images.to_uint8), as the standard FID tools see only uint8 pictures")
+    x = images.astype(jnp.float32) / 255.0
+    if x.shape[-1] == 1:
+        x = jnp.repeat(x, 3, axis=-1)
+    return resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE), precision) * 2.0 - 1.0
 
 
 class ConvBN(nn.Module):
@@ -225,15 +240,7 @@ class InceptionV3(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        if images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"expected uint8 images of shape (N, H, W, 3) or (N, H, W, 1), got {images.shape}")
-        if images.dtype != jnp.uint8:
-            raise ValueError(f"expected uint8 images, got {images.dtype}: quantise samples first "
-                             "(jdiff.images.to_uint8), as the standard FID tools see only uint8 pictures")
-        x = images.astype(jnp.float32) / 255.0
-        if x.shape[-1] == 1:
-            x = jnp.repeat(x, 3, axis=-1)
-        x = resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE), self.precision) * 2.0 - 1.0
+        x = preprocess(images, self.precision)
         p = self.precision
         x = ConvBN(32, (3, 3), (2, 2), precision=p, name="Conv2d_1a_3x3")(x)
         x = ConvBN(32, (3, 3), precision=p, name="Conv2d_2a_3x3")(x)
@@ -275,6 +282,7 @@ def _to_flax_layout(array: np.ndarray) -> np.ndarray:
     return array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T if array.ndim == 2 else array
 
 
+@functools.lru_cache(maxsize=1)
 def _variable_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flax variable path → shape, from an abstract trace (no computation; the resize makes any input
     size valid, so a 1×1 picture suffices)."""
