@@ -108,16 +108,20 @@ def statistics(features: np.ndarray) -> Statistics:
     return Statistics(features.mean(axis=0), np.cov(features, rowvar=False))
 
 
-def _psd_sqrt(sigma: np.ndarray, name: str) -> np.ndarray:
-    """Symmetric square root of a covariance by eigen-decomposition. Eigenvalues that rounding pushed a
-    little below zero count as zero; clearly negative ones mean the input is not a covariance."""
+def _nonzero_eigenvalues(values: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with those that float64 rounding cannot tell from zero (below
+    D·ε·λ_max, including slightly negative ones) set to zero: their square roots, ~√(ε·λ_max) each, would
+    otherwise add up to a visible error for singular covariances."""
+    tolerance = len(values) * np.finfo(np.float64).eps * np.abs(values).max()
+    return np.where(values > tolerance, values, 0.0)
+
+
+def _check_covariance(sigma: np.ndarray, eigenvalues: np.ndarray, name: str) -> None:
     if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-12 * np.abs(sigma).max()):
         raise ValueError(f"{name} is not symmetric")
-    values, vectors = np.linalg.eigh(sigma)
-    if values.min() < -1e-5 * max(values.max(), 0.0) or not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue {values.min():.3g}, "
-                         f"largest {values.max():.3g})")
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    if eigenvalues.min() < -1e-5 * max(eigenvalues.max(), 0.0):
+        raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue {eigenvalues.min():.3g}, "
+                         f"largest {eigenvalues.max():.3g})")
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -126,8 +130,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         d² = ‖μ1 − μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1^½ Σ2 Σ1^½)^½,
 
     in float64. tr (Σ1^½ Σ2 Σ1^½)^½ equals the usual tr (Σ1 Σ2)^½ (same eigenvalues) but is the trace of a
-    symmetric PSD matrix's root, read off its eigenvalues: exact for singular covariances (fewer samples
-    than dimensions) without the ε-offset that the sqrtm formulation needs."""
+    symmetric PSD matrix's root, read off its eigenvalues. That stays accurate for singular covariances
+    (fewer samples than dimensions) without the ε offset on the diagonal that the sqrtm formulation needs,
+    and agrees with it to float64 rounding for full-rank ones."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
@@ -137,11 +142,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     for name, value in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{name} has non-finite entries")
-    root1 = _psd_sqrt(sigma1, "sigma1")
-    _psd_sqrt(sigma2, "sigma2")  # validation only
+    values1, vectors1 = np.linalg.eigh(sigma1)
+    _check_covariance(sigma1, values1, "sigma1")
+    _check_covariance(sigma2, np.linalg.eigvalsh(sigma2), "sigma2")
+    root1 = (vectors1 * np.sqrt(_nonzero_eigenvalues(values1))) @ vectors1.T
     product = root1 @ sigma2 @ root1
     eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
-    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+    trace_sqrt = np.sqrt(_nonzero_eigenvalues(eigenvalues)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
