@@ -162,6 +162,18 @@ def test_cached_npz_is_preferred(tmp_path, npz_weights, state_dict):
                                   state_dict["Mixed_5b.branch1x1.bn.running_var"])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_pth_is_read_with_torch_and_converts_to_npz(tmp_path, state_dict, variables):
+    import torch
+
+    pth, npz = str(tmp_path / "weights.pth"), str(tmp_path / "weights.npz")
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, pth)
+    inception.convert_pth_to_npz(pth, npz)
+    for path in (pth, npz):
+        loaded = inception.load_inception_params(path=path)
+        assert jax.tree.all(jax.tree.map(np.array_equal, loaded, variables))
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
 def test_pth_without_torch_points_to_the_npz_conversion(tmp_path):
     path = tmp_path / "weights.pth"
