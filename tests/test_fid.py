@@ -49,7 +49,8 @@ def test_identical_and_shifted_gaussians(rank):
     mu, shift = rng.standard_normal(32), rng.standard_normal(32)
     scale = np.trace(sigma)
     assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-9 * scale
-    assert fid.frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(shift @ shift, abs=1e-9 * scale)
+    shifted = fid.frechet_distance(mu, sigma, mu + shift, sigma)
+    assert shifted == pytest.approx(shift @ shift, abs=1e-9 * scale)
 
 
 def test_singular_against_diagonal_closed_form():
@@ -120,7 +121,8 @@ def test_inception_score_splits_are_contiguous():
         part = probs[i * 23 // 4:(i + 1) * 23 // 4]
         scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(part.mean(0))), axis=1))))
     mean, std = fid.inception_score(logits, splits=4)
-    assert mean == pytest.approx(np.mean(scores), rel=1e-12) and std == pytest.approx(np.std(scores), rel=1e-9)
+    assert mean == pytest.approx(np.mean(scores), rel=1e-12)
+    assert std == pytest.approx(np.std(scores), rel=1e-9)
     with pytest.raises(ValueError, match="splits"):
         fid.inception_score(logits[:3], splits=4)
 

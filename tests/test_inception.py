@@ -182,6 +182,7 @@ def test_pth_without_torch_points_to_the_npz_conversion(tmp_path):
         inception.load_inception_params(path=str(path))
 
 
+@pytest.mark.slow
 def test_sharded_over_two_devices_with_padding(fixture, npz_weights):
     """Three pictures, batches of two over a 2-device mesh (the last batch padded): same features."""
     script = textwrap.dedent(f"""

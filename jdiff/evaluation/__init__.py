@@ -6,3 +6,8 @@ from jdiff.evaluation.fid import (Statistics, dataset_statistics, frechet_distan
                                   save_statistics, statistics)
 from jdiff.evaluation.inception import InceptionV3, convert_pth_to_npz, load_inception_params
 from jdiff.evaluation.search import SearchResult, grid_search, plot_search
+
+__all__ = ["InceptionV3", "SearchResult", "Statistics", "convert_pth_to_npz", "dataset_statistics",
+           "frechet_distance", "grid_search", "inception_score", "load_inception_params",
+           "load_reference_statistics", "make_feature_fn", "plot_search", "precision_recall", "save_statistics",
+           "statistics"]

@@ -79,7 +79,8 @@ def make_feature_fn(variables: Mapping[str, Any], *, mesh: Mesh | None = None, b
         images = _check_images(images)
         counts = multihost_utils.process_allgather(np.array([len(images)]))
         if len(images) == 0 or np.any(counts != len(images)):
-            raise ValueError(f"every process must pass the same, non-zero number of images; got {counts.ravel()}")
+            raise ValueError("every process must pass the same, non-zero number of images; got "
+                             f"{counts.ravel()}")
         results, pending = [], None
         for start in range(0, len(images), local_batch):
             chunk = images[start:start + local_batch]
@@ -120,8 +121,8 @@ def _check_covariance(sigma: np.ndarray, eigenvalues: np.ndarray, name: str) -> 
     if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-12 * np.abs(sigma).max()):
         raise ValueError(f"{name} is not symmetric")
     if eigenvalues.min() < -1e-5 * max(eigenvalues.max(), 0.0):
-        raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue {eigenvalues.min():.3g}, "
-                         f"largest {eigenvalues.max():.3g})")
+        raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue "
+                         f"{eigenvalues.min():.3g}, largest {eigenvalues.max():.3g})")
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -134,7 +135,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     (fewer samples than dimensions) without the ε offset on the diagonal that the sqrtm formulation needs,
     and agrees with it to float64 rounding for full-rank ones."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"shapes do not match: mu1 {mu1.shape}, sigma1 {sigma1.shape}, mu2 {mu2.shape}, "
@@ -201,7 +203,8 @@ def _blocks(fn: Callable[[jax.Array], jax.Array], rows: jax.Array, block_size: i
     return np.concatenate([np.asarray(fn(rows[i:i + block_size])) for i in range(0, len(rows), block_size)])
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, block_size: int = 1024) -> tuple[float, float]:
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                     block_size: int = 1024) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls
     around its points with radius the distance to the point's k-th nearest neighbour in its own set;
     precision is the fraction of fake points inside the real manifold, recall the fraction of real
@@ -211,7 +214,8 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, block_size:
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"expected features (N, D) and (M, D), got {real.shape} and {fake.shape}")
     if not 1 <= k < min(len(real), len(fake)):
-        raise ValueError(f"k={k} must be at least 1 and smaller than both set sizes ({len(real)}, {len(fake)})")
+        raise ValueError(f"k={k} must be at least 1 and smaller than both set sizes "
+                         f"({len(real)}, {len(fake)})")
     radii_real = jnp.asarray(_blocks(lambda r: _kth_neighbour(r, real, k), real, block_size))
     radii_fake = jnp.asarray(_blocks(lambda r: _kth_neighbour(r, fake, k), fake, block_size))
     precision = _blocks(lambda r: _inside_any_ball(r, real, radii_real), fake, block_size).mean()

@@ -274,7 +274,7 @@ def _torch_name(path: tuple[str, ...]) -> str:
 
 
 def _to_torch_layout(array: np.ndarray) -> np.ndarray:
-    """Flax (kh, kw, in, out) conv kernels and (in, out) dense kernels → torch's (out, in, kh, kw) / (out, in)."""
+    """Flax (kh, kw, in, out) conv and (in, out) dense kernels → torch's (out, in, kh, kw) and (out, in)."""
     return array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T if array.ndim == 2 else array
 
 
@@ -375,18 +375,18 @@ def _sha256(path: str) -> str:
 def _check_sha256(path: str) -> None:
     digest = _sha256(path)
     if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
-        raise ValueError(f"{path} has SHA-256 {digest}, which does not start with {FID_WEIGHTS_SHA256_PREFIX} "
-                         f"as pytorch-fid's {FID_WEIGHTS_FILENAME} does: delete it and fetch the file again "
-                         f"from {FID_WEIGHTS_URL}")
+        raise ValueError(f"{path} has SHA-256 {digest}, which does not start with "
+                         f"{FID_WEIGHTS_SHA256_PREFIX} as pytorch-fid's {FID_WEIGHTS_FILENAME} does: delete "
+                         f"it and fetch the file again from {FID_WEIGHTS_URL}")
 
 
 def _read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"reading {path} needs torch (pip install torch). Without torch, convert it once "
-                          "on a machine that has it: jdiff.evaluation.inception.convert_pth_to_npz(pth, npz), "
-                          "and pass the .npz") from e
+        raise ImportError(f"reading {path} needs torch (pip install torch). Without torch, convert it "
+                          "once on a machine that has it, with "
+                          "jdiff.evaluation.inception.convert_pth_to_npz(pth, npz), and pass the .npz") from e
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {key: value.detach().cpu().numpy() for key, value in state.items()}
 

@@ -77,7 +77,8 @@ def grid_search(score: ScoreFn, bounds: Mapping[str, tuple[float, float]], *, nu
     ``num_points ** len(bounds)`` evaluations. A non-finite score raises ValueError naming the point."""
     box = _check_bounds(bounds)
     if num_points < 3:
-        raise ValueError(f"num_points={num_points} must be at least 3 (the grid needs neighbours to zoom into)")
+        raise ValueError(f"num_points={num_points} must be at least 3 (the grid needs neighbours to "
+                         "zoom into)")
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be at least 1")
     names = tuple(box)
@@ -118,7 +119,8 @@ def plot_search(result: SearchResult, ax: Any = None) -> Any:
     if len(result.names) == 1:
         (name,) = result.names
         points = ax.scatter(table[name], table["score"], c=table["round"], cmap="viridis", s=18)
-        ax.plot(best.params[name], best.score, "r*", markersize=12, label=f"best {name}={best.params[name]:.5g}")
+        ax.plot(best.params[name], best.score, "r*", markersize=12,
+                label=f"best {name}={best.params[name]:.5g}")
         ax.set_xlabel(name)
         ax.set_ylabel("score")
         ax.figure.colorbar(points, ax=ax, label="round")
