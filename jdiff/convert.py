@@ -1,0 +1,235 @@
+"""Import guided-diffusion UNet checkpoints (openai/guided-diffusion, ADM-ES, Debias) as jdiff parameters.
+
+A state dict plus the model flags it was trained with (the official names: ``num_channels``,
+``num_res_blocks``, ``attention_resolutions``, ``learn_sigma``, ...) become the parameter tree of
+:class:`jdiff.models.UNet` and the keyword arguments that rebuild it. jdiff names its submodules after
+the official keys (``input_blocks.4.1.qkv.weight`` is ``input_blocks_4_1/qkv/kernel``), so the mapping
+is mechanical; only layouts change: Conv2d OIHW → HWIO, Linear (out, in) → (in, out), the attention's
+1×1 Conv1d (out, in, 1) → (in, out).
+
+Checked against the weights: every key and shape, with a hint at the flag that is probably wrong.
+Not checkable: ``use_new_attention_order``, ``num_heads``, ``num_head_channels`` and
+``num_heads_upsample`` change how qkv splits into heads but no shape, so they must match the training
+command.
+
+Command line (writes a jdiff checkpoint with :func:`jdiff.checkpoint.save_converted`)::
+
+    python -m jdiff.convert --checkpoint ema_0.9999_500000.pt --output DIR \\
+        --flags "--image_size 32 --num_channels 128 --num_res_blocks 3 --num_head_channels 32 ..."
+
+Reading ``.pt`` files needs PyTorch (``pip install 'jdiff[torch]'``); ``.npz`` state dicts do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jdiff.models import UNet, param_shapes, unet_kwargs_from_flags
+
+# (problems, regex on an official key, the flag most likely wrong), most specific first. Problems: a
+# missing or unexpected key ("presence"), a shape that differs only in its first axis ("rows"), or
+# otherwise ("shape"). Errors list the groups in this order.
+_HINTS = (
+    (("presence",), r"^label_emb\.", "class_cond"),
+    (("rows",), r"^label_emb\.", "num_classes"),
+    (("rows",), r"^out\.2\.", "learn_sigma"),
+    (("presence",), r"\.(qkv|proj_out|norm)\.", "attention_resolutions"),
+    (("presence",), r"\.(op|conv)\.", "resblock_updown"),
+    (("presence",), r"\.skip_connection\.", "channel_mult or resblock_updown"),
+    (("presence",), r"", "num_res_blocks or channel_mult"),
+    (("rows", "shape"), r"", "num_channels or channel_mult"),
+)
+_EXAMPLES = 3  # per group and kind of problem
+
+
+def _hint(problem: str, key: str) -> int:
+    return next(i for i, (kinds, pattern, _) in enumerate(_HINTS)
+                if problem in kinds and re.search(pattern, key))
+
+
+def _block_counts(keys: Any) -> dict[str, int]:
+    """How many input and output blocks a set of official keys has."""
+    counts = {"input_blocks": 0, "output_blocks": 0}
+    for key in keys:
+        match = re.match(r"(input_blocks|output_blocks)\.(\d+)\.", key)
+        if match:
+            counts[match[1]] = max(counts[match[1]], int(match[2]) + 1)
+    return counts
+
+
+def _mismatch_report(problems: list[tuple[int, str, str]]) -> str:
+    """Problems (hint index, kind, text) grouped by the flag to check, a few examples of each kind."""
+    lines = []
+    for hint in sorted({h for h, _, _ in problems}):
+        group = [(kind, text) for h, kind, text in problems if h == hint]
+        lines.append(f"  check {_HINTS[hint][2]} ({len(group)} key{'s' * (len(group) > 1)}):")
+        for kind in ("missing", "unexpected", "shape"):
+            texts = [text for k, text in group if k == kind]
+            lines += [f"    {text}" for text in texts[:_EXAMPLES]]
+            if len(texts) > _EXAMPLES:
+                lines.append(f"    ... {len(texts) - _EXAMPLES} more {kind}")
+    return "\n".join(lines)
+
+
+def _official_key(path: tuple[str, ...]) -> str:
+    """``('input_blocks_4_1', 'qkv', 'kernel')`` → ``'input_blocks.4.1.qkv.weight'``."""
+    modules = [re.sub(r"_(\d+)", r".\1", name) for name in path[:-1]]
+    leaf = "bias" if path[-1] == "bias" else "weight"  # kernel, scale (GroupNorm), embedding
+    return ".".join(modules + [leaf])
+
+
+def _layout(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[tuple[int, ...], Callable]:
+    """The official shape of a jdiff parameter, and the map from the official array to jdiff's."""
+    if path[-1] != "kernel":
+        return shape, lambda a: a
+    if len(shape) == 4:  # Conv2d (O, I, kh, kw) → (kh, kw, I, O)
+        return (shape[3], shape[2], shape[0], shape[1]), lambda a: a.transpose(2, 3, 1, 0)
+    if path[-2] in ("qkv", "proj_out"):  # Conv1d with kernel size 1: (O, I, 1) → (I, O)
+        return (shape[1], shape[0], 1), lambda a: a[:, :, 0].T
+    return (shape[1], shape[0]), lambda a: a.T  # Linear (O, I) → (I, O)
+
+
+def _layouts(model_kwargs: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], Callable]]:
+    """For each official key of the UNet: its jdiff path, official shape and official → jdiff map."""
+    shapes = traverse_util.flatten_dict(param_shapes(UNet(**model_kwargs)))
+    return {_official_key(path): (path, *_layout(path, leaf.shape)) for path, leaf in shapes.items()}
+
+
+def official_shapes(flags: Mapping[str, Any] | str) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes of the state dict that guided-diffusion's ``create_model(**flags)`` has, as
+    jdiff derives them (to check flags against a checkpoint before converting it)."""
+    model_kwargs = unet_kwargs_from_flags(parse_flags(flags) if isinstance(flags, str) else flags)
+    return {key: shape for key, (_, shape, _) in _layouts(model_kwargs).items()}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch.Tensor; numpy has no bfloat16, so floats go via float32
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def parse_flags(text: str) -> dict[str, str]:
+    """Flags from a command-line string: ``"--num_channels 128 --learn_sigma=True"`` →
+    ``{"num_channels": "128", "learn_sigma": "True"}`` (values stay strings; the model helper types them)."""
+    flags, tokens = {}, shlex.split(text)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"expected '--name value' in the flags, got {token!r} in {text!r}")
+        if "=" in token:
+            name, value = token[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            name, value = token[2:], tokens[i + 1]
+            i += 2
+        else:
+            raise ValueError(f"flag {token} has no value (write '{token} VALUE' or '{token}=VALUE')")
+        flags[name] = value
+    return flags
+
+
+def convert_state_dict(state_dict: Mapping[str, Any],
+                       flags: Mapping[str, Any] | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """jdiff UNet parameters (float32) and ``UNet`` keyword arguments from a guided-diffusion state dict.
+
+    ``state_dict`` maps official keys to numpy arrays or torch tensors (a ``module.`` prefix from
+    DistributedDataParallel is removed); ``flags`` are the official model flags, as a mapping or a
+    command-line string (see :func:`jdiff.models.unet_kwargs_from_flags` for their meaning and
+    defaults). ``UNet(**model_kwargs).apply({'params': params}, ...)`` then computes what the official
+    model computes, in NHWC. Raises ValueError naming each missing, unexpected or wrongly shaped key and
+    the flag that probably causes it.
+    """
+    if isinstance(flags, str):
+        flags = parse_flags(flags)
+    model_kwargs = unet_kwargs_from_flags(flags)
+    layouts = _layouts(model_kwargs)
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+
+    problems = []
+    for key in sorted(layouts.keys() - state_dict.keys()):
+        problems.append((_hint("presence", key), "missing",
+                         f"missing {key} (expected shape {layouts[key][1]})"))
+    for key in sorted(state_dict.keys() - layouts.keys()):
+        problems.append((_hint("presence", key), "unexpected", f"unexpected {key}"))
+    arrays = {}
+    for key in sorted(layouts.keys() & state_dict.keys()):
+        path, official_shape, to_jdiff = layouts[key]
+        array = _to_numpy(state_dict[key])
+        if array.shape != official_shape:
+            rows = len(array.shape) == len(official_shape) and array.shape[1:] == official_shape[1:]
+            problems.append((_hint("rows" if rows else "shape", key), "shape",
+                             f"shape of {key} is {array.shape}, the flags give {official_shape}"))
+            continue
+        arrays[path] = jnp.asarray(to_jdiff(array), dtype=jnp.float32)
+    if problems:
+        found, expected = _block_counts(state_dict), _block_counts(layouts)
+        blocks = "".join(f"\n  the checkpoint has {found[name]} {name}, the flags give {expected[name]}: "
+                         "check num_res_blocks or channel_mult"
+                         for name in found if found[name] != expected[name])
+        raise ValueError(f"the state dict ({len(state_dict)} keys) does not match the UNet that the flags "
+                         f"describe ({len(layouts)} keys); by the flag that is probably wrong:{blocks}\n"
+                         + _mismatch_report(problems))
+    return traverse_util.unflatten_dict(arrays), model_kwargs
+
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """The state dict saved by guided-diffusion (``th.save(model.state_dict(), path)``) as numpy arrays.
+
+    Needs PyTorch; loads on the CPU with ``weights_only=True`` (no code from the file runs).
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("reading a PyTorch .pt checkpoint needs torch: pip install 'jdiff[torch]' "
+                          "(or save the state dict as .npz with numpy and convert that)") from None
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(loaded, Mapping) or not all(hasattr(v, "detach") for v in loaded.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), but "
+                         f"{type(loaded).__name__}; save one with th.save(model.state_dict(), path)")
+    return {k: _to_numpy(v) for k, v in loaded.items()}
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A state dict from a ``.pt`` file (needs torch) or an ``.npz`` of official keys (needs only numpy)."""
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            return dict(data)
+    return load_torch_state_dict(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m jdiff.convert",
+        description="Convert a guided-diffusion / ADM-ES / Debias UNet checkpoint into a jdiff checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="the official .pt state dict (or an .npz of it)")
+    parser.add_argument("--flags", required=True,
+                        help='the model flags it was trained with, e.g. "--image_size 32 --num_channels 128 '
+                             '--learn_sigma True"; a whole official command line is accepted')
+    parser.add_argument("--output", required=True, help="directory of the jdiff checkpoint to write")
+    args = parser.parse_args(argv)
+
+    params, model_kwargs = convert_state_dict(load_state_dict(args.checkpoint), args.flags)
+    from jdiff import checkpoint as ckpt_lib  # needs orbax; imported only when writing
+
+    ckpt_lib.save_converted(args.output, params, model_kwargs)
+    count = sum(int(np.prod(a.shape)) for a in traverse_util.flatten_dict(params).values())
+    print(f"wrote {count:,} parameters to {args.output}\nmodel: {model_kwargs}\n"
+          "note: use_new_attention_order and the head flags cannot be checked against the weights; "
+          "they must be those of the training command.")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

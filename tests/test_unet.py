@@ -1,0 +1,148 @@
+"""The ADM UNet: parameter counts and state-dict structure of the official model, initialisation,
+precision, dropout, validation.
+
+Forward equality with the official PyTorch UNet is in test_convert.py (it needs converted weights).
+"""
+
+import hashlib
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from jdiff.convert import convert_state_dict, official_shapes
+from jdiff.models import UNet, create_model, init_inputs, param_shapes, unet_kwargs_from_flags
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
+
+# Parameter counts of guided-diffusion's create_model(**flags) (ADM-ES at 54ad3ad, torch 2.13, counted by
+# experiments/make_unet_fixture.py); flags not given are the official defaults.
+OFFICIAL_PARAM_COUNTS = {
+    # ADM-ES CIFAR-10 (its README's sampling command)
+    "adm_es_cifar10": (dict(image_size=32, num_channels=128, num_res_blocks=3, num_head_channels=32,
+                            attention_resolutions="16,8", resblock_updown=True, use_new_attention_order=True,
+                            learn_sigma=True, dropout=0.3, use_scale_shift_norm=True), 57_094_662),
+    # Debias CelebA-HQ 256 (its README's training command)
+    "debias_celebahq256": (dict(image_size=256, num_channels=128, num_res_blocks=1, num_head_channels=64,
+                                attention_resolutions="16", resblock_updown=True, learn_sigma=True,
+                                use_scale_shift_norm=True), 93_563_910),
+    # the Debias flags at 64 px, class-conditional (1000 classes)
+    "debias_flags_64_cond": (dict(image_size=64, num_channels=128, num_res_blocks=1, num_head_channels=64,
+                                  attention_resolutions="16", resblock_updown=True, learn_sigma=True,
+                                  use_scale_shift_norm=True, class_cond=True), 68_671_622),
+}
+
+# SHA-256 of the sorted "key:shape" lines of the official state dict for the same flags (same provenance):
+# pins where attention, skip convs and resampling blocks sit, which the count alone does not.
+OFFICIAL_STRUCTURE_SHA256 = {
+    "adm_es_cifar10": "0733ab8df120de7454cd3ac77f92721c32b0977623bfabeab76f854c8d624ee2",
+    "debias_celebahq256": "c9c5b6c1830eb048b39b0793848b5aabf793ddc897684d0ab00fbb36cef3153e",
+    "debias_flags_64_cond": "feae9e31f72de8bb6c2340c1d6f2547da68cb8002250b0be59dd25270e89a0de",
+}
+
+TINY = dict(image_size=16, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+            attention_resolutions=(8,), channel_mult=(1, 2), num_head_channels=16, use_scale_shift_norm=True,
+            resblock_updown=True, use_new_attention_order=True, learn_sigma=True)
+
+
+def count(tree):
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def fixture_model(name, **overrides):
+    """Config NAME of the fixture: its UNet (with ``overrides``), converted params, inputs and the official
+    output."""
+    with np.load(FIXTURE) as data:
+        prefix = f"{name}/state/"
+        state = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+        params, kwargs = convert_state_dict(state, json.loads(str(data[f"{name}/flags"])))
+        y = data[f"{name}/y"] if f"{name}/y" in data.files else None
+        inputs = (data[f"{name}/x"].astype(np.float32), data[f"{name}/t"], y)
+        official = data[f"{name}/out"]
+    return UNet(**dict(kwargs, **overrides)), params, inputs, official
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PARAM_COUNTS))
+def test_parameter_count_and_structure_equal_official(name):
+    flags, expected = OFFICIAL_PARAM_COUNTS[name]
+    assert count(param_shapes(create_model(**flags))) == expected
+    text = "\n".join(f"{key}:{shape}" for key, shape in sorted(official_shapes(flags).items()))
+    assert hashlib.sha256(text.encode()).hexdigest() == OFFICIAL_STRUCTURE_SHA256[name]
+
+
+def test_fresh_model_has_zero_output_convs_and_torch_init():
+    model = UNet(**TINY)
+    x, t, y = init_inputs(model, 2)
+    out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x, t, y, train=False), x, t, y,
+                                             train=False))
+    assert out.shape == (2, 16, 16, 6) and out.dtype == jnp.float32
+    # One level and no attention but the middle one: every kind of layer, and fast to compile (the RNG
+    # of ~100 initialisers dominates; rbg keys compile faster than threefry on the CPU).
+    small = model.clone(image_size=8, channel_mult=(1,), attention_resolutions=())
+    params = jax.jit(lambda key: small.init(key, *init_inputs(small), train=False))(
+        jax.random.key(0, impl="unsafe_rbg"))
+    for path, value in traverse_util.flatten_dict(params["params"]).items():
+        if path[-2] in ("out_2", "out_layers_3", "proj_out"):  # official zero_module: the output is 0
+            np.testing.assert_array_equal(value, 0.0, err_msg=str(path))
+        elif path[-1] == "kernel":  # U(±1/√fan_in), fan_in = all axes but the output one
+            bound = 1 / math.sqrt(math.prod(value.shape[:-1]))
+            assert 0.5 * bound < np.abs(value).max() <= bound, path
+
+
+def test_bfloat16_compute_is_close_to_float32_and_params_stay_float32():
+    model, params, inputs, official = fixture_model("a")
+    bf16 = model.clone(dtype=jnp.bfloat16)
+    assert {leaf.dtype for leaf in jax.tree.leaves(param_shapes(bf16))} == {jnp.dtype(jnp.float32)}
+    out = jax.jit(lambda p: bf16.apply({"params": p}, *inputs, train=False))(params)
+    assert out.dtype == jnp.float32
+    rel = float(jnp.abs(out - official).max() / np.abs(official).max())
+    assert 1e-4 < rel < 5e-2, rel  # bf16 did run (float32 agrees to 1e-5) and stays close
+
+
+def test_dropout_draws_from_the_dropout_key_in_training():
+    model, params, inputs, official = fixture_model("a")  # dropout 0.1
+    apply = jax.jit(lambda key: model.apply({"params": params}, *inputs, train=True, rngs={"dropout": key}))
+    a, b = apply(jax.random.key(1)), apply(jax.random.key(2))
+    assert float(jnp.abs(a - b).max()) > 1e-3 and float(jnp.abs(a - official).max()) > 1e-3
+    np.testing.assert_array_equal(a, apply(jax.random.key(1)))
+
+
+def test_invalid_inputs_and_settings_raise():
+    model = UNet(**TINY)
+    x, t, _ = init_inputs(model, 2)
+    init = jax.random.key(0)
+    with pytest.raises(ValueError, match="NHWC"):
+        jax.eval_shape(lambda: model.init(init, x.transpose(0, 3, 1, 2), t, train=False))
+    with pytest.raises(ValueError, match="t must have shape"):
+        jax.eval_shape(lambda: model.init(init, x, t[:1], train=False))
+    cond = model.clone(num_classes=10)
+    with pytest.raises(ValueError, match="class-conditional"):
+        jax.eval_shape(lambda: cond.init(init, x, t, train=False))
+    with pytest.raises(ValueError, match="not feature-map sizes"):
+        param_shapes(model.clone(attention_resolutions=(2,)))
+    with pytest.raises(ValueError, match="num_head_channels=24"):
+        param_shapes(model.clone(num_head_channels=24))
+    with pytest.raises(ValueError, match="divisible by 32"):
+        param_shapes(model.clone(model_channels=48))
+
+
+def test_flags_follow_the_official_create_model():
+    kwargs = unet_kwargs_from_flags(dict(image_size="32", num_channels="128", attention_resolutions="16,8",
+                                         learn_sigma="True", class_cond="False", diffusion_steps="1000"))
+    assert kwargs["channel_mult"] == (1, 2, 2, 2)  # the forks' default at 32 px
+    assert kwargs["attention_resolutions"] == (16, 8)
+    assert kwargs["learn_sigma"] is True and kwargs["num_classes"] is None
+    assert (kwargs["num_heads"], kwargs["num_res_blocks"], kwargs["use_scale_shift_norm"]) == (4, 2, True)
+    assert unet_kwargs_from_flags(dict(image_size=512))["channel_mult"] == (0.5, 1, 1, 2, 2, 4, 4)
+    assert unet_kwargs_from_flags(dict(class_cond=True, num_classes=10))["num_classes"] == 10
+    with pytest.raises(ValueError, match="unknown guided-diffusion flags.*num_channel'"):
+        unet_kwargs_from_flags(dict(num_channel=128))
+    with pytest.raises(ValueError, match="not a boolean"):
+        unet_kwargs_from_flags(dict(learn_sigma="maybe"))
+    with pytest.raises(ValueError, match="no default channel_mult"):
+        unet_kwargs_from_flags(dict(image_size=48))
