@@ -35,6 +35,8 @@ import orbax.checkpoint as ocp
 
 COMMIT_MARKER = "commit_success.txt"
 META_ITEM = "meta"
+# The first release whose rename-based commit also writes COMMIT_MARKER, which restore checks.
+MIN_ORBAX = (0, 12, 3)
 
 
 class CheckpointError(RuntimeError):
@@ -79,6 +81,17 @@ def _check_targets(targets: Mapping[str, Any]) -> None:
                 raise ValueError(f"restore target {name}{jax.tree_util.keystr(path)} must be a jax.ShapeDtypeStruct "
                                  f"(or jax.Array) with a sharding, got {leaf!r}; e.g. "
                                  "jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P()))")
+
+
+def _check_orbax_version() -> None:
+    version = tuple(int(part) for part in ocp.__version__.split(".")[:3] if part.isdigit())
+    if version < MIN_ORBAX:
+        raise ImportError(f"jdiff.checkpoint needs orbax-checkpoint >= {'.'.join(map(str, MIN_ORBAX))} (its "
+                          f"checkpoints carry {COMMIT_MARKER}), found {ocp.__version__}: "
+                          "pip install -U 'orbax-checkpoint>=0.12.3,<0.13'")
+
+
+_check_orbax_version()
 
 
 class Checkpointer:
