@@ -273,13 +273,19 @@ def _torch_name(path: tuple[str, ...]) -> str:
     return ".".join([*modules, torch_leaf[(collection, leaf)]])
 
 
-def _to_torch_layout(array: np.ndarray) -> np.ndarray:
-    """Flax (kh, kw, in, out) conv and (in, out) dense kernels → torch's (out, in, kh, kw) and (out, in)."""
-    return array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T if array.ndim == 2 else array
+# Flax → torch axis order by rank: conv kernels (kh, kw, in, out) → (out, in, kh, kw), dense (in, out) →
+# (out, in), vectors unchanged.
+_TORCH_AXES = {4: (3, 2, 0, 1), 2: (1, 0), 1: (0,)}
+
+
+def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[axis] for axis in _TORCH_AXES[len(shape)])
 
 
 def _to_flax_layout(array: np.ndarray) -> np.ndarray:
-    return array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T if array.ndim == 2 else array
+    if array.ndim not in _TORCH_AXES:
+        raise ValueError(f"an Inception weight has rank {array.ndim}; expected 1, 2 or 4")
+    return array.transpose(np.argsort(_TORCH_AXES[array.ndim]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -293,8 +299,7 @@ def _variable_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
 
 def state_dict_layout() -> dict[str, tuple[int, ...]]:
     """The pytorch-fid state-dict keys the Flax network reads, with their torch shapes."""
-    return {_torch_name(path): tuple(_to_torch_layout(np.empty(shape)).shape)
-            for path, shape in _variable_shapes().items()}
+    return {_torch_name(path): _torch_shape(shape) for path, shape in _variable_shapes().items()}
 
 
 def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,10 +319,11 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
                          f"{FID_WEIGHTS_FILENAME} ({FID_WEIGHTS_URL}) or its .npz from convert_pth_to_npz.")
     variables: dict[str, Any] = {}
     for path, shape in shapes.items():
-        value = _to_flax_layout(state[_torch_name(path)]).astype(np.float32)
-        if value.shape != shape:
-            raise ValueError(f"{_torch_name(path)} has shape {state[_torch_name(path)].shape}; the FID "
-                             f"Inception needs {_to_torch_layout(np.empty(shape)).shape}")
+        key = _torch_name(path)
+        if state[key].shape != _torch_shape(shape):
+            raise ValueError(f"{key} has shape {state[key].shape}; the FID Inception needs "
+                             f"{_torch_shape(shape)}")
+        value = _to_flax_layout(state[key]).astype(np.float32)
         node = variables
         for key in path[:-1]:
             node = node.setdefault(key, {})
