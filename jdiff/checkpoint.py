@@ -68,7 +68,8 @@ def _all_processes_agree(ok: bool) -> bool:
 def _check_item_names(names: Any, what: str) -> None:
     for name in names:
         if not isinstance(name, str) or not name.isidentifier() or name == META_ITEM:
-            raise ValueError(f"{what} names must be Python identifiers other than {META_ITEM!r}, got {name!r}")
+            raise ValueError(f"{what} names must be Python identifiers other than {META_ITEM!r}, "
+                             f"got {name!r}")
 
 
 def _check_targets(targets: Mapping[str, Any]) -> None:
@@ -77,9 +78,10 @@ def _check_targets(targets: Mapping[str, Any]) -> None:
     _check_item_names(targets, "target")
     for name, tree in targets.items():
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            if not isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array)) or getattr(leaf, "sharding", None) is None:
-                raise ValueError(f"restore target {name}{jax.tree_util.keystr(path)} must be a jax.ShapeDtypeStruct "
-                                 f"(or jax.Array) with a sharding, got {leaf!r}; e.g. "
+            placed = isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array))
+            if not placed or getattr(leaf, "sharding", None) is None:
+                raise ValueError(f"restore target {name}{jax.tree_util.keystr(path)} must be a "
+                                 f"jax.ShapeDtypeStruct (or jax.Array) with a sharding, got {leaf!r}; e.g. "
                                  "jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P()))")
 
 
@@ -160,13 +162,14 @@ class Checkpointer:
                     target = f"{self._step_dir(step)}.invalid{suffix}"
                     suffix += 1
                 os.rename(self._step_dir(step), target)
-                logging.warning("checkpoint step %d in %s is unusable (%s): renamed to %s", step, self.directory,
-                                reason, os.path.basename(target))
+                logging.warning("checkpoint step %d in %s is unusable (%s): renamed to %s", step,
+                                self.directory, reason, os.path.basename(target))
         _sync_processes("jdiff_checkpoint_set_aside")
         self._invalid.clear()
         self._manager.reload()
 
-    def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any], *, force: bool = False) -> bool:
+    def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any], *,
+             force: bool = False) -> bool:
         """Starts saving ``items`` (named pytrees of arrays) and ``meta`` as the checkpoint of ``step``.
 
         ``meta`` must be JSON-serialisable; ``step`` and ``jdiff_version`` are added to it. Returns
@@ -189,8 +192,9 @@ class Checkpointer:
         self._set_aside_invalid()
         later = [s for s in self._manager.all_steps() if s >= step]
         if later:
-            raise CheckpointError(f"cannot save step {step} in {self.directory}: it already has checkpoints of "
-                                  f"steps {sorted(later)}; continue from the latest, or use a new directory")
+            raise CheckpointError(f"cannot save step {step} in {self.directory}: it already has checkpoints "
+                                  f"of steps {sorted(later)}; continue from the latest, or use a new "
+                                  "directory")
         args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
         args[META_ITEM] = ocp.args.JsonSave(meta)
         return bool(self._manager.save(step, args=ocp.args.Composite(**args), force=True))
@@ -211,7 +215,8 @@ class Checkpointer:
         problem = self._structural_problem(step)
         if problem:
             raise CheckpointError(problem)
-        present = sorted(n for n in os.listdir(self._step_dir(step)) if os.path.isdir(os.path.join(self._step_dir(step), n)))
+        folder = self._step_dir(step)
+        present = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
         missing = [n for n in [META_ITEM, *([] if meta_only else targets)] if n not in present]
         if missing:
             raise CheckpointError(f"has no item(s) {missing} (it has {present})")
@@ -343,6 +348,7 @@ class PreemptionGuard:
             logging.warning("preemption sync point reached at step %d: stopping", step)
             return True
         if self.requested:
-            logging.warning("signal %s received: stopping at step %d", signal.Signals(self._received).name, step)
+            logging.warning("signal %s received: stopping at step %d", signal.Signals(self._received).name,
+                            step)
             return True
         return False

@@ -49,13 +49,15 @@ class ArrayDataset:
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"ArrayDataset {self.name!r}: images must be a uint8 NumPy array (N, H, W, C), got "
+            raise ValueError(f"ArrayDataset {self.name!r}: images must be a uint8 NumPy array (N, H, W, C), "
+                             "got "
                              f"{type(self.images).__name__} {getattr(self.images, 'dtype', '')} "
                              f"{getattr(self.images, 'shape', '')}")
         if len(self.images) == 0:
             raise ValueError(f"ArrayDataset {self.name!r} has no images")
-        if self.labels is not None and (self.labels.dtype != np.int32 or self.labels.shape != (len(self.images),)):
-            raise ValueError(f"ArrayDataset {self.name!r}: labels must be int32 of shape ({len(self.images)},), "
+        n = len(self.images)
+        if self.labels is not None and (self.labels.dtype != np.int32 or self.labels.shape != (n,)):
+            raise ValueError(f"ArrayDataset {self.name!r}: labels must be int32 of shape ({n},), "
                              f"got {self.labels.dtype} {self.labels.shape}")
 
     def __len__(self) -> int:
@@ -96,7 +98,8 @@ def example_indices(num_examples: int, positions: np.ndarray, seed: int) -> np.n
 
 
 def batch_at(dataset: ArrayDataset, step: int, *, seed: int, global_batch_size: int, process_index: int = 0,
-             process_count: int = 1, random_flip: bool = True, with_labels: bool = False) -> dict[str, np.ndarray]:
+             process_count: int = 1, random_flip: bool = True,
+             with_labels: bool = False) -> dict[str, np.ndarray]:
     """This process's slice of global batch ``step``: a pure function of its arguments.
 
     Returns ``images`` float32 in [-1, 1] of shape (global_batch_size / process_count, H, W, C)
@@ -215,7 +218,8 @@ def resize_square(images: np.ndarray, size: int) -> np.ndarray:
         f = height // size
         x = x.reshape(n, size, f, size, f, channels).mean(axis=(2, 4))
     else:
-        raise ValueError(f"cannot shrink {height}x{height} images to {size}x{size}: the size must divide {height}")
+        raise ValueError(f"cannot shrink {height}x{height} images to {size}x{size}: "
+                         f"the size must divide {height}")
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
@@ -238,8 +242,8 @@ def _check_power_of_two(image_size: int, name: str) -> None:
 # Loaders
 
 
-def load_dataset(name: str, *, split: str = "train", image_size: int | None = None, channels: int | None = None,
-                 data_dir: str | None = None) -> ArrayDataset:
+def load_dataset(name: str, *, split: str = "train", image_size: int | None = None,
+                 channels: int | None = None, data_dir: str | None = None) -> ArrayDataset:
     """Loads a whole image set into host memory, checking everything before any training starts.
 
     ``name``: ``digits`` or ``mnist5k`` (offline, ``split='train'`` only), or a tensorflow-datasets
@@ -263,7 +267,8 @@ def load_dataset(name: str, *, split: str = "train", image_size: int | None = No
 
 
 def load_digits(image_size: int = 16) -> ArrayDataset:
-    """scikit-learn's 1,797 8×8 digits, grey levels 0..16 → uint8 0..255, bilinearly resized to ``image_size``."""
+    """scikit-learn's 1,797 8×8 digits, grey levels 0..16 → uint8 0..255, bilinearly resized to
+    ``image_size``."""
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:
@@ -315,11 +320,13 @@ def load_tfds(name: str, *, split: str = "train", data_dir: str | None = None) -
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError as error:
-        raise ValueError(f"unknown data set {name!r}: neither an offline set ({', '.join(OFFLINE_DATASETS)}) nor "
-                         f"a tensorflow-datasets name (tfds.list_builders())") from error
+        raise ValueError(f"unknown data set {name!r}: neither an offline set "
+                         f"({', '.join(OFFLINE_DATASETS)}) nor a tensorflow-datasets name "
+                         "(tfds.list_builders())") from error
     if not builder.is_prepared():
-        raise FileNotFoundError(f"the tensorflow-datasets set {name!r} is not prepared in {builder.data_dir}, "
-                                f"and jdiff does not download. {_prepare_instructions(name, builder.data_dir)}")
+        raise FileNotFoundError(f"the tensorflow-datasets set {name!r} is not prepared in "
+                                f"{builder.data_dir}, and jdiff does not download. "
+                                f"{_prepare_instructions(name, builder.data_dir)}")
     splits = builder.info.splits
     if split.split("[")[0] not in splits:
         raise ValueError(f"{name!r} has no split {split!r}; its splits: {sorted(splits)}")
@@ -342,7 +349,8 @@ def load_tfds(name: str, *, split: str = "train", data_dir: str | None = None) -
             import tensorflow as tf
         except ImportError as error:
             raise ImportError(f"{name!r} is prepared in {builder.data_dir} as {file_format}, which needs "
-                              "TensorFlow to read (pip install 'jdiff[tf]'); or re-prepare it without that need: "
+                              "TensorFlow to read (pip install 'jdiff[tf]'); or re-prepare it without that "
+                              "need: "
                               f"tfds build {name} --file_format=array_record") from error
         tf.config.set_visible_devices([], "GPU")
         arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))

@@ -86,8 +86,9 @@ def test_flips_are_per_example_left_right():
     dataset = indexed_dataset(n=10)
     flipped_counts = []
     for step in range(6):
-        plain = to_uint8(data.batch_at(dataset, step, seed=9, global_batch_size=8, random_flip=False)["images"])
-        maybe = to_uint8(data.batch_at(dataset, step, seed=9, global_batch_size=8)["images"])
+        options = dict(seed=9, global_batch_size=8)
+        plain = to_uint8(data.batch_at(dataset, step, random_flip=False, **options)["images"])
+        maybe = to_uint8(data.batch_at(dataset, step, **options)["images"])
         is_flipped = np.array([np.array_equal(m, p[:, ::-1]) for m, p in zip(maybe, plain)])
         is_same = np.array([np.array_equal(m, p) for m, p in zip(maybe, plain)])
         assert np.all(is_flipped ^ is_same)
@@ -165,7 +166,8 @@ def test_digits_offline():
     assert default.images.min() == 0 and default.images.max() == 255
     assert np.array_equal(default.images, data.resize_square(native.images, 16))
     rgb = data.load_dataset("digits", image_size=16, channels=3)
-    assert rgb.images.shape == (1797, 16, 16, 3) and np.array_equal(rgb.images[..., 2], default.images[..., 0])
+    assert rgb.images.shape == (1797, 16, 16, 3)
+    assert np.array_equal(rgb.images[..., 2], default.images[..., 0])
     with pytest.raises(ValueError, match="power of two"):
         data.load_dataset("digits", image_size=12)
     with pytest.raises(ValueError, match="only split='train'"):
@@ -217,7 +219,8 @@ def tiny_tfds_dir(tfds, tmp_path_factory):
 
         def _info(self):
             return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(4, 4, 3)), "label": tfds.features.ClassLabel(num_classes=3)}))
+                "image": tfds.features.Image(shape=(4, 4, 3)),
+                "label": tfds.features.ClassLabel(num_classes=3)}))
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(split) for split in TINY}
