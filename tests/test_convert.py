@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 
-import jdiff
 from jdiff import convert
 from jdiff.convert import convert_state_dict, load_torch_state_dict, parse_flags
 from jdiff.models import UNet
@@ -96,24 +95,20 @@ def test_reading_pt_without_torch_says_what_to_install(monkeypatch, tmp_path):
         load_torch_state_dict(str(tmp_path / "model.pt"))
 
 
-def test_command_line_hands_converted_params_to_save_converted(monkeypatch, tmp_path):
-    # The contract with jdiff.checkpoint: save_converted(directory, params, model_config). Writing and
-    # restoring the real checkpoint is tested with jdiff.checkpoint.
+def test_command_line_writes_a_jdiff_checkpoint(tmp_path):
+    from jdiff.checkpoint import Checkpointer
+
     state, flags, _, _ = load_fixture("b")
     np.savez(tmp_path / "state.npz", **state)
-    saved = {}
-
-    class FakeCheckpoint:
-        @staticmethod
-        def save_converted(directory, params, model_config):
-            saved.update(directory=directory, params=params, model_config=model_config)
-
-    monkeypatch.setitem(sys.modules, "jdiff.checkpoint", FakeCheckpoint)
-    monkeypatch.setattr(jdiff, "checkpoint", FakeCheckpoint, raising=False)
-    line = " ".join(f"--{k} {v}" for k, v in flags.items())
+    line = " ".join(f"--{k} {v}" for k, v in flags.items()) + " --diffusion_steps 1000"
     convert.main(["--checkpoint", str(tmp_path / "state.npz"), "--flags", line,
-                  "--output", str(tmp_path / "out")])
+                  "--output", str(tmp_path / "ckpt")])
+
     params, model_kwargs = convert_state_dict(state, flags)
-    assert saved["directory"] == str(tmp_path / "out") and saved["model_config"] == model_kwargs
-    json.dumps(saved["model_config"])  # goes into the checkpoint's JSON metadata
-    jax.tree.map(np.testing.assert_array_equal, saved["params"], params)
+    with Checkpointer(tmp_path / "ckpt") as checkpointer:
+        _, meta = checkpointer.restore(meta_only=True)
+        assert meta["converted"] and meta["config"]["model"] == json.loads(json.dumps(model_kwargs))
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), params)
+        items, _ = checkpointer.restore(targets={"ema_params": target})
+    jax.tree.map(np.testing.assert_array_equal, items["ema_params"], params)
