@@ -27,7 +27,6 @@ Data sets (:func:`load_dataset`):
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import threading
 from typing import Callable, Iterator
