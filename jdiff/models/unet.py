@@ -8,7 +8,9 @@ output is float32 whatever the compute ``dtype``.
 Fields carry the official names and defaults of guided-diffusion's ``UNetModel``, except that
 ``attention_resolutions`` are feature-map sizes in pixels (e.g. (16, 8)), as on the official command
 line, and ``learn_sigma`` doubles ``out_channels`` (the official ``create_model`` passes 3 or 6).
-:func:`create_model` takes the official command-line flags themselves.
+:func:`create_model` takes the official command-line flags themselves. Parameter names are the
+official state-dict keys with ``.`` written ``_`` (``input_blocks_4_1/qkv/kernel``), which is how
+:mod:`jdiff.convert` imports guided-diffusion checkpoints.
 """
 
 from __future__ import annotations
