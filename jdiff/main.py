@@ -35,11 +35,11 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(str(e)) from None
 
     from jdiff import sharding
-    from jdiff.metrics import log_to_file
+    from jdiff.metrics import configure_logging
 
     d = config.distributed
     sharding.maybe_initialize_distributed(d.initialize, d.coordinator_address, d.num_processes, d.process_id)
-    log_to_file(FLAGS.workdir)
+    configure_logging(FLAGS.workdir)
     logging.info("mode %s, workdir %s, config:\n%s", FLAGS.mode, FLAGS.workdir, config)
     if FLAGS.mode == "train":
         from jdiff import train

@@ -77,9 +77,20 @@ class ProgressReporter:
         return " | ".join(parts)
 
 
-def log_to_file(workdir: str) -> None:
-    """Also write the absl/python log to ``<workdir>/log.txt``."""
+class _QuietLibraries(logging.Filter):
+    """Drops INFO records of orbax and tensorstore (dozens a checkpoint); their warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = "/orbax/" in record.pathname or "/tensorstore/" in record.pathname
+        return record.levelno >= logging.WARNING or not noisy
+
+
+def configure_logging(workdir: str) -> None:
+    """Quiet third-party INFO logs on every handler, and also write the log to ``<workdir>/log.txt``."""
     os.makedirs(workdir, exist_ok=True)
     handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    for h in root.handlers:
+        h.addFilter(_QuietLibraries())

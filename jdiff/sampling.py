@@ -8,7 +8,6 @@ restarted job skips the shards that are complete.
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import logging
@@ -17,7 +16,6 @@ import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -48,6 +46,15 @@ def run_name(config: ml_collections.ConfigDict, step: int) -> str:
     return f"step{step}_{s.sampler}{eta}_r{s.respacing or 'all'}_{es}_seed{config.seed}"
 
 
+def edm_num_steps(respacing: str) -> int:
+    """The number of EDM noise levels: ``sampling.respacing`` read as a plain step count."""
+    try:
+        return int(respacing)
+    except ValueError:
+        raise ValueError(f"sampler 'heun'/'euler' needs config.sampling.respacing to be a number of noise "
+                         f"levels such as '18', got {respacing!r}") from None
+
+
 def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
                      mesh: jax.sharding.Mesh) -> Any:
     """A jitted ``fn(params, indices, labels) -> images in [-1, 1]`` that samples the images with the
@@ -55,7 +62,12 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
     from jdiff.train import build_schedule
 
     s, d = config.sampling, config.diffusion
-    schedule = build_schedule(config, s.respacing or None)
+    edm = s.sampler in ("heun", "euler")
+    # EDM's samplers pick their own σ grid on the full schedule; the others run the respaced chain.
+    schedule = build_schedule(config, None if edm else (s.respacing or None))
+    step_options = dict(num_steps=edm_num_steps(s.respacing)) if edm else {}
+    if s.sampler == "ddim":
+        step_options["eta"] = s.eta
     eps_scaling = eps_scaling_from_config(s)
     shape_tail = (config.data.image_size, config.data.image_size, config.data.channels)
     base_key = jax.random.key(config.seed)
@@ -68,7 +80,7 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
 
         return samplers.sample(model_fn, schedule, (indices.shape[0],) + shape_tail, keys=keys,
                                sampler=s.sampler, target=d.target, variance=d.variance,
-                               clip_denoised=s.clip_denoised, eta=s.eta, eps_scaling=eps_scaling)
+                               clip_denoised=s.clip_denoised, eps_scaling=eps_scaling, **step_options)
 
     batch = sharding.batch_sharding(mesh)
     return jax.jit(generate, in_shardings=(sharding.replicated(mesh), batch, batch), out_shardings=batch)
@@ -111,14 +123,13 @@ def completed_shards(directory: str) -> dict[int, int]:
 def sample_to_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
     """``--mode=sample``: ``sampling.num_samples`` images from the EMA parameters of the latest (or
     ``sampling.checkpoint_step``) checkpoint into ``.npz`` shards plus a PNG grid; returns the folder."""
-    from jdiff import checkpoint as ckpt_lib
-    from jdiff.train import build_model
+    from jdiff.train import build_model, restore_ema_params
 
     s = config.sampling
     mesh = sharding.make_mesh()
     model = build_model(config)
-    params, step = ckpt_lib.restore_ema_params(os.path.join(workdir, "checkpoints"), config, model, mesh,
-                                               step=None if s.checkpoint_step < 0 else s.checkpoint_step)
+    params, step = restore_ema_params(workdir, config, model, mesh,
+                                      step=None if s.checkpoint_step < 0 else s.checkpoint_step)
     out = s.output_dir or os.path.join(workdir, "samples", run_name(config, step))
     os.makedirs(out, exist_ok=True)
     if jax.process_index() == 0:

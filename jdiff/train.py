@@ -215,6 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     # The data set is loaded before anything is written, so a missing download fails at start-up.
     dataset = data_lib.load_dataset(config.data.name, split=config.data.split, image_size=config.data.image_size,
                                     channels=config.data.channels, data_dir=config.data.data_dir or None)
+    if config.data.class_conditional and dataset.labels is None:
+        raise ValueError(f"config.data.class_conditional is set but data set {config.data.name!r} has no labels")
     model = build_model(config)
     schedule = build_schedule(config)
     tx = make_optimizer(t_cfg)
@@ -250,6 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                                         random_flip=config.data.random_flip,
                                         with_labels=config.data.class_conditional)
     status = "finished"
+    generate_fn = None
     pending: tuple[int, dict] | None = None
 
     def flush(pending_metrics: tuple[int, dict] | None) -> None:
@@ -295,7 +298,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                     pending = None
                     checkpointer.save(step, state.checkpoint_items(), dict(meta, step=step), force=True)
                 if t_cfg.sample_every and (step % t_cfg.sample_every == 0 or step >= t_cfg.num_steps):
-                    write_sample_grid(config, model, state.ema_params, step, workdir, writer, mesh)
+                    if generate_fn is None:
+                        from jdiff import sampling
+
+                        generate_fn = sampling.make_generate_fn(config, model, mesh)
+                    write_sample_grid(config, model, state.ema_params, step, workdir, writer, mesh, generate_fn)
             flush(pending)
     finally:
         checkpointer.wait()
@@ -304,13 +311,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     return status
 
 
+def restore_ema_params(workdir: str, config: ml_collections.ConfigDict, model: models.UNet,
+                       mesh: jax.sharding.Mesh, step: int | None = None) -> tuple[Any, int]:
+    """The EMA parameters of the latest (or the given) checkpoint in ``workdir``, replicated on the
+    mesh, and their step; the optimiser state is not read."""
+    abstract = jax.eval_shape(lambda k: model.init({"params": k}, *dummy_inputs(config), train=False)["params"],
+                              jax.random.key(0))
+    shardings = sharding.tree_shardings(abstract, mesh, shard=False)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        if checkpointer.latest_step() is None:
+            raise ckpt_lib.CheckpointError(
+                f"no checkpoint in {workdir}/checkpoints: train first (--mode=train) or convert a "
+                "guided-diffusion checkpoint (python -m jdiff.convert)")
+        items, meta = checkpointer.restore(step, targets={"ema_params": target})
+    finally:
+        checkpointer.close()
+    return items["ema_params"], int(meta["step"])
+
+
 def write_sample_grid(config: ml_collections.ConfigDict, model: models.UNet, params: Any, step: int,
-                      workdir: str, writer: MetricsWriter, mesh: jax.sharding.Mesh) -> None:
+                      workdir: str, writer: MetricsWriter, mesh: jax.sharding.Mesh, generate_fn: Any) -> None:
     """A PNG grid of ``training.num_grid_samples`` EMA samples with the config's sampler."""
     from jdiff import sampling
     from jdiff.images import make_grid, save_png
 
-    images = sampling.generate(config, model, params, np.arange(config.training.num_grid_samples), mesh)
+    images = sampling.generate(config, model, params, np.arange(config.training.num_grid_samples), mesh,
+                               generate_fn)
     grid = make_grid(images)
     if jax.process_index() == 0:
         save_png(os.path.join(workdir, "samples", f"grid_{step:08d}.png"), grid, scale=max(1, 128 // images.shape[1]))
