@@ -2,14 +2,18 @@
 forms its clean-data estimate.
 
 With α = √ᾱ_i and σ = √(1 − ᾱ_i) at respaced step i, a network output of any target gives
-ε̂ = to_eps(output) and x̂₀ = to_x0(output) (:mod:`jdiff.targets`). Epsilon Scaling (Ning et al. 2024,
-eq. 13 with ε̂ → ε̂/λ) forms x̂₀ from ε̂/λ instead:
+ε̂ = to_eps(output) and x̂₀ = to_x0(output) (:mod:`jdiff.targets`). Epsilon Scaling (Ning et al. 2024)
+forms x̂₀ from ε̂/λ instead:
 
-    x̂₀(λ) = (x − σ ε̂/λ)/α = x̂₀ + √(1/ᾱ − 1)·(1 − 1/λ)·ε̂,
+    x̂₀(λ) = (x − σ ε̂/λ)/α            (an ε-network: the official ADM-ES ``_predict_xstart_from_eps``)
+          = x̂₀ + √(1/ᾱ − 1)·(1 − 1/λ)·ε̂   (x₀- and v-networks, through the ε̂ they imply; the official
+                                           code scales only ε-networks).
 
-which for an ε-network is the official ADM-ES ``_predict_xstart_from_eps``; x₀- and v-networks are scaled
-through the ε̂ they imply (the official code only scales ε-networks). The second form is used so that
-λ = 1 leaves x̂₀ bit for bit as without scaling, for every target. Clipping to [−1, 1] comes after.
+With an ε-network, λ = 1 gives the unscaled sampler bit for bit (ε̂/1 = ε̂ and the graph is otherwise
+the same). With x₀- and v-networks the correction is exactly zero at λ = 1, but the unscaled sampler
+uses the network's x̂₀ directly and XLA contracts the surrounding multiply-adds into FMAs differently in
+the two graphs, so they agree to rounding (~1e-16 relative) rather than bit for bit. Clipping to
+[−1, 1] comes after.
 """
 
 from __future__ import annotations
@@ -72,10 +76,14 @@ def denoise(schedule: Schedule, i: jax.Array, x: jax.Array, output: jax.Array, *
     alpha = extract(schedule.sqrt_alphas_cumprod, i, x.ndim)
     sigma = extract(schedule.sqrt_one_minus_alphas_cumprod, i, x.ndim)
     eps = targets.to_eps(target, output, x, alpha, sigma)
-    x0 = targets.to_x0(target, output, x, alpha, sigma)
-    if eps_scale is not None:
-        lam = jnp.asarray(eps_scale, x.dtype)
-        x0 = x0 + extract(schedule.sqrt_recipm1_alphas_cumprod, i, x.ndim) * (1 - 1 / lam) * eps
+    if target == "eps":
+        x0 = targets.to_x0("eps", eps if eps_scale is None else eps / jnp.asarray(eps_scale, x.dtype),
+                           x, alpha, sigma)
+    else:
+        x0 = targets.to_x0(target, output, x, alpha, sigma)
+        if eps_scale is not None:
+            lam = jnp.asarray(eps_scale, x.dtype)
+            x0 = x0 + extract(schedule.sqrt_recipm1_alphas_cumprod, i, x.ndim) * (1 - 1 / lam) * eps
     if clip_denoised:
         x0 = jnp.clip(x0, -1, 1)
     return x0, eps

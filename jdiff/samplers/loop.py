@@ -57,7 +57,7 @@ def sample(model_fn: ModelFn, schedule: Schedule, shape_or_x: Sequence[int] | ja
         only drop the learned-variance channels.
       clip_denoised: clip x̂₀ to [−1, 1] before each update (EDM's own sampler does not clip).
       eps_scaling: λ schedule of Epsilon Scaling (None: no scaling; ``EpsScaling.constant(1.0)`` gives
-        the same bits).
+        the same bits for an ε-network, see :mod:`jdiff.samplers.denoise`).
       keys / noise: the randomness (see the module docstring); exactly one is needed unless the run is
         deterministic and starts from a given x.
       order: solver order for ``dpm_solver_pp`` (1 or 2, default 2) and ``unipc`` (1–3, default 3).
