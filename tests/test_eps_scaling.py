@@ -35,8 +35,9 @@ def test_linear_schedules_match_the_official_code():
     case = next(c for c in json.loads(str(REFS["sample/cases_json"])) if c["es"] == "linear")
     official = REFS[case["key"] + "/lambda"]
     with jax.enable_x64(True):
-        mean_form = EpsScaling.linear_mean(case["eps_scaler"], float(case["lin_mean"])).values(case["n"], jnp.float64)
-        paper_form = EpsScaling.linear(case["eps_scaler"], case["lambda_first"]).values(case["n"], jnp.float64)
+        n, k = case["n"], case["eps_scaler"]
+        mean_form = EpsScaling.linear_mean(k, float(case["lin_mean"])).values(n, jnp.float64)
+        paper_form = EpsScaling.linear(k, case["lambda_first"]).values(n, jnp.float64)
         constant = EpsScaling.constant(1.017).values(4, jnp.float64)
     np.testing.assert_allclose(mean_form, official, rtol=1e-15)
     np.testing.assert_allclose(paper_form, official, rtol=1e-15)
@@ -66,8 +67,8 @@ def test_lambda_one_is_bitwise_unscaled_and_lambda_acts_only_through_eps(sampler
         @jax.jit
         def variants(bank):
             run = lambda fn, es: sample(fn, shape_or_x=SHAPE, noise=bank, eps_scaling=es, **options)
-            return (run(model, None), run(model, EpsScaling.constant(1.0)), run(model, EpsScaling.constant(lam)),
-                    run(eps_over_lambda, None))
+            return (run(model, None), run(model, EpsScaling.constant(1.0)),
+                    run(model, EpsScaling.constant(lam)), run(eps_over_lambda, None))
 
         bank = jax.random.normal(jax.random.key(0), (7,) + SHAPE, jnp.float64)
         unscaled, one, scaled, divided = variants(bank)
@@ -89,8 +90,9 @@ def test_lambda_is_indexed_by_the_respaced_step_and_scales_x0_at_every_step():
                                                     record=("x", "x0", "eps")))(bank)
         inputs = np.concatenate([bank[:1], trajectory["x"][:-1]])
         i = np.arange(n - 1, -1, -1).reshape(-1, 1, 1, 1, 1)
-        want = np.clip(np.asarray(schedule.sqrt_recip_alphas_cumprod)[i] * inputs
-                       - np.asarray(schedule.sqrt_recipm1_alphas_cumprod)[i] * trajectory["eps"] / (k * i + b), -1, 1)
+        recip, recipm1 = (np.asarray(schedule.sqrt_recip_alphas_cumprod)[i],
+                          np.asarray(schedule.sqrt_recipm1_alphas_cumprod)[i])
+        want = np.clip(recip * inputs - recipm1 * trajectory["eps"] / (k * i + b), -1, 1)
     np.testing.assert_allclose(trajectory["x0"], want, rtol=0, atol=1e-13)
     np.testing.assert_array_equal(x, trajectory["x"][-1])
 
@@ -105,7 +107,8 @@ def test_x0_and_v_networks_are_scaled_through_their_implied_eps(target):
             alpha = full.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1)
             sigma = full.sqrt_one_minus_alphas_cumprod[t].reshape(-1, 1, 1, 1)
             eps = eps_net(x, t)
-            return targets.training_target(target, targets.to_x0("eps", eps, x, alpha, sigma), eps, alpha, sigma)
+            x0 = targets.to_x0("eps", eps, x, alpha, sigma)
+            return targets.training_target(target, x0, eps, alpha, sigma)
 
         schedule = schedules.make_schedule("linear", 1000, "8", jnp.float64)
         bank = jax.random.normal(jax.random.key(2), (9,) + SHAPE, jnp.float64)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jdiff import schedules
-from jdiff.samplers import (EpsScaling, History, UniPCState, ddim_step, ddpm_step, dpm_solver_pp_step, edm_grid,
-                            sample, unipc_step)
+from jdiff.samplers import (EpsScaling, History, UniPCState, ddim_step, ddpm_step, dpm_solver_pp_step,
+                            edm_grid, sample, unipc_step)
 
 REFS = np.load(pathlib.Path(__file__).parent / "data" / "official_refs.npz")
 CASES = json.loads(str(REFS["sample/cases_json"]))
@@ -37,8 +37,8 @@ def noise_bank(rows: int, dtype) -> jax.Array:
 def case_options(case: dict) -> dict:
     es = {"none": None, "const": lambda: EpsScaling.constant(case["eps_scaler"]),
           "linear": lambda: EpsScaling.linear_mean(case["eps_scaler"], float(case["lin_mean"]))}[case["es"]]
-    return dict(sampler=case["kind"], variance=case["var"], clip_denoised=case["clip"], eta=case["eta"] or 0.0,
-                eps_scaling=es and es())
+    return dict(sampler=case["kind"], variance=case["var"], clip_denoised=case["clip"],
+                eta=case["eta"] or 0.0, eps_scaling=es and es())
 
 
 def run_case(case: dict, dtype) -> np.ndarray:
@@ -91,8 +91,8 @@ def test_scanned_loop_equals_a_python_loop_of_single_steps(sampler):
             step, state = step_fn(jnp.int32(i), x, output, bank[8 - i], state)
             x = step.x
         scanned = jax.jit(lambda bank: sample(
-            model, schedule, SHAPE, sampler=sampler, variance="learned_range", eta=0.5 if sampler == "ddim" else 0.0,
-            eps_scaling=EpsScaling.constant(1.01), noise=bank))(bank)
+            model, schedule, SHAPE, sampler=sampler, variance="learned_range",
+            eta=0.5 if sampler == "ddim" else 0.0, eps_scaling=EpsScaling.constant(1.01), noise=bank))(bank)
         np.testing.assert_allclose(scanned, x, rtol=0, atol=1e-12)
 
 
@@ -258,7 +258,8 @@ def test_edm_grid_follows_the_rho_schedule_within_the_vp_range():
     full = schedules.make_schedule("linear", 1000, None, jnp.float32)
     sigma = np.asarray(full.sqrt_recipm1_alphas_cumprod)[np.asarray(edm_grid(full, 18))]
     # σ_max = min(80, σ_999 ≈ 157) and σ_min = max(0.002, σ_0 = 0.01), each rounded to the table.
-    assert abs(sigma[0] - 80) / 80 < 0.01 and sigma[-1] == pytest.approx(float(full.sqrt_recipm1_alphas_cumprod[0]))
+    assert abs(sigma[0] - 80) / 80 < 0.01
+    assert sigma[-1] == pytest.approx(float(full.sqrt_recipm1_alphas_cumprod[0]))
     ramp = (80 ** (1 / 7) + np.arange(18) / 17 * (sigma[-1] ** (1 / 7) - 80 ** (1 / 7))) ** 7
     np.testing.assert_allclose(sigma, ramp, rtol=0.05)
     with pytest.raises(ValueError, match="distinct steps"):

@@ -4,7 +4,8 @@ From respaced step i to i − 1, with x̂₀ Epsilon-Scaled and clipped (:func:`
 and ε re-derived from that x̂₀, ε = (x_i − α_i x̂₀)/σ_i, so that the direction term agrees with the
 clipped x̂₀:
 
-    x_{i−1} = α_{i−1} x̂₀ + √(σ_{i−1}² − σ_η²)·ε + σ_η z,   σ_η² = η²·β̃_i = η² (1−ᾱ_{i−1})/(1−ᾱ_i)·(1 − ᾱ_i/ᾱ_{i−1}),
+    x_{i−1} = α_{i−1} x̂₀ + √(σ_{i−1}² − σ_η²)·ε + σ_η z,
+    σ_η² = η²·β̃_i = η² (1 − ᾱ_{i−1})/(1 − ᾱ_i)·(1 − ᾱ_i/ᾱ_{i−1}),
 
 with α_{−1} = 1, σ_{−1} = 0 and no noise at i = 0. η = 0 is deterministic; η = 1 has the DDPM
 fixed-small variance.

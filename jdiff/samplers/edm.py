@@ -31,8 +31,8 @@ SIGMA_MAX = 80.0
 RHO = 7.0
 
 
-def edm_grid(schedule: Schedule, num_steps: int, *, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-             rho: float = RHO) -> jax.Array:
+def edm_grid(schedule: Schedule, num_steps: int, *, sigma_min: float = SIGMA_MIN,
+             sigma_max: float = SIGMA_MAX, rho: float = RHO) -> jax.Array:
     """The respaced indices (into ``schedule``) of EDM's n = ``num_steps`` noise levels, noisiest first:
     each σ_k of the ρ-grid rounded to the nearest σ = √(1/ᾱ − 1) of the schedule."""
     if num_steps < 2:
@@ -48,9 +48,9 @@ def edm_grid(schedule: Schedule, num_steps: int, *, sigma_min: float = SIGMA_MIN
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
         return indices
     if np.any(np.diff(concrete) == 0):
-        raise ValueError(f"{num_steps} EDM noise levels round to only {len(np.unique(concrete))} distinct steps "
-                         f"of this {schedule.num_steps}-step schedule; pass the un-respaced schedule or "
-                         "fewer steps")
+        raise ValueError(f"{num_steps} EDM noise levels round to only {len(np.unique(concrete))} distinct "
+                         f"steps of this {schedule.num_steps}-step schedule; pass the un-respaced schedule "
+                         "or fewer steps")
     return indices
 
 

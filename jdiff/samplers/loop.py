@@ -5,7 +5,7 @@ which example b draws x_T ~ N(0, I) with ``fold_in(keys[b], 0)`` and the noise o
 ``fold_in(keys[b], N − i)`` (N = ``schedule.num_steps``; row j + 1 for the j-th step from the noisiest):
 an image then depends only on its own key, whatever the batch it is in or the devices it runs on. Or
 ``noise``, an array (N + 1, *shape) laid out the same way (row 0 = x_T, row N − i = step i), as the
-official code's draws. Deterministic samplers draw only x_T.
+official code's draws. Deterministic samplers draw only x_T (which EDM's samplers scale to σ_max·z).
 
 The network is called once per scan iteration (one call site, so it is compiled once), as
 ``model_fn(x, t)`` with x of the requested shape (NHWC for images) in the schedule's dtype and t the int32
@@ -73,9 +73,10 @@ def sample(model_fn: ModelFn, schedule: Schedule, shape_or_x: Sequence[int] | ja
     record = tuple(record)
     if any(name not in RECORDS for name in record):
         raise ValueError(f"record names must be among {RECORDS}, got {record}")
+    eta = float(eta)  # static: η = 0 compiles a DDIM that draws no noise at all
     if sampler != "ddim" and eta != 0:
         raise ValueError(f"eta applies to sampler='ddim' only (got eta={eta} with sampler={sampler!r})")
-    if isinstance(eta, (int, float)) and not 0 <= eta <= 1:
+    if not 0 <= eta <= 1:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
     if order is not None and sampler not in DEFAULT_ORDERS:
         raise ValueError(f"order applies to {tuple(DEFAULT_ORDERS)} only, not sampler={sampler!r}")
@@ -125,7 +126,10 @@ def _noise_source(keys: jax.Array | None, noise: jax.Array | None, shape: tuple[
                              f"of {shape[0]}")
 
         def from_keys(row):
-            return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, row), shape[1:], dtype))(keys)
+            def one(key):
+                return jax.random.normal(jax.random.fold_in(key, row), shape[1:], dtype)
+
+            return jax.vmap(one)(keys)
 
         return from_keys
     if noise is not None:
@@ -157,8 +161,12 @@ def _sample_discrete(model_fn, schedule, shape, x, draw, stochastic, start, samp
                                                  **options)
         return unipc.unipc_step(schedule, i, x, output, state, order=order, eps_scale=lam, **options)
 
-    state = {"dpm_solver_pp": lambda: History.empty(1, x),
-             "unipc": lambda: unipc.UniPCState.empty(order, x)}.get(sampler, lambda: None)()
+    if sampler == "dpm_solver_pp":
+        state = History.empty(1, x)
+    elif sampler == "unipc":
+        state = unipc.UniPCState.empty(order, x)
+    else:
+        state = None
 
     def body(carry, inputs):
         x, state = carry
@@ -178,6 +186,8 @@ def _sample_edm(model_fn, schedule, shape, x, draw, num_steps, start, heun, eps_
     sigmas = jnp.concatenate([schedule.sqrt_recipm1_alphas_cumprod[grid], jnp.zeros((1,), dtype)])
     alphas = jnp.concatenate([schedule.sqrt_alphas_cumprod[grid], jnp.ones((1,), dtype)])
     first = num_steps - 1 - start
+    # Heun's two evaluations of a step are consecutive scan iterations, so that the network has a single
+    # call site (compiled once) and the last step, which ends at σ = 0, costs one evaluation.
     plan = edm.evaluation_plan(num_steps, heun, first)
     # x lives in EDM's variable x_vp/α; from noise it starts as σ_0·z, EDM's latents·σ_max.
     x = draw(0) * sigmas[first] if x is None else x.astype(dtype) / alphas[first]
@@ -185,7 +195,8 @@ def _sample_edm(model_fn, schedule, shape, x, draw, num_steps, start, heun, eps_
             eps_scaling.at(num_steps - 1 - plan["step"], num_steps, dtype))
     inputs = dict(point=grid[plan["point"]], sigma=sigmas[plan["step"]],
                   sigma_next=sigmas[plan["step"] + 1], alpha_next=alphas[plan["step"] + 1],
-                  correction=jnp.asarray(plan["correction"]), completes=jnp.asarray(plan["completes"]), lam=lams)
+                  correction=jnp.asarray(plan["correction"]), completes=jnp.asarray(plan["completes"]),
+                  lam=lams)
 
     def body(carry, inp):
         x_base, d_base, x_eval = carry

@@ -106,7 +106,8 @@ def unipc_update(x_s: jax.Array, x0_s: jax.Array, x0_earlier: jax.Array, lam_s: 
         residual = jnp.tensordot(jnp.where(in_use, rhos, 0), diffs, axes=1)
         return x_t - alpha_t * b_h * residual
     # The corrector's nodes are the earlier points' r_k followed by r = 1 for t itself.
-    rks_c = jnp.where(jnp.arange(max_order) == order - 1, 1, jnp.concatenate([rks, jnp.ones((1,), rks.dtype)]))
+    rks_c = jnp.where(jnp.arange(max_order) == order - 1, 1,
+                      jnp.concatenate([rks, jnp.ones((1,), rks.dtype)]))
     rhos_c = jnp.where(order == 1, jnp.where(jnp.arange(max_order) == 0, 0.5, 0.0).astype(g.dtype),
                        _masked_solve(rks_c, g, order))
     residual = jnp.tensordot(jnp.where(in_use, rhos_c[:slots], 0), diffs, axes=1)
