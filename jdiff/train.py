@@ -150,7 +150,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.
                      timestep_sampling.update_loss_second_moment(state.sampler_state, t, per_example))
 
     quarter = (t * 4) // num_timesteps
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads))
     for q in range(4):
         in_quarter = quarter == q
         metrics[f"loss_q{q}_sum"] = jnp.sum(jnp.where(in_quarter, per_example, 0.0))
@@ -261,6 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
         at_step, metrics = pending_metrics
         host = jax.device_get(metrics)
         if not (np.isfinite(host["loss"]) and np.isfinite(host["grad_norm"])):
+            checkpointer.wait()
             raise NonFiniteLossError(
                 f"non-finite loss {host['loss']} / grad norm {host['grad_norm']} at step {at_step}; "
                 f"training stopped, the last good checkpoint ({checkpointer.latest_step()}) is kept. "

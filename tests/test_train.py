@@ -1,0 +1,188 @@
+"""End-to-end training on the offline digits: resume exactness, preemption, NaN, bad input, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jdiff import checkpoint as ckpt_lib
+from jdiff import config as config_lib
+from jdiff import train
+from jdiff.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**training):
+    """digits at 8×8, a two-level UNet with attention and dropout, learned variance, the Debias weight
+    and the importance sampler: every stateful part of the train step in a model that compiles fast."""
+    c = config_lib.default_config()
+    c.data.name = "digits"
+    c.data.image_size = 8
+    c.data.channels = 1
+    c.data.random_flip = True
+    c.model.model_channels = 32
+    c.model.channel_mult = (1, 2)
+    c.model.num_res_blocks = 1
+    c.model.attention_resolutions = (4,)
+    c.model.num_head_channels = 32
+    c.model.dropout = 0.1
+    c.diffusion.schedule = "linear"
+    c.diffusion.num_timesteps = 100
+    c.diffusion.variance = "learned_range"
+    c.diffusion.weighting = "debias"
+    c.diffusion.timestep_sampler = "loss_second_moment"
+    c.training.batch_size = 8
+    c.training.num_steps = 6
+    c.training.learning_rate = 1e-3
+    c.training.warmup_steps = 2
+    c.training.ema_rate = 0.9
+    c.training.log_every = 1
+    c.training.checkpoint_every = 3
+    c.training.sample_every = 0
+    c.sampling.respacing = "4"
+    c.sampling.num_samples = 6
+    c.sampling.batch_size = 4
+    for key, value in training.items():
+        c.training[key] = value
+    return c
+
+
+def restore_all(workdir, config):
+    model = train.build_model(config)
+    mesh = train.sharding.make_mesh()
+    abstract, _ = train.abstract_train_state(config, model, train.make_optimizer(config.training), mesh)
+    with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
+        return c.restore(targets=abstract.checkpoint_items())
+
+
+def test_resume_is_exact(tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    assert train.train_and_evaluate(tiny_config(), straight) == "finished"
+    assert train.train_and_evaluate(tiny_config(num_steps=3), resumed) == "finished"
+    assert train.train_and_evaluate(tiny_config(), resumed) == "finished"
+    (a, meta_a), (b, meta_b) = restore_all(straight, tiny_config()), restore_all(resumed, tiny_config())
+    assert meta_a["step"] == meta_b["step"] == 6
+    for name in ("params", "ema_params", "opt_state", "sampler_state"):
+        for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+    # The run logged every step, the resumed one too, and the EMA moved away from the parameters.
+    steps = [m["step"] for m in read_metrics(resumed)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    p, e = jax.tree.leaves(a["params"])[0], jax.tree.leaves(a["ema_params"])[0]
+    assert not np.array_equal(np.asarray(p), np.asarray(e))
+
+
+def test_loss_falls_on_digits(tmp_path):
+    config = tiny_config(num_steps=120, checkpoint_every=1000, learning_rate=2e-3)
+    config.diffusion.weighting = "constant"
+    config.diffusion.variance = "fixed_large"
+    config.diffusion.timestep_sampler = "uniform"
+    config.model.dropout = 0.0
+    train.train_and_evaluate(config, str(tmp_path))
+    losses = [m["loss"] for m in read_metrics(str(tmp_path))]
+    assert len(losses) == 120
+    first, last = np.mean(losses[:20]), np.mean(losses[-20:])
+    assert last < 0.5 * first, (first, last)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny_config(num_steps=40, checkpoint_every=2, learning_rate=1e4, grad_clip=0.0, warmup_steps=0)
+    with pytest.raises(train.NonFiniteLossError, match="non-finite loss") as info:
+        train.train_and_evaluate(config, str(tmp_path))
+    with ckpt_lib.Checkpointer(tmp_path / "checkpoints") as c:
+        steps = c.all_steps()
+    assert steps, "a checkpoint from before the divergence must be kept"
+    items, meta = restore_all(str(tmp_path), config)
+    assert f"({meta['step']})" in str(info.value)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(items["params"]))
+
+
+def test_missing_dataset_fails_before_writing(tmp_path):
+    config = tiny_config()
+    config.data.name = "cifar10"
+    config.data.data_dir = str(tmp_path / "no_data")
+    workdir = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="tfds build"):
+        train.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_changed_model_config_is_refused_on_resume(tmp_path):
+    train.train_and_evaluate(tiny_config(num_steps=3), str(tmp_path))
+    config = tiny_config()
+    config.diffusion.weighting = "constant"
+    with pytest.raises(ValueError, match="weighting"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "jdiff.main", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+TINY_FLAGS = ["--config=configs/digits.py", "--config.data.image_size=8", "--config.model.model_channels=32",
+              "--config.model.channel_mult=(1,2)", "--config.model.attention_resolutions=(4,)",
+              "--config.model.num_head_channels=32", "--config.training.batch_size=8",
+              "--config.training.log_every=1", "--config.sampling.respacing=4"]
+
+
+@pytest.mark.slow
+def test_cli_train_then_sample(tmp_path):
+    workdir = str(tmp_path)
+    result = run_cli(*TINY_FLAGS, f"--workdir={workdir}", "--config.training.num_steps=4",
+                     "--config.training.checkpoint_every=2", "--config.training.sample_every=4",
+                     "--config.training.num_grid_samples=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(os.path.join(workdir, "samples", "grid_00000004.png"))
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert json.load(open(os.path.join(workdir, "config.json")))["data"]["name"] == "digits"
+
+    result = run_cli(*TINY_FLAGS, f"--workdir={workdir}", "--mode=sample", "--config.sampling.num_samples=6",
+                     "--config.sampling.batch_size=4", "--config.sampling.eps_scaling=constant",
+                     "--config.sampling.eps_scale_b=1.01")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = [d for d in os.listdir(os.path.join(workdir, "samples")) if d.startswith("step4_")]
+    from jdiff.sampling import load_samples
+
+    images = load_samples(os.path.join(workdir, "samples", folder))
+    assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
+    assert 0 < images.mean() < 255
+
+
+@pytest.mark.slow
+def test_cli_refuses_unknown_key_and_bad_value(tmp_path):
+    result = run_cli("--config=configs/digits.py", f"--workdir={tmp_path}", "--config.training.batch_sise=3")
+    assert result.returncode != 0
+    assert "batch_size" in result.stderr  # the keys that exist are listed
+    result = run_cli("--config=configs/digits.py", f"--workdir={tmp_path}", "--config.diffusion.weighting=debaised")
+    assert result.returncode != 0
+    assert "debias" in result.stderr and "min_snr" in result.stderr
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "jdiff.main", *TINY_FLAGS, f"--workdir={workdir}",
+                                "--config.training.num_steps=100000", "--config.training.checkpoint_every=100000",
+                                "--config.training.sample_every=0"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-3000:]
+    with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
+        steps = c.all_steps()
+        _, meta = c.restore(meta_only=True)
+    assert len(steps) == 1 and meta["step"] == steps[0] >= 1
