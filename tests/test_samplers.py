@@ -115,12 +115,13 @@ def test_ddim_eta0_is_deterministic_and_dpm_solver_order1_is_ddim():
 
 
 def test_per_example_keys_make_images_independent_of_the_batch():
+    """Each image depends on its own key only, not on its place in the batch or its neighbours."""
     schedule = schedules.make_schedule("cosine", 1000, "10", jnp.float32)
     keys = jax.vmap(lambda n: jax.random.fold_in(jax.random.key(7), n))(jnp.arange(4))
-    run = functools.partial(sample, toy_model(True), sampler="ddpm", variance="learned_range")
-    whole = jax.jit(lambda k: run(schedule, (4, 8, 8, 3), keys=k))(keys)
-    part = jax.jit(lambda k: run(schedule, (2, 8, 8, 3), keys=k))(keys[2:])
-    np.testing.assert_array_equal(whole[2:], part)
+    run = jax.jit(lambda k: sample(toy_model(True), schedule, SHAPE, keys=k, variance="learned_range"))
+    whole, shuffled = run(keys), run(keys[jnp.array([2, 3, 1, 0])])
+    np.testing.assert_array_equal(whole[2:], shuffled[:2])
+    np.testing.assert_array_equal(whole[:2], shuffled[3:1:-1])
     assert not np.allclose(whole[0], whole[1])
 
 
@@ -184,15 +185,16 @@ def convergence_orders(errors):
 
 
 @pytest.mark.parametrize("sampler, min_order, max_error", [
-    ("ddim", 0.95, 0.04), ("dpm_solver_pp", 1.6, 0.025), ("unipc", 2.5, 0.03)])
+    ("ddim", 0.95, 0.02), ("dpm_solver_pp", 1.6, 0.008), ("unipc", 2.3, 0.007)])
 def test_ode_solvers_converge_with_their_order_on_gaussian_data(sampler, min_order, max_error):
     """x at the last grid point (i = 0) against the exact ODE solution from i = N − 1, on respacings of
-    the same endpoints; the grid is time-uniform, so the order shows at the finer resolutions."""
+    the same endpoints; the grid is time-uniform, with large λ steps near the data, so the order shows at
+    fine resolutions only (UniPC's last steps are of lower order: about 2.7 rather than 3)."""
     with jax.enable_x64(True):
         model = gaussian_oracle(schedules.make_schedule("linear", 1000, None, jnp.float64))
-        x_start = jax.random.normal(jax.random.key(0), (3, 4), jnp.float64)
+        x_start = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)))
         errors = []
-        for n in (40, 80):
+        for n in (80, 160):
             schedule = schedules.make_schedule("linear", 1000, str(n), jnp.float64)
             _, trajectory = jax.jit(lambda x: sample(model, schedule, x, sampler=sampler, clip_denoised=False,
                                                      record=("x",)))(x_start)
@@ -206,7 +208,7 @@ def test_edm_samplers_converge_with_their_order_on_gaussian_data(sampler, order)
     with jax.enable_x64(True):
         full = schedules.make_schedule("linear", 1000, None, jnp.float64)
         model = gaussian_oracle(full)
-        x_start = jax.random.normal(jax.random.key(0), (3, 4), jnp.float64)
+        x_start = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)))
         errors = []
         for n in (12, 24):
             grid = edm_grid(full, n)
@@ -268,14 +270,14 @@ def test_edm_grid_follows_the_rho_schedule_within_the_vp_range():
 
 def test_invalid_options_raise_clear_errors():
     schedule = schedules.make_schedule("cosine", 1000, "10", jnp.float32)
-    keys = jax.random.split(jax.random.key(0), 4)
-    run = functools.partial(sample, toy_model(False), schedule, SHAPE, keys=keys)
+    bank = noise_bank(11, jnp.float32)
+    run = functools.partial(sample, toy_model(False), schedule, SHAPE, noise=bank)
     with pytest.raises(ValueError, match="ddpm.*ddim.*dpm_solver_pp.*unipc.*heun.*euler"):
         run(sampler="plms")
     with pytest.raises(ValueError, match="learned_range.*shape"):
         run(variance="learned_range")
     with pytest.raises(ValueError, match="learned-variance network"):
-        sample(toy_model(True), schedule, SHAPE, keys=keys)
+        sample(toy_model(True), schedule, SHAPE, noise=bank)
     with pytest.raises(ValueError, match="fixed_small.*fixed_large.*learned_range"):
         run(variance="learned")
     with pytest.raises(ValueError, match="eta applies"):
@@ -284,11 +286,13 @@ def test_invalid_options_raise_clear_errors():
         run(sampler="heun")
     with pytest.raises(ValueError, match="order"):
         run(sampler="ddim", order=2)
-    with pytest.raises(ValueError, match="pass keys"):
-        sample(toy_model(False), schedule, SHAPE)
-    with pytest.raises(ValueError, match="one PRNG key per example"):
-        sample(toy_model(False), schedule, SHAPE, keys=keys[:3])
     with pytest.raises(ValueError, match="start_index"):
         run(start_index=3)
     with pytest.raises(ValueError, match="record"):
         run(record=("x_prev",))
+    with pytest.raises(ValueError, match="pass keys"):
+        sample(toy_model(False), schedule, SHAPE)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        run(noise=bank[:10])
+    with pytest.raises(ValueError, match="one PRNG key per example"):
+        sample(toy_model(False), schedule, SHAPE, keys=jax.random.key(0)[None])
