@@ -70,19 +70,21 @@ def denoise(schedule: Schedule, i: jax.Array, x: jax.Array, output: jax.Array, *
             clip_denoised: bool = True, eps_scale: jax.Array | float | None = None
             ) -> tuple[jax.Array, jax.Array]:
     """(x̂₀, ε̂) at respaced step ``i`` (scalar, or one index per example) from the mean part of a
-    network output (see :func:`split_output`). x̂₀ is Epsilon-Scaled by ``eps_scale`` = λ_i (None: no
-    scaling) and then clipped to [−1, 1] if ``clip_denoised``; ε̂ is the network's, unscaled."""
+    network output (see :func:`split_output`). x̂₀ is Epsilon-Scaled by ``eps_scale`` = λ_i (scalar or
+    one per example; None: no scaling) and then clipped to [−1, 1] if ``clip_denoised``; ε̂ is the
+    network's, unscaled."""
     targets.check_target(target)
     alpha = extract(schedule.sqrt_alphas_cumprod, i, x.ndim)
     sigma = extract(schedule.sqrt_one_minus_alphas_cumprod, i, x.ndim)
     eps = targets.to_eps(target, output, x, alpha, sigma)
+    if eps_scale is not None:
+        lam = jnp.asarray(eps_scale, x.dtype)
+        lam = lam.reshape(lam.shape + (1,) * (x.ndim - lam.ndim))
     if target == "eps":
-        x0 = targets.to_x0("eps", eps if eps_scale is None else eps / jnp.asarray(eps_scale, x.dtype),
-                           x, alpha, sigma)
+        x0 = targets.to_x0("eps", eps if eps_scale is None else eps / lam, x, alpha, sigma)
     else:
         x0 = targets.to_x0(target, output, x, alpha, sigma)
         if eps_scale is not None:
-            lam = jnp.asarray(eps_scale, x.dtype)
             x0 = x0 + extract(schedule.sqrt_recipm1_alphas_cumprod, i, x.ndim) * (1 - 1 / lam) * eps
     if clip_denoised:
         x0 = jnp.clip(x0, -1, 1)

@@ -10,9 +10,10 @@ the first step (no history) is first order, i.e. DDIM, and the step after i = 0 
 Epsilon Scaling and clipping of :func:`~jdiff.samplers.denoise.denoise`: Epsilon Scaling acts on the ε̂
 the solver turns into x̂₀, and ``clip_denoised`` clips that x̂₀ (the solver's "correcting x₀" hook).
 
-The Debias code samples with the DPM-Solver package (``dpm_solver_uncond_loop``: multistep order 2 on a
-time-uniform continuous grid); this is the same multistep scheme on the respaced discrete grid, in the
-data-prediction (++) form.
+The Debias code's ``dpm_solver_uncond_loop`` runs the DPM-Solver package's multistep order-2 solver in its
+noise-prediction form ("dpmsolver") on a time-uniform grid of a continuous-time interpolation of the
+schedule, feeding the network fractional timesteps; this module is the data-prediction (++) form of the
+same two-step scheme, on the respaced discrete grid with integer timesteps.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """UniPC (Zhao et al. 2023): a multistep predictor (UniP) and corrector (UniC) on data predictions, with
-B(h) = h (the "bh1" variant), as the Debias code runs it (``UniPC_uncond_loop``: data prediction,
-multistep, order 3, lower order at the final steps, no corrector on the last step).
+B(h) = h (the "bh1" variant), in the configuration the Debias code runs (``UniPC_uncond_loop``: data
+prediction, multistep, order 3, lower order at the final steps, no corrector on the last step), here on
+the respaced discrete grid with integer timesteps rather than a continuous-time interpolation.
 
 From s to t with h = λ_t − λ_s and earlier points s_k with r_k = (λ_{s_k} − λ_s)/h,
 D_k = (x̂₀_{s_k} − x̂₀_s)/r_k:
@@ -8,8 +9,10 @@ D_k = (x̂₀_{s_k} − x̂₀_s)/r_k:
     x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) x̂₀_s − α_t B(h) Σ_k a_k D_k              (UniP-p)
     x_t^c = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) x̂₀_s − α_t B(h) (Σ_k c_k D_k + c_p (x̂₀_t − x̂₀_s))   (UniC)
 
-where a solves the (p−1)×(p−1) and c the p×p system R·ρ = g of Zhao et al. (eq. 7: R_{mn} = r_n^m,
-g_m = h φ_{m+1}(−h)·m!/B(h)), except a = 1/2 for p = 2 and c = 1/2 for p = 1. x̂₀_t is the network
+with B(h) = −h (bh1 in the data-prediction form), where a solves the leading (p−1)×(p−1) and c the p×p
+block of Zhao et al.'s system R·ρ = g, R_{mn} = r_n^m (m = 0 … p−1, the nodes r_k then r = 1 for t),
+g_m = (−h)·φ_{m+2}(−h)·(m+1)!/B(h) with φ_1(z) = (e^z − 1)/z and φ_{k+1}(z) = (φ_k(z) − 1/k!)/z,
+except a = 1/2 for p = 2 and c = 1/2 for p = 1. x̂₀_t is the network
 evaluated at the predicted x_t, so the corrector costs no extra evaluation: that same x̂₀_t starts the
 next step. Order p ramps up from 1 while the history fills and comes down at the end (p ≤ i + 2 for the
 step into i), and the step after i = 0 lands on the data and returns x̂₀_0 (see
@@ -88,7 +91,7 @@ def unipc_update(x_s: jax.Array, x0_s: jax.Array, x0_earlier: jax.Array, lam_s: 
             return x_t
         return x_t - alpha_t * b_h * 0.5 * (x0_t - x0_s)
 
-    # g_m = h·φ_{m+1}(−h)·m!/B(h) through the recursion φ_{k+1}(z) = (φ_k(z) − 1/k!)/z.
+    # g_m = (−h)·φ_{m+2}(−h)·(m+1)!/B(h), m = 0 … max_order − 1, by the recursion of the φ's.
     g, h_phi_k, factorial = [], h_phi_1 / hh - 1, 1
     for m in range(1, max_order + 1):
         g.append(h_phi_k * factorial / b_h)
