@@ -1,0 +1,61 @@
+"""Runs a few train steps of the tiny test model and saves the resulting parameters (.npz).
+
+    python train_steps.py OUT.npz --devices N                       # one process, the first N devices
+    python train_steps.py OUT.npz --process-id I --num-processes P --port PORT
+                                                                    # one of P processes (jax.distributed)
+
+Set XLA_FLAGS=--xla_force_host_platform_device_count=K before starting it to get K CPU devices.
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--devices", type=int, default=0)
+    parser.add_argument("--process-id", type=int, default=-1)
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args()
+
+    from jdiff import sharding
+
+    if args.process_id >= 0:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        sharding.maybe_initialize_distributed("yes", f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
+
+    import numpy as np
+
+    from jdiff import data, train
+    from test_train import tiny_config
+
+    config = tiny_config()
+    devices = jax.devices()[:args.devices] if args.devices else jax.devices()
+    mesh = sharding.make_mesh(devices)
+    model = train.build_model(config)
+    tx = train.make_optimizer(config.training)
+    _, shardings = train.abstract_train_state(config, model, tx, mesh)
+    init = jax.jit(lambda k: train.init_train_state(k, config, model, tx), out_shardings=shardings)
+    state = init(train.run_keys(config.seed)[0])
+    step_fn = train.make_train_step(config, model, tx, train.build_schedule(config), mesh, shardings)
+    dataset = data.load_dataset("digits", image_size=8, channels=1)
+    for step in range(args.steps):
+        local = data.batch_at(dataset, step, seed=config.seed, global_batch_size=config.training.batch_size,
+                              process_index=jax.process_index(), process_count=jax.process_count())
+        state, metrics = step_fn(state, sharding.global_batch(local, mesh))
+    leaves = {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
+              for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+    if jax.process_index() == 0:
+        np.savez(args.out, loss=np.asarray(jax.device_get(metrics["loss"])), **leaves)
+
+
+if __name__ == "__main__":
+    main()
