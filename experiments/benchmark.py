@@ -71,7 +71,7 @@ def bench_train(config, batch: int, steps: int, repeats: int) -> dict:
     _, shardings = train.abstract_train_state(config, model, tx, mesh)
     t0 = time.perf_counter()
     init = jax.jit(lambda k: train.init_train_state(k, config, model, tx), out_shardings=shardings)
-    state = block(init(jax.random.key(0)))
+    state = block(init(train.run_keys(config.seed)[0]))
     init_seconds = time.perf_counter() - t0
     step_fn = train.make_train_step(config, model, tx, train.build_schedule(config), mesh, shardings)
     k = config.training.steps_per_call
@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--variants", default="bf16-xla,bf16-cudnn")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--steps-per-call", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=-1.0, help="override config.model.dropout")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sample-batch", type=int, default=512)
     parser.add_argument("--sample-steps", type=int, default=100)
@@ -193,7 +194,9 @@ def main() -> None:
             config = load_config(args.config)
             apply_variant(config, variant)
             config.training.steps_per_call = args.steps_per_call
-            key = f"{variant}-b{args.train_batch}-k{args.steps_per_call}"
+            if args.dropout >= 0:
+                config.model.dropout = args.dropout
+            key = f"{variant}-b{args.train_batch}-k{args.steps_per_call}-drop{config.model.dropout:g}"
             results["train"][key] = bench_train(config, args.train_batch, args.steps, args.repeats)
             print("train", key, results["train"][key], flush=True)
             save()

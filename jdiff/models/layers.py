@@ -4,8 +4,10 @@ Submodules are named after guided-diffusion's state-dict keys with ``.`` written
 ``in_layers.0`` GroupNorm is ``in_layers_0``), so :mod:`jdiff.convert` maps names mechanically.
 
 Precision: convolutions and attention matmuls run in ``dtype`` (e.g. bfloat16) with ``param_dtype``
-parameters; GroupNorm statistics and outputs, the timestep-embedding projections and the attention
-softmax run in float32, because bfloat16 statistics and embeddings visibly shift diffusion outputs.
+parameters; GroupNorm statistics, the scale-shift and SiLU after it, the timestep-embedding
+projections and the attention softmax run in float32, because bfloat16 statistics and embeddings
+visibly shift diffusion outputs. Each float32 element-wise chain ends in one cast to ``dtype``, so
+XLA fuses it and only ``dtype`` activations are written to memory.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.silu(group_norm(x, name="in_layers_0", param_dtype=self.param_dtype))
+        h = nn.silu(group_norm(x, name="in_layers_0", param_dtype=self.param_dtype)).astype(self.dtype)
         if self.up:
             h, x = upsample_nearest(h), upsample_nearest(x)
         elif self.down:
@@ -176,7 +178,7 @@ class ResBlock(nn.Module):
             h = group_norm(h, name="out_layers_0", param_dtype=self.param_dtype) * (1 + scale) + shift
         else:
             h = group_norm(h + emb_out, name="out_layers_0", param_dtype=self.param_dtype)
-        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h).astype(self.dtype))
         h = conv2d(h, self.out_channels, name="out_layers_3", zero_init=True, **kw)
 
         if x.shape[-1] != self.out_channels:
@@ -206,8 +208,8 @@ class AttentionBlock(nn.Module):
         batch, height, width, channels = x.shape
         heads = attention_heads(channels, self.num_heads, self.num_head_channels)
         tokens = x.reshape(batch, height * width, channels)
-        qkv = dense(group_norm(tokens, name="norm", param_dtype=self.param_dtype), 3 * channels,
-                    name="qkv", dtype=self.dtype, param_dtype=self.param_dtype)
+        normed = group_norm(tokens, name="norm", param_dtype=self.param_dtype).astype(self.dtype)
+        qkv = dense(normed, 3 * channels, name="qkv", dtype=self.dtype, param_dtype=self.param_dtype)
         if self.use_new_attention_order:
             qkv = qkv.reshape(batch, height * width, 3, heads, channels // heads)
         else:
