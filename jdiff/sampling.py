@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -55,35 +55,54 @@ def edm_num_steps(respacing: str) -> int:
                          f"levels such as '18', got {respacing!r}") from None
 
 
-def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
-                     mesh: jax.sharding.Mesh) -> Any:
-    """A jitted ``fn(params, indices, labels) -> images in [-1, 1]`` that samples the images with the
-    given global indices, the batch sharded over the mesh."""
+def sampler_settings(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
+    """The schedule the config's sampler runs on and the keyword arguments of
+    :func:`jdiff.samplers.sample` that ``config.sampling``/``config.diffusion`` fix: everything but the
+    randomness, the start point and Epsilon Scaling."""
     from jdiff.train import build_schedule
 
     s, d = config.sampling, config.diffusion
     edm = s.sampler in ("heun", "euler")
     # EDM's samplers pick their own σ grid on the full schedule; the others run the respaced chain.
     schedule = build_schedule(config, None if edm else (s.respacing or None))
-    step_options = dict(num_steps=edm_num_steps(s.respacing)) if edm else {}
+    options = dict(sampler=s.sampler, target=d.target, variance=d.variance, clip_denoised=s.clip_denoised)
+    if edm:
+        options["num_steps"] = edm_num_steps(s.respacing)
     if s.sampler == "ddim":
-        step_options["eta"] = s.eta
-    eps_scaling = eps_scaling_from_config(s)
+        options["eta"] = s.eta
+    return schedule, options
+
+
+def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
+                     mesh: jax.sharding.Mesh) -> Any:
+    """A jitted ``fn(params, indices, labels, eps_scaling=None) -> images in [-1, 1]`` that samples the
+    images with the given global indices, the batch sharded over the mesh. ``eps_scaling`` (default: the
+    config's) is an argument of the compiled function, so trying other λ does not recompile."""
+    schedule, options = sampler_settings(config)
+    default_eps_scaling = eps_scaling_from_config(config.sampling)
     shape_tail = (config.data.image_size, config.data.image_size, config.data.channels)
     base_key = jax.random.key(config.seed)
 
-    def generate(params, indices, labels):
+    def generate(params, indices, labels, eps_scaling):
         keys = jax.vmap(lambda n: jax.random.fold_in(base_key, n))(indices)
 
         def model_fn(x, t):
             return model.apply({"params": params}, x, t, labels, train=False)
 
         return samplers.sample(model_fn, schedule, (indices.shape[0],) + shape_tail, keys=keys,
-                               sampler=s.sampler, target=d.target, variance=d.variance,
-                               clip_denoised=s.clip_denoised, eps_scaling=eps_scaling, **step_options)
+                               eps_scaling=eps_scaling, **options)
 
-    batch = sharding.batch_sharding(mesh)
-    return jax.jit(generate, in_shardings=(sharding.replicated(mesh), batch, batch), out_shardings=batch)
+    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    jitted = jax.jit(generate, in_shardings=(replicated, batch, batch, replicated), out_shardings=batch)
+
+    num_steps = options.get("num_steps", schedule.num_steps)
+
+    def generate_fn(params, indices, labels, eps_scaling=None):
+        eps_scaling = default_eps_scaling if eps_scaling is None else eps_scaling
+        eps_scaling.check(num_steps)  # inside the jit λ is traced and cannot be checked
+        return jitted(params, indices, labels, eps_scaling)
+
+    return generate_fn
 
 
 def labels_for(config: ml_collections.ConfigDict, indices: np.ndarray) -> np.ndarray | None:
@@ -94,8 +113,10 @@ def labels_for(config: ml_collections.ConfigDict, indices: np.ndarray) -> np.nda
 
 
 def generate(config: ml_collections.ConfigDict, model: Any, params: Any, indices: np.ndarray,
-             mesh: jax.sharding.Mesh, generate_fn: Any = None) -> np.ndarray:
-    """uint8 NHWC images with the given global indices, on every process."""
+             mesh: jax.sharding.Mesh, generate_fn: Any = None,
+             eps_scaling: samplers.EpsScaling | None = None) -> np.ndarray:
+    """uint8 NHWC images with the given global indices, on every process (Epsilon Scaling: the
+    config's, or ``eps_scaling``)."""
     from jax.experimental import multihost_utils
 
     generate_fn = generate_fn or make_generate_fn(config, model, mesh)
@@ -104,7 +125,7 @@ def generate(config: ml_collections.ConfigDict, model: Any, params: Any, indices
     # Pad to a multiple of the device count with repeats of the last index; the extras are dropped.
     full = np.concatenate([indices, np.full(padded - len(indices), indices[-1], np.int32)])
     labels = labels_for(config, full)
-    images = generate_fn(params, full, labels)
+    images = generate_fn(params, full, labels, eps_scaling)
     images = multihost_utils.process_allgather(images, tiled=True) if jax.process_count() > 1 \
         else jax.device_get(images)
     return to_uint8(images[:len(indices)])
@@ -155,16 +176,23 @@ def sample_to_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
     return out
 
 
-def load_samples(directory: str, limit: int | None = None) -> np.ndarray:
-    """The images of all complete shards in ``directory``, in index order (uint8 NHWC)."""
+def iter_sample_shards(directory: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, indices) of each complete shard in ``directory``, in index order, one shard in memory at
+    a time."""
     shards = sorted(completed_shards(directory).items())
     if not shards:
         raise FileNotFoundError(f"no sample shards (samples_*.npz) in {directory}")
-    images, count = [], 0
     for start, end in shards:
         with np.load(os.path.join(directory, f"samples_{start:07d}_{end:07d}.npz")) as f:
-            images.append(f["images"])
-        count += end - start
+            yield f["images"], f["indices"]
+
+
+def load_samples(directory: str, limit: int | None = None) -> np.ndarray:
+    """The images of all complete shards in ``directory``, in index order (uint8 NHWC)."""
+    images, count = [], 0
+    for shard, _ in iter_sample_shards(directory):
+        images.append(shard)
+        count += len(shard)
         if limit is not None and count >= limit:
             break
     images = np.concatenate(images)
