@@ -21,10 +21,11 @@ without sampling (the weights, the reference, the sample folder) fails before an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import jax
 import ml_collections
@@ -65,16 +66,38 @@ def replicated_input(feature_fn: fid.FeatureFn) -> fid.FeatureFn:
 
 @dataclasses.dataclass(frozen=True)
 class Reference:
-    """The reference side of the FID: statistics, what they are (for the JSON), and the pictures the
-    real set of precision/recall comes from (None when not needed)."""
+    """The reference side of the FID: statistics, what they are (for the JSON), and, when asked for, the
+    reference pictures for the real set of precision/recall with their features where already computed."""
 
     stats: fid.Statistics
     description: str
-    images: np.ndarray | None
+    images: np.ndarray | None = None
+    features: np.ndarray | None = None
 
 
 def _chunks(images: np.ndarray, size: int) -> Iterable[np.ndarray]:
     return (images[i:i + size] for i in range(0, len(images), size))
+
+
+def _rebatch(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The rows of consecutive arrays (sample shards) in batches of ``size``, the last one shorter:
+    shards of any size cost no padding but the last batch's."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for array in arrays:
+        pending.append(array)
+        count += len(array)
+        while count >= size:
+            rows = np.concatenate(pending)
+            yield rows[:size]
+            pending, count = [rows[size:]], count - size
+    if count:
+        yield np.concatenate(pending)
+
+
+def features_of(images: np.ndarray, feature_fn: fid.FeatureFn, batch_size: int) -> np.ndarray:
+    """pool_3 features of pictures that every process holds in full, ``batch_size`` at a time."""
+    return np.concatenate([feature_fn(chunk)[0] for chunk in _chunks(images, batch_size)])
 
 
 def load_reference(config: ml_collections.ConfigDict, feature_fn: fid.FeatureFn, *,
@@ -89,23 +112,27 @@ def load_reference(config: ml_collections.ConfigDict, feature_fn: fid.FeatureFn,
             raise FileNotFoundError(f"config.eval.reference_stats={path!r} does not exist")
         with np.load(path) as f:
             keys = set(f.files)
-            images = f["arr_0"] if "arr_0" in keys and with_images else None
+            images = f["arr_0"] if with_images and "arr_0" in keys else None
         if with_images and images is None:
             raise ValueError(f"config.eval.precision_recall needs reference pictures, but {path} holds only "
                              f"{sorted(keys)}: use an ADM reference batch (arr_0), or leave "
                              "config.eval.reference_stats empty to use the training set")
-        stats = fid.load_reference_statistics(path, feature_fn)
-        return Reference(stats, f"file {os.path.abspath(path)}", images)
+        description = f"file {os.path.abspath(path)}"
+        if images is not None and not {"mu", "sigma"} <= keys:
+            # The pictures are all the file has: their features give the statistics, one pass for both.
+            features = features_of(images, feature_fn, e.batch_size)
+            return Reference(fid.statistics(features), description, images, features)
+        return Reference(fid.load_reference_statistics(path, feature_fn), description, images)
     from jdiff import data as data_lib
 
-    dataset = data_lib.load_dataset(d.name, split=d.split, image_size=d.image_size, channels=d.channels,
-                                    data_dir=d.data_dir or None)
+    # Loaded only if the statistics are not cached yet, or for precision/recall.
+    dataset = functools.cache(lambda: data_lib.load_dataset(d.name, split=d.split, image_size=d.image_size,
+                                                            channels=d.channels, data_dir=d.data_dir or None))
     # The cache knows only (data set, split): the resolution and channels go into the split's name.
     split = f"{d.split}_{d.image_size}x{d.image_size}x{d.channels}"
-    stats = fid.dataset_statistics(lambda: _chunks(dataset.images, e.batch_size), feature_fn, dataset=d.name,
+    stats = fid.dataset_statistics(lambda: _chunks(dataset().images, e.batch_size), feature_fn, dataset=d.name,
                                    split=split)
-    return Reference(stats, f"training data {d.name} {split} ({len(dataset)} images)",
-                     dataset.images if with_images else None)
+    return Reference(stats, f"training data {d.name} {split}", dataset().images if with_images else None)
 
 
 def _checkpoint_step(samples_dir: str) -> int | None:
@@ -135,6 +162,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         raise FileNotFoundError(f"config.eval.samples_dir={samples_dir!r} holds no sample shards "
                                 "(samples_*.npz); make them with --mode=sample, or leave it empty to sample "
                                 "the workdir's checkpoint")
+    num_samples = (sum(end - start for start, end in sampling.completed_shards(samples_dir).items())
+                   if samples_dir else config.sampling.num_samples)
+    if e.inception_score and num_samples < 10:
+        raise ValueError(f"config.eval.inception_score needs at least 10 samples (10 splits), got {num_samples}")
     if inception_params is None:
         inception_params = inception.load_inception_params(e.inception_weights or None)
     mesh = sharding.make_mesh()
@@ -145,11 +176,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         samples_dir = sampling.sample_to_directory(config, workdir)
         multihost_utils.sync_global_devices("samples_written")
     pools, logits = [], []
-    for images, _ in sampling.iter_sample_shards(samples_dir):
-        for chunk in _chunks(images, e.batch_size):
-            pool, logit = feature_fn(chunk)
-            pools.append(pool)
-            logits.append(logit)
+    for chunk in _rebatch((images for images, _ in sampling.iter_sample_shards(samples_dir)), e.batch_size):
+        pool, logit = feature_fn(chunk)
+        pools.append(pool)
+        logits.append(logit)
     pool, logits = np.concatenate(pools), np.concatenate(logits)
     stats = fid.statistics(pool)
     name = os.path.basename(os.path.normpath(samples_dir))
@@ -162,12 +192,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if e.inception_score:
         result["inception_score"], result["inception_score_std"] = fid.inception_score(logits)
     if e.precision_recall:
-        real = reference.images
-        if len(real) > len(pool):
-            real = real[np.sort(np.random.default_rng(config.seed).choice(len(real), len(pool), replace=False))]
-        real_pool = np.concatenate([feature_fn(chunk)[0] for chunk in _chunks(real, e.batch_size)])
-        result["precision"], result["recall"] = fid.precision_recall(real_pool, pool)
-        result["precision_recall_real_images"] = len(real_pool)
+        real_images, real = reference.images, reference.features
+        if len(real_images) > len(pool):
+            # As many real pictures as samples: precision and recall depend on the two set sizes.
+            chosen = np.sort(np.random.default_rng(config.seed).choice(len(real_images), len(pool), replace=False))
+            real_images, real = real_images[chosen], None if real is None else real[chosen]
+        if real is None:
+            real = features_of(real_images, feature_fn, e.batch_size)
+        result["precision"], result["recall"] = fid.precision_recall(real, pool)
+        result["precision_recall_real_images"] = len(real)
     logging.info("%s: FID %.4f on %d samples", name, result["fid"], len(pool))
 
     if jax.process_index() == 0:
