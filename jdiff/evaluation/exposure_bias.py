@@ -350,20 +350,27 @@ def plot_exposure_bias(results: Mapping[str, ExposureBias], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("plotting the exposure bias needs matplotlib (pip install matplotlib)") from e
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    training_drawn: list[np.ndarray] = []
     for label, r in results.items():
         steps = np.arange(1, len(r.delta) + 1)
         axes[0].plot(steps, r.delta, marker=".", label=label)
         axes[1].plot(steps, r.delta_paired, marker=".", label=label)
-        line, = axes[2].plot(steps, r.eps_norm_sampling_scaled, marker=".", label=f"{label}: sampling")
-        if np.all(np.isfinite(r.eps_norm_training)):
-            axes[2].plot(steps, r.eps_norm_training, linestyle="--", color=line.get_color(),
-                         label=f"{label}: training")
+        axes[2].plot(steps, r.eps_norm_sampling_scaled, marker=".", label=f"{label}: sampling")
+        # Training's ε̂ does not depend on λ: one line per model, not per λ.
+        if np.all(np.isfinite(r.eps_norm_training)) and not any(
+                np.allclose(r.eps_norm_training, drawn) for drawn in training_drawn):
+            training_drawn.append(r.eps_norm_training)
+            axes[2].plot(steps, r.eps_norm_training, linestyle="--", color="black",
+                         label="training" if len(training_drawn) == 1 else f"{label}: training")
     titles = ["δ_t = (std x̂_t − std x_t)²  (jdiff)", "δ_t = (std(x̂_t − √ᾱ_t x₀) − √(1−ᾱ_t))²  (authors')",
-              "‖ε̂/λ‖₂ per image"]
+              "‖ε̂/λ‖₂ per image, along sampling and training"]
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("sampling step (1 = noisiest)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
