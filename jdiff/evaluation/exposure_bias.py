@@ -14,27 +14,32 @@ over the pixels. Two variance errors come out per step:
   noise draw adds to the estimate).
 
 For a single training image (any point-mass data) the two are the same number. For a data set they are
-not, and that is why the authors' δ_t barely moves with Epsilon Scaling. The chain cannot come back to the
-x₀ it started from: x_T keeps only √ᾱ_T of it (0.0016 at the last cosine step), so even a perfect model
-draws x̂_t from q(x_t | x_T), not from q(x_t | x₀), and β̂_t² = (1 − ᾱ_t) + a term that every sampler has,
-perfect or not, which grows to ≈ 2·var(x₀) at the last step (one generated image minus an unrelated
-training image). On CIFAR-10 (pixel std ≈ 0.5 in [−1, 1]) that is β̂_0 ≈ 0.7: the official logs' last
-values (β̂ ≈ 0.69, δ ≈ 0.47) are this term, not exposure bias. Epsilon Scaling changes β̂_t only through the
-small part of it that depends on the sampler; and since the term contains var(x̂_t), the paired formula
-even rewards a model whose samples shrink (one that over-predicts ε), so the λ that undoes such a bias
-can *raise* the authors' δ_t. Closed form (Gaussian data x₀ ~ N(0, 1) per pixel, the exact ε oracle
-ε*(x, t) = √(1 − ᾱ_t)·x and a biased one 1.01·ε*, DDPM with β_t variances, which is exact for this data,
-cosine schedule, no clipping), Σ_t δ_t for exact / biased / biased with λ = 1.01:
+not, and that is why the authors' δ_t can look the same with and without Epsilon Scaling. The chain
+cannot come back to the x₀ it started from: x_T keeps only √ᾱ_T of it (0.0016 at the last cosine step),
+so even a perfect model draws x̂_t from q(x_t | x_T), not from q(x_t | x₀), and β̂_t² = (1 − ᾱ_t) + a term
+that every sampler has, perfect or not, growing to ≈ 2·var(x₀) at the last step (a generated image minus
+an unrelated training image). On CIFAR-10 (pixel std ≈ 0.5 in [−1, 1]) that is β̂ ≈ 0.7 at the last
+step, which is what the official repository's 20-step log shows (β̂ = 0.69, δ = 0.47): the authors' δ_t
+there is mostly this floor, not exposure bias. What Epsilon Scaling changes, the spread of x̂_t, enters
+β̂_t² only as var(x̂_t) on top of the floor, so δ_t moves by a fraction of its size (on a log plot, often
+not visibly), and in a direction that rewards shrunken samples: a network that over-predicts ε has a
+*lower* paired δ_t than the exact one, and the λ that undoes its bias *raises* it. Closed form (x₀ ~ N(0, 1)
+per pixel, the exact ε oracle ε*(x, t) = √(1 − ᾱ_t)·x and a biased 1.01·ε*, DDPM with the β_t variances,
+which is exact for this data, cosine schedule, no clipping), Σ_t δ_t for exact / biased / biased with
+λ = 1.01:
 
   100 steps:   authors' 55.1 / 60.7 / 55.1      jdiff's 0 / 6.32 / 0
   1000 steps:  authors' 529 / 520 / 529         jdiff's 0 / 0.098 / 0
 
-jdiff's δ_t is zero for a sampler whose x̂_t has the training distribution's spread, whatever x₀ it
-started from, and it sees exactly what Epsilon Scaling acts on: the spread of the sampler's inputs. It is
-not zero for an exact ε with a sampler whose own discretisation misses the spread (DDPM with the β̃
-variances on 20 steps loses ~25 % of the data variance even with the exact ε), and then the λ that
-minimises it corrects both errors together. ``tests/test_exposure_bias.py`` checks both formulas against
-this closed form.
+and, as ADM samples (x̂₀ clipped), N(0, 0.25) data, 20 steps, a 3 % over-prediction of ε: jdiff's Σδ_t
+doubles and λ = 1.03 restores it, while the authors' falls by 5 % (``tests/test_exposure_bias.py``).
+
+jdiff's δ_t is zero for a sampler whose x̂_t has the training inputs' spread, whatever x₀ it started
+from, and it sees exactly what Epsilon Scaling acts on: the spread of the sampler's inputs. It is not
+zero for an exact ε with a sampler whose own discretisation misses that spread (DDPM with the β̃ variances
+on 20 steps keeps only ~74 % of the variance of N(0, 0.25) data even with the exact ε), and then the λ
+that minimises it corrects both errors together. ``tests/test_exposure_bias.py`` checks both formulas
+against the closed form.
 
 The second diagnostic (the authors' ε-norm figure): the L2 norm of the network's ε̂ per image along
 sampling, at each step's input, against the norm of ε̂ at x_t ~ q(x_t | x₀) of the same level (same
@@ -159,11 +164,10 @@ def trajectory_moments(apply_fn: ApplyFn, variables: Any, schedule: Schedule, x0
     def model_fn(x, t):
         return apply_fn(variables, x, t, labels)
 
-    extra = dict(num_steps=num_steps) if num_steps is not None else {}
     _, trajectory = samplers.sample(
         model_fn, schedule, x_start, start_index=steps - 1, keys=sampler_keys, sampler=sampler, target=target,
         variance=variance, clip_denoised=clip_denoised, eta=eta, eps_scaling=eps_scaling, order=order,
-        record=("x", "eps"), **extra)
+        num_steps=num_steps, record=("x", "eps"))
     x = trajectory["x"]                                   # (S, B, H, W, C): x after step k, level k + 1
     lands = levels.alpha[1:].reshape((steps,) + (1,) * x0.ndim)
     x0_mean, x0_m2 = _weighted_moments(x0, weights, axis=0)
@@ -280,7 +284,9 @@ def make_exposure_bias_fn(apply_fn: ApplyFn, schedule: Schedule, *, mesh: jax.sh
 
     Image n's randomness is ``fold_in(key(seed), n)``, the same for every λ: two λ are compared on the
     same noise (common random numbers), which is what makes a δ-scored search smooth in λ.
-    ``sampler_options`` are those of :func:`trajectory_moments` (sampler, target, variance, …)."""
+    ``sampler_options`` are those of :func:`trajectory_moments` (sampler, target, variance, …). The
+    sampler keeps the whole trajectory of x̂ and ε̂: device memory grows as 2·steps·batch_size·H·W·C
+    floats (100 steps of 500 CIFAR-10 images: 1.2 GB), so choose the batch size by the step count."""
     mesh = mesh or sharding.make_mesh()
     processes = jax.process_count()
     if batch_size <= 0 or batch_size % mesh.size or batch_size % processes:
