@@ -1,6 +1,6 @@
-"""Exposure bias δ_t and the ε-norm diagnostic against the Gaussian-data closed form (tests/helpers/gaussian_toy.py),
-on an exact ε oracle and on one that over-predicts the noise, with and without Epsilon Scaling; and the
-checkpoint CLI on a tiny UNet."""
+"""Exposure bias δ_t and the ε-norm diagnostic against the Gaussian-data closed form
+(tests/helpers/gaussian_toy.py), on an exact ε oracle and on one that over-predicts the noise, with and
+without Epsilon Scaling; and the checkpoint CLI on a tiny UNet."""
 
 import json
 import os
@@ -65,8 +65,8 @@ def test_exact_oracle_has_no_exposure_bias_and_epsilon_scaling_undoes_a_bias(uni
     corrected = unit_run(np.float32(1.002), images, eps_scaling=EpsScaling.constant(1.002))
     assert exact.delta.sum() < 1e-3                        # Monte Carlo noise only; the closed form is 0
     assert biased.delta.sum() > 1.0                        # the closed form: 7.6
-    assert biased.delta.sum() == pytest.approx(closed_form(STEPS, 1.0, 1.002, 1.0, "fixed_large")["delta"].sum(),
-                                               rel=0.05)
+    expected = closed_form(STEPS, 1.0, 1.002, 1.0, "fixed_large")["delta"].sum()
+    assert biased.delta.sum() == pytest.approx(expected, rel=0.05)
     np.testing.assert_allclose(corrected.delta, exact.delta, atol=1e-6)
     # The authors' formula is far from 0 even for the exact model: the chain does not return to its x₀.
     floor = closed_form(STEPS, 1.0, 1.0, 1.0, "fixed_large")
@@ -108,9 +108,11 @@ def test_batches_and_padding_do_not_change_the_result(schedule, half_run):
     """Per-image keys: 300 images in one padded batch of 1024 or in batches of 128 give the same numbers."""
     images = gaussian_images(0.5, n=300)
     small = eb.make_exposure_bias_fn(oracle_apply_fn(0.5), schedule, batch_size=128, clip_denoised=False)
-    results = [run(np.float32(1.0), images, eps_scaling=EpsScaling.constant(1.0)) for run in (small, half_run)]
+    results = [run(np.float32(1.0), images, eps_scaling=EpsScaling.constant(1.0))
+               for run in (small, half_run)]
     for name in ("paired_std", "sample_std", "reference_std", "eps_norm_sampling", "eps_norm_training"):
-        np.testing.assert_allclose(getattr(results[0], name), getattr(results[1], name), rtol=2e-5, err_msg=name)
+        np.testing.assert_allclose(getattr(results[0], name), getattr(results[1], name), rtol=2e-5,
+                                   err_msg=name)
     assert results[0].num_images == results[1].num_images == 300
 
 
@@ -161,8 +163,10 @@ def converted_tiny_unet(workdir, config):
     from jdiff import train
 
     model = train.build_model(config)
-    shapes = jax.eval_shape(lambda k: model.init({"params": k}, *train.dummy_inputs(config), train=False)["params"],
-                            jax.random.key(0))
+    def init(key):
+        return model.init({"params": key}, *train.dummy_inputs(config), train=False)["params"]
+
+    shapes = jax.eval_shape(init, jax.random.key(0))
     rng = np.random.default_rng(0)
 
     def draw(path, leaf):
@@ -194,10 +198,11 @@ def test_checkpoint_cli_writes_json_and_plot(tmp_path):
     config = tiny_unet_config()
     converted_tiny_unet(str(tmp_path), config)
     config_file = tmp_path / "tiny.py"
-    config_file.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_exposure_bias import tiny_unet_config\n"
-                           "def get_config():\n    return tiny_unet_config()\n" % os.path.join(ROOT, "tests"))
+    config_file.write_text("from test_exposure_bias import tiny_unet_config\n"
+                           "def get_config():\n    return tiny_unet_config()\n")
     subprocess.run([sys.executable, "-m", "jdiff.evaluation.exposure_bias", f"--config={config_file}",
-                    f"--workdir={tmp_path}", "--num_images=6"], check=True, env=cli_env(), cwd=ROOT, timeout=300)
+                    f"--workdir={tmp_path}", "--num_images=6"],
+                   check=True, env=cli_env(), cwd=ROOT, timeout=300)
     name = "step0_ddpm_r4_es-1.05_seed0"
     with open(tmp_path / "exposure_bias" / f"{name}.json") as f:
         written = json.load(f)

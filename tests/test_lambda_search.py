@@ -2,11 +2,9 @@
 toy model (closed form: λ = the bias), the FID score's plumbing on a tiny UNet, and the CLI's report."""
 
 import json
-import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -19,8 +17,8 @@ from test_exposure_bias import ROOT, cli_env, converted_tiny_unet, tiny_unet_con
 @pytest.fixture(scope="module")
 def toy_run():
     schedule = schedules.make_schedule("cosine", 1000, "20")
-    return exposure_bias.make_exposure_bias_fn(oracle_apply_fn(1.0), schedule, batch_size=1024, eps_norms=False,
-                                               variance="fixed_large", clip_denoised=False)
+    return exposure_bias.make_exposure_bias_fn(oracle_apply_fn(1.0), schedule, batch_size=1024,
+                                               eps_norms=False, variance="fixed_large", clip_denoised=False)
 
 
 @pytest.mark.parametrize("bias", [1.0037, 0.9971])
@@ -93,8 +91,8 @@ def test_cli_delta_search_writes_table_json_and_plot(tmp_path):
     config_file.write_text("from test_exposure_bias import tiny_unet_config\n"
                            "def get_config():\n    return tiny_unet_config()\n")
     subprocess.run([sys.executable, "-m", "jdiff.evaluation.lambda_search", f"--config={config_file}",
-                    f"--workdir={tmp_path}", "--score=delta", "--num_images=6", "--num_points=3", "--rounds=2",
-                    "--b_range=0.9,1.1"], check=True, env=cli_env(), cwd=ROOT, timeout=300)
+                    f"--workdir={tmp_path}", "--score=delta", "--num_images=6", "--num_points=3",
+                    "--rounds=2", "--b_range=0.9,1.1"], check=True, env=cli_env(), cwd=ROOT, timeout=300)
     name = "step0_ddpm_r4_es-none_seed0_lambda-delta-constant"
     folder = tmp_path / "lambda_search"
     with open(folder / f"{name}.json") as f:

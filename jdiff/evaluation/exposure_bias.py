@@ -292,7 +292,8 @@ def make_exposure_bias_fn(apply_fn: ApplyFn, schedule: Schedule, *, mesh: jax.sh
     if batch_size <= 0 or batch_size % mesh.size or batch_size % processes:
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of the number of devices "
                          f"({mesh.size}) and of processes ({processes})")
-    levels = sampler_levels(schedule, sampler_options.get("sampler", "ddpm"), sampler_options.get("num_steps"))
+    levels = sampler_levels(schedule, sampler_options.get("sampler", "ddpm"),
+                            sampler_options.get("num_steps"))
     steps = int(levels.index.shape[0])
     batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     base_key = jax.random.key(seed)
@@ -398,7 +399,8 @@ def write_results(results: Mapping[str, ExposureBias], directory: str, name: str
     return json_path, png_path
 
 
-def training_images(config: ml_collections.ConfigDict, num_images: int) -> tuple[np.ndarray, np.ndarray | None]:
+def training_images(config: ml_collections.ConfigDict,
+                    num_images: int) -> tuple[np.ndarray, np.ndarray | None]:
     """``num_images`` training images of ``config.data`` in [−1, 1] (a subset drawn without replacement
     with ``config.seed``, no flips) and their labels when the model is class-conditional."""
     from jdiff import data as data_lib
@@ -429,7 +431,8 @@ def exposure_bias_for_checkpoint(config: ml_collections.ConfigDict, workdir: str
     from jdiff.train import build_model, restore_ema_params
 
     config_lib.validate(config)
-    images, labels = training_images(config, num_images)  # before the checkpoint: a missing data set fails first
+    # Before the checkpoint: a missing data set fails first.
+    images, labels = training_images(config, num_images)
     mesh = sharding.make_mesh()
     model = build_model(config)
     s = config.sampling

@@ -103,8 +103,9 @@ def sample_batches(config: ml_collections.ConfigDict, model: Any, params: Any, m
 
     def sample(eps_scaling: samplers.EpsScaling) -> Iterable[np.ndarray]:
         for start in range(0, num_samples, size):
-            yield sampling.generate(config, model, params, np.arange(start, min(start + size, num_samples)), mesh,
-                                    generate_fn, eps_scaling=eps_scaling)
+            indices = np.arange(start, min(start + size, num_samples))
+            yield sampling.generate(config, model, params, indices, mesh, generate_fn,
+                                    eps_scaling=eps_scaling)
 
     return sample
 
@@ -129,9 +130,10 @@ def write_report(result: search.SearchResult, directory: str, name: str,
     lines += ["", f"**Best: {best_text} (score {best.score:.6g})**", ""]
     edges = at_edge(result, settings["bounds"])
     if edges:
-        lines += [f"Note: the best {', '.join(edges)} lies on the edge of the searched range; the minimum may be "
-                  "outside it: search again with a wider range.", ""]
-    lines += ["| round | " + " | ".join(result.names) + " | score |", "|---:|" + "---:|" * (len(result.names) + 1)]
+        lines += [f"Note: the best {', '.join(edges)} lies on the edge of the searched range; the minimum "
+                  "may be outside it: search again with a wider range.", ""]
+    lines += ["| round | " + " | ".join(result.names) + " | score |",
+              "|---:|" + "---:|" * (len(result.names) + 1)]
     for e in sorted(result.evaluations, key=lambda e: tuple(e.params[n] for n in result.names)):
         cells = [str(e.round)] + [f"{e.params[n]:.6g}" for n in result.names] + [f"{e.score:.6g}"]
         if e is best:
@@ -140,8 +142,8 @@ def write_report(result: search.SearchResult, directory: str, name: str,
     with open(paths[0], "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(paths[1], "w") as f:
-        json.dump(dict(settings=dict(settings), names=list(result.names),
-                       evaluations=[dict(round=e.round, params=e.params, score=e.score) for e in result.evaluations],
+        evaluations = [dict(round=e.round, params=e.params, score=e.score) for e in result.evaluations]
+        json.dump(dict(settings=dict(settings), names=list(result.names), evaluations=evaluations,
                        best=dict(params=best.params, score=best.score)), f, indent=2)
     ax = search.plot_search(result)
     ax.set_ylabel(str(settings.get("score", "score")))
@@ -223,7 +225,8 @@ def search_lambda(config: ml_collections.ConfigDict, workdir: str, *, score: str
                         sampler=s.sampler, respacing=s.respacing, seed=config.seed,
                         sampling=json.loads(s.to_json()), diffusion=json.loads(config.diffusion.to_json()))
         paths = write_report(result, output_dir or os.path.join(workdir, "lambda_search"), name, settings)
-        logging.info("best %s (score %.6g); wrote %s", result.best.params, result.best.score, ", ".join(paths))
+        logging.info("best %s (score %.6g); wrote %s", result.best.params, result.best.score,
+                     ", ".join(paths))
         for edge in at_edge(result, bounds):
             logging.warning("the best %s is on the edge of its range %s: widen it", edge, bounds[edge])
     multihost_utils.sync_global_devices("lambda_search_written")

@@ -130,8 +130,8 @@ def load_reference(config: ml_collections.ConfigDict, feature_fn: fid.FeatureFn,
                                                             channels=d.channels, data_dir=d.data_dir or None))
     # The cache knows only (data set, split): the resolution and channels go into the split's name.
     split = f"{d.split}_{d.image_size}x{d.image_size}x{d.channels}"
-    stats = fid.dataset_statistics(lambda: _chunks(dataset().images, e.batch_size), feature_fn, dataset=d.name,
-                                   split=split)
+    stats = fid.dataset_statistics(lambda: _chunks(dataset().images, e.batch_size), feature_fn,
+                                   dataset=d.name, split=split)
     return Reference(stats, f"training data {d.name} {split}", dataset().images if with_images else None)
 
 
@@ -165,7 +165,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     num_samples = (sum(end - start for start, end in sampling.completed_shards(samples_dir).items())
                    if samples_dir else config.sampling.num_samples)
     if e.inception_score and num_samples < 10:
-        raise ValueError(f"config.eval.inception_score needs at least 10 samples (10 splits), got {num_samples}")
+        raise ValueError(f"config.eval.inception_score needs at least 10 samples (10 splits), got "
+                         f"{num_samples}")
     if inception_params is None:
         inception_params = inception.load_inception_params(e.inception_weights or None)
     mesh = sharding.make_mesh()
@@ -195,7 +196,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         real_images, real = reference.images, reference.features
         if len(real_images) > len(pool):
             # As many real pictures as samples: precision and recall depend on the two set sizes.
-            chosen = np.sort(np.random.default_rng(config.seed).choice(len(real_images), len(pool), replace=False))
+            rng = np.random.default_rng(config.seed)
+            chosen = np.sort(rng.choice(len(real_images), len(pool), replace=False))
             real_images, real = real_images[chosen], None if real is None else real[chosen]
         if real is None:
             real = features_of(real_images, feature_fn, e.batch_size)

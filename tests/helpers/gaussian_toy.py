@@ -47,7 +47,8 @@ def closed_form(num_steps: int, s: float, c: float, lam: float, variance: str = 
         var_x = gain * gain * var_x + (step_variance[i] if i > 0 else 0.0)
         cov = gain * cov
         a, sg = (alpha[i - 1], sigma[i - 1]) if i > 0 else (1.0, 0.0)
-        rows.append((sg, np.sqrt(var_x - 2 * a * cov + a * a * s * s), np.sqrt(var_x), np.sqrt(a * a * s * s + sg * sg)))
+        paired = np.sqrt(var_x - 2 * a * cov + a * a * s * s)
+        rows.append((sg, paired, np.sqrt(var_x), np.sqrt(a * a * s * s + sg * sg)))
     sigma_t, paired, sample, reference = np.array(rows).T
     return dict(sigma=sigma_t, paired_std=paired, delta_paired=(paired - sigma_t) ** 2, sample_std=sample,
                 reference_std=reference, delta=(sample - reference) ** 2)
