@@ -32,6 +32,7 @@ def get_config():
     config.training.learning_rate = 1e-3
     config.training.warmup_steps = 100
     config.training.ema_rate = 0.999
+    config.training.ema_warmup = True      # a 1,500-step run: 0.999^500 would leave 60% of the init
     config.training.log_every = 100
     config.training.checkpoint_every = 500
     config.training.sample_every = 500

@@ -77,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
         weight_decay=0.0,
         grad_clip=1.0,            # global-norm clip; 0 = off
         ema_rate=0.9999,
+        ema_warmup=False,         # rate min(ema_rate, (1+n)/(10+n)): for short runs
         log_every=100,
         checkpoint_every=10_000,
         keep_checkpoints=3,

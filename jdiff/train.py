@@ -125,10 +125,13 @@ def loss_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.UNet,
                tx: optax.GradientTransformation, schedule: schedules.Schedule, base_key: jax.Array,
-               ema_rate: float, loss_kwargs: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_rate: float, ema_warmup: bool, loss_kwargs: dict[str, Any]
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step: sample t and ε, the weighted diffusion loss, AdamW, EMA, sampler history.
 
-    EMA as ADM: θ_ema ← r·θ_ema + (1 − r)·θ after the optimiser update.
+    EMA as ADM: θ_ema ← r·θ_ema + (1 − r)·θ after the optimiser update. With ``ema_warmup`` the rate is
+    min(r, (1 + n)/(10 + n)) at step n, so a short run's EMA is not dominated by the initial weights
+    (0.999^500 still gives them 60%).
     """
     key = jax.random.fold_in(base_key, state.step)
     key_t, key_noise, key_dropout = jax.random.split(key, 3)
@@ -149,7 +152,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.
     (loss, (per_example, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, params)
+    rate = jnp.minimum(ema_rate, (1.0 + state.step) / (10.0 + state.step)) if ema_warmup else ema_rate
+    ema_params = jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, state.ema_params, params)
     sampler_state = (None if state.sampler_state is None else
                      timestep_sampling.update_loss_second_moment(state.sampler_state, t, per_example))
 
@@ -173,6 +177,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: models.UNet, tx: o
     steps over a stack of K batches in one call (fewer dispatches; metrics of the last step)."""
     step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                              base_key=run_keys(config.seed)[1], ema_rate=config.training.ema_rate,
+                             ema_warmup=config.training.ema_warmup,
                              loss_kwargs=loss_settings(config))
     if config.training.steps_per_call > 1:
         def multi_step(state, batches):

@@ -1,4 +1,5 @@
-"""The sharded train step gives the single-device result on 4 CPU devices and across 2 processes.
+"""The sharded train step gives the single-device result on 4 CPU devices (with the parameters sharded
+too) and across 2 processes (replicated).
 
 Each run is a subprocess, because the device count is fixed when JAX starts."""
 
@@ -50,7 +51,7 @@ def test_four_devices_and_two_processes_match_one_device(tmp_path):
     for w in workers:
         finish(w)
     finish(run(one, "--devices", "1", devices=4))
-    finish(run(four, devices=4))
+    finish(run(four, "--shard-params", devices=4))   # parameters and optimiser state split over 4 devices
     # Only the order of the gradient all-reduce differs: float32 rounding after two Adam steps.
     assert_same_params(one, four, rtol=2e-4)
     assert_same_params(four, two, rtol=2e-4)

@@ -24,6 +24,7 @@ def main():
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--shard-params", action="store_true")
     args = parser.parse_args()
 
     from jdiff import sharding
@@ -38,6 +39,7 @@ def main():
     from test_train import tiny_config
 
     config = tiny_config()
+    config.training.shard_params = args.shard_params
     devices = jax.devices()[:args.devices] if args.devices else jax.devices()
     mesh = sharding.make_mesh(devices)
     model = train.build_model(config)
