@@ -86,7 +86,8 @@ def test_checkpoint_is_sampled_then_scored(tmp_path, variables):
     assert result["run"] == name and result["checkpoint_step"] == 0 and result["num_samples"] == 4
     assert sampling.completed_shards(str(tmp_path / "samples" / name)) == {0: 4}
     assert np.isfinite(result["fid"]) and result["fid"] > 0
-    assert result["reference"] == f"file {reference}" and result["sampling"]["respacing"] == "4"
+    assert result["reference"] == f"file {reference}"
+    assert result["sampling_config"]["sampling"]["respacing"] == "4"
     assert os.path.exists(tmp_path / "eval" / f"{name}.json")
 
 

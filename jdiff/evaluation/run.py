@@ -135,20 +135,24 @@ def load_reference(config: ml_collections.ConfigDict, feature_fn: fid.FeatureFn,
     return Reference(stats, f"training data {d.name} {split}", dataset().images if with_images else None)
 
 
-def _checkpoint_step(samples_dir: str) -> int | None:
+def _sampling_record(samples_dir: str) -> dict[str, Any] | None:
+    """What :func:`jdiff.sampling.sample_to_directory` recorded of how it made the folder (checkpoint
+    step, sampling and diffusion settings, seed), or None for a folder made otherwise."""
     path = os.path.join(samples_dir, "sampling_config.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f).get("checkpoint_step")
+        return json.load(f)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              inception_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """FID of ``config.eval.samples_dir`` or of the workdir's checkpoint (module docstring); also the
     Inception Score (``config.eval.inception_score``, 10 splits: needs ≥ 10 samples) and precision/recall
-    (``config.eval.precision_recall``, k = 3). Writes ``<workdir>/eval/<run name>.json`` and the scalars
-    ``eval/fid`` … to TensorBoard at the checkpoint's step (process 0), and returns the JSON's content.
+    (``config.eval.precision_recall``, k = 3). Writes ``<workdir>/eval/<run name>.json`` (the scores, the
+    number of samples, the reference, and how the folder was sampled: checkpoint step and settings, as
+    ``sampling_config.json`` in the folder records them) and the scalars ``eval/fid`` … to TensorBoard at
+    the checkpoint's step (process 0), and returns the JSON's content.
 
     ``inception_params``: Flax variables of the FID Inception instead of loading them (tests)."""
     from jdiff import config as config_lib
@@ -187,9 +191,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     result: dict[str, Any] = dict(
         run=name, samples_dir=os.path.abspath(samples_dir), num_samples=len(pool),
         fid=fid.frechet_distance(stats.mu, stats.sigma, reference.stats.mu, reference.stats.sigma),
-        reference=reference.description, checkpoint_step=_checkpoint_step(samples_dir),
-        inception_weights=e.inception_weights or "cache",
-        sampling=json.loads(config.sampling.to_json()), diffusion=json.loads(config.diffusion.to_json()))
+        reference=reference.description, inception_weights=e.inception_weights or "cache")
+    record = _sampling_record(samples_dir)
+    result["checkpoint_step"] = None if record is None else record.get("checkpoint_step")
+    result["sampling_config"] = record
     if e.inception_score:
         result["inception_score"], result["inception_score_std"] = fid.inception_score(logits)
     if e.precision_recall:
