@@ -1,0 +1,276 @@
+"""Epsilon Scaling (Ning et al., ICLR 2024) on a trained digits model: quality against λ, the exposure bias
+δ_t with and without ES, and the λ the search tool finds against the grid's best.
+
+    python experiments/eps_scaling_sweep.py --budget small            # CPU smoke run, a few minutes
+    python experiments/eps_scaling_sweep.py --budget full [--results DIR] [--only sampler=ddpm]
+        [--only steps=20,50] [--lambdas 0.98,0.99,1,1.01] [--weighting debias] [--seed 0] [--workdir DIR]
+    python experiments/eps_scaling_sweep.py --budget full --report-only
+
+The model: ``--workdir`` (a run of configs/digits.py, its latest checkpoint), or else the digits run of
+``--weighting`` (default Debias) and ``--seed`` that weighting_comparison.py trains with the same budget
+(trained here if missing). For each sampler (DDPM, DDIM η = 0, EDM Heun) and step count (Heun: noise
+levels, 2·steps − 1 network evaluations), one unit:
+
+- classifier-FID (digits) of ``num_samples`` samples against constant λ on the budget's grid (the same
+  noise for every λ, so the curve is smooth in λ);
+- the search tool (:func:`jdiff.evaluation.search.grid_search`, coarse-to-fine over the grid's range)
+  scored by the same classifier-FID, and by Σ_t δ_t (jdiff's δ, :mod:`jdiff.evaluation.exposure_bias`),
+  against the grid's best λ;
+- δ_t along the chain from ``delta_images`` training images, without ES and with the grid's best λ
+  (the paper's figure, :func:`jdiff.evaluation.exposure_bias.plot_exposure_bias`: both δ formulas and
+  the ε̂ norms).
+
+Writes ``<results>/eps_scaling_sweep/``: ``eps_scaling_sweep.{md,json,png}`` (the PNG: quality against
+λ), ``delta_t/<sampler>-<steps>.png`` and ``units/<sampler>-<steps>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+import weighting_comparison  # noqa: E402
+
+from jdiff import samplers  # noqa: E402
+from jdiff.evaluation import exposure_bias, search  # noqa: E402
+
+EXPERIMENT = "eps_scaling_sweep"
+ONLY_KEYS = ("sampler", "steps")
+
+
+def lambda_score_fn(programs: common.Programs, config: Any, params: Any, scorer: common.Scorer,
+                    indices: np.ndarray, batch: int, cache: dict[str, float],
+                    on_new: Callable[[], None]) -> Callable[[float], float]:
+    """classifier-FID of the samples with these indices at constant λ, remembered in ``cache``
+    (``on_new`` is called after each new evaluation, to save it)."""
+    def evaluate(lam: float) -> float:
+        start = time.perf_counter()
+        images = programs.images(config, params, indices, samplers.EpsScaling.constant(lam), batch)
+        score = scorer(images)
+        logging.info("%s-%s λ=%.5g: %s %.4g (%.1f s)", config.sampling.sampler, config.sampling.respacing, lam,
+                     scorer.name, score, time.perf_counter() - start)
+        return score
+
+    remembered = common.memoised(cache, evaluate)
+
+    def score(lam: float) -> float:
+        known = f"{lam:.9f}" in cache
+        value = remembered(lam)
+        if not known:
+            on_new()
+        return value
+
+    return score
+
+
+def search_lambda(score: Callable[[float], float], budget: common.Budget) -> dict[str, Any]:
+    """The search tool over the grid's λ range: its best λ, its score and every evaluation."""
+    bounds = {"b": (min(budget.lambdas), max(budget.lambdas))}
+    result = search.grid_search(lambda p: score(p["b"]), bounds, num_points=budget.search_points,
+                                rounds=budget.search_rounds)
+    return dict(best=result.best.params["b"], score=result.best.score,
+                at_edge=result.best.params["b"] in bounds["b"],
+                evaluations=[dict(round=e.round, b=e.params["b"], score=e.score) for e in result.evaluations])
+
+
+def grid_best(cache: Mapping[str, float], lambdas: Sequence[float]) -> float:
+    return min(lambdas, key=lambda lam: cache[f"{lam:.9f}"])
+
+
+def sweep_unit(config: Any, workdir: str, params: Any, step: int, sampler: str, steps: int, budget: common.Budget,
+               scorer: common.Scorer, programs: common.Programs, units: common.Units, delta_images: np.ndarray,
+               force: bool = False) -> dict[str, Any]:
+    """One (sampler, steps) unit of the sweep (module docstring); returns its record."""
+    name = common.setting_name(sampler, steps)
+    signature = dict(config=common.config_hash(config), run=os.path.basename(os.path.normpath(workdir)),
+                     checkpoint_step=step, num_samples=budget.num_samples,
+                     delta_images=budget.delta_images, classifier=scorer.info["classifier_sha256"])
+    record = units.open(name, signature, force)
+    record.update(sampler=sampler, steps=steps, weighting=config.diffusion.weighting, seed=config.seed,
+                  checkpoint_step=step, scorer=scorer.info, environment=common.environment())
+    setting = common.with_sampler(config, sampler, steps)
+    cache = record.setdefault("classifier_fid", {})
+    score = lambda_score_fn(programs, setting, params, scorer, np.arange(budget.num_samples),
+                            budget.sample_batch, cache, lambda: units.save(name, record))
+    for lam in budget.lambdas:
+        score(lam)
+    best = grid_best(cache, budget.lambdas)
+    record["grid"] = {f"{lam:g}": cache[f"{lam:.9f}"] for lam in budget.lambdas}
+    record["grid_best"] = best
+    record["search_classifier_fid"] = search_lambda(score, budget)
+    units.save(name, record)
+
+    run = programs.exposure_bias_fn(setting, min(budget.sample_batch, len(delta_images)))
+    delta_cache = record.setdefault("delta_sum", {})
+
+    def delta_sum(lam: float) -> float:
+        result = run(params, delta_images, None, samplers.EpsScaling.constant(lam))
+        return float(np.sum(result.delta))
+
+    record["search_delta"] = search_lambda(common.memoised(delta_cache, delta_sum), budget)
+    if record.get("delta_t", {}).get("lambda") != best:
+        record["delta_t"] = {"lambda": best, **{
+            label: run(params, delta_images, None, samplers.EpsScaling.constant(lam)).to_json()
+            for label, lam in (("no ES", 1.0), ("ES", best))}}
+    units.save(name, record)
+    logging.info("%s: grid best λ=%g, search λ=%.5g (classifier-FID), λ=%.5g (Σδ)", name, best,
+                 record["search_classifier_fid"]["best"], record["search_delta"]["best"])
+    return record
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def _exposure(data: Mapping[str, Any]) -> exposure_bias.ExposureBias:
+    fields = {f.name for f in dataclasses.fields(exposure_bias.ExposureBias)}
+    return exposure_bias.ExposureBias(**{k: (v if k == "num_images" else np.asarray(v))
+                                         for k, v in data.items() if k in fields})
+
+
+def _found(search_result: Mapping[str, Any]) -> str:
+    return f"{search_result['best']:.5g}" + (" (edge of the range)" if search_result["at_edge"] else "")
+
+
+def _sorted(records: Mapping[str, dict]) -> list[dict]:
+    order = {"ddpm": 0, "ddim": 1, "heun": 2}
+    return sorted(records.values(), key=lambda r: (order.get(r["sampler"], 9), r["sampler"], r["steps"]))
+
+
+def report(directory: str, budget: common.Budget, command: str) -> None:
+    """Rebuilds the report from every unit file in ``directory``."""
+    records = _sorted(common.Units(directory).all())
+    if not records:
+        raise FileNotFoundError(f"no unit files in {directory}/units: run the experiment first")
+    first = records[0]
+    metric = first["scorer"]["metric"]
+    lines = common.header("Epsilon Scaling on digits: quality against λ, δ_t, and the λ search", budget,
+                          first["environment"], first["scorer"], command)
+    lines += [f"Model: the {first['weighting']} run, seed {first['seed']}, checkpoint {first['checkpoint_step']}. "
+              "Constant λ (ε̂/λ at every step). Heun's steps are EDM noise levels (2·steps − 1 network "
+              "evaluations). Every λ of a setting is scored on the same noise.", "",
+              f"## The λ found: grid against the search tool ({metric}; Σδ_t = jdiff's δ summed over the steps)",
+              ""]
+    rows = []
+    for r in records:
+        fid_search, delta_search = r["search_classifier_fid"], r["search_delta"]
+        rows.append([f"{r['sampler']}-{r['steps']}", common.format_number(r["grid"]["1"]),
+                     f"{r['grid_best']:g}", common.format_number(r["grid"][f"{r['grid_best']:g}"]),
+                     _found(fid_search), common.format_number(fid_search["score"]),
+                     str(len(fid_search["evaluations"])), _found(delta_search),
+                     common.format_number(r["delta_t"]["no ES"]["delta_sum"]),
+                     common.format_number(r["delta_t"]["ES"]["delta_sum"])])
+    lines += common.markdown_table(
+        ["setting", "λ = 1", "grid best λ", "its score", "search λ (classifier-FID)", "its score", "evaluations",
+         "search λ (Σδ_t)", "Σδ_t at λ = 1", "Σδ_t at grid best"], rows)
+    lambdas = sorted({float(lam) for r in records for lam in r["grid"]})
+    lines += ["", f"## {metric} against λ (bold: the best of each setting)", ""]
+    rows = []
+    for lam in lambdas:
+        row = [f"{lam:g}"]
+        for r in records:
+            value = r["grid"].get(f"{lam:g}")
+            row.append("–" if value is None else
+                       common.format_number(value) if lam != r["grid_best"] else f"**{common.format_number(value)}**")
+        rows.append(row)
+    lines += common.markdown_table(["λ"] + [f"{r['sampler']}-{r['steps']}" for r in records], rows)
+    lines += ["", f"![quality against λ]({EXPERIMENT}.png)", "", "## δ_t with and without ES", ""]
+    delta_dir = os.path.join(directory, "delta_t")
+    for r in records:
+        name = f"{r['sampler']}-{r['steps']}"
+        results = {f"no ES ({name})": _exposure(r["delta_t"]["no ES"]),
+                   f"ES λ={r['delta_t']['lambda']:g} ({name})": _exposure(r["delta_t"]["ES"])}
+        exposure_bias.plot_exposure_bias(results, os.path.join(delta_dir, f"{name}.png"))
+        lines.append(f"- {name}: ![δ_t {name}](delta_t/{name}.png)")
+    results = dict(experiment=EXPERIMENT, metric=metric, budget=budget.describe(), command=command,
+                   units={f"{r['sampler']}-{r['steps']}": r for r in records})
+    common.write_report(directory, EXPERIMENT, lines, results)
+    plot(records, metric, os.path.join(directory, f"{EXPERIMENT}.png"), smoke=common.is_smoke(budget))
+
+
+def plot(records: Sequence[Mapping[str, Any]], metric: str, path: str, smoke: bool) -> None:
+    plt = common.pyplot()
+    sampler_names = list(dict.fromkeys(r["sampler"] for r in records))
+    fig, axes = plt.subplots(1, len(sampler_names), figsize=(5 * len(sampler_names), 4), squeeze=False)
+    for ax, sampler in zip(axes[0], sampler_names):
+        for i, r in enumerate(x for x in records if x["sampler"] == sampler):
+            points = sorted((float(k), v) for k, v in r["grid"].items())
+            color = f"C{i}"
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color,
+                    label=f"{r['steps']} steps")
+            found = r["search_classifier_fid"]
+            ax.plot(found["best"], found["score"], marker="*", markersize=14, color=color, linestyle="none")
+        ax.axvline(1.0, color="grey", linewidth=0.8)
+        ax.set_title(f"{sampler.upper()} (star: the search tool's λ)", fontsize="medium")
+        ax.set_xlabel("λ (constant)")
+        ax.set_ylabel(f"{metric} (lower is better)")
+        ax.legend(fontsize="small")
+    if smoke:
+        fig.suptitle("SMOKE RUN (budget small): not a finding", color="red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def model_under_test(budget: common.Budget, root: str, overrides: Mapping[str, Any], weighting: str,
+                     seed: int, workdir: str | None) -> tuple[Any, str]:
+    """(config, workdir) of the model to sweep: ``workdir`` with the digits config, or the trained
+    weighting-comparison run of ``weighting`` and ``seed`` (trained if missing)."""
+    config, default_workdir = weighting_comparison.trained_run(weighting, seed, budget, root, overrides)
+    if workdir:
+        return config, workdir
+    common.ensure_trained(config, default_workdir)
+    return config, default_workdir
+
+
+def run(budget: common.Budget, directory: str, root: str, classifier_path: str, only: Mapping[str, set[str]],
+        overrides: Mapping[str, Any], force: bool, command: str, weighting: str = "debias", seed: int | None = None,
+        workdir: str | None = None) -> None:
+    config, workdir = model_under_test(budget, root, overrides, weighting,
+                                       budget.seeds[0] if seed is None else seed, workdir)
+    scorer = common.make_scorer(classifier_path, config)
+    programs = common.Programs(config)
+    units = common.Units(directory)
+    jobs = [(sampler, steps) for sampler in budget.sweep_samplers for steps in budget.steps
+            if common.selected(only, sampler=sampler, steps=steps)]
+    if jobs:
+        params, step = programs.restore(config, workdir, None)
+        delta_images, _ = exposure_bias.training_images(config, budget.delta_images)
+        for sampler, steps in jobs:
+            sweep_unit(config, workdir, params, step, sampler, steps, budget, scorer, programs, units, delta_images, force)
+    report(directory, budget, command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_arguments(parser, ONLY_KEYS)
+    parser.add_argument("--weighting", default="debias", choices=common.WEIGHTINGS,
+                        help="which weighting-comparison run to sweep (default debias)")
+    parser.add_argument("--seed", type=int, default=None, help="its seed (default: the budget's first)")
+    parser.add_argument("--workdir", default=None, help="sweep this run of configs/digits.py instead")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the unit files")
+    args = parser.parse_args(argv)
+    budget = common.budget_from_args(args)
+    directory = common.results_dir(args, EXPERIMENT)
+    if args.report_only:
+        report(directory, budget, common.command_line())
+        return
+    common.set_up(args)
+    run(budget, directory, common.workdir_root(args), args.classifier, common.parse_only(args.only, ONLY_KEYS),
+        common.parse_overrides(args.set), args.force, common.command_line(), args.weighting, args.seed,
+        args.workdir)
+
+
+if __name__ == "__main__":
+    main()
