@@ -48,6 +48,7 @@ DIGITS_CONFIG = os.path.join(REPO_ROOT, "configs", "digits.py")
 DEFAULT_CLASSIFIER = os.path.join(REPO_ROOT, "experiments", "results", "classifier", "digits_8x8x1.npz")
 CLASSIFIER_SEED, CLASSIFIER_STEPS = 0, 500
 WEIGHTINGS = ("constant", "p2", "min_snr", "debias")
+SAMPLE_SEED = 0
 
 
 # --- budgets -------------------------------------------------------------------------------------
@@ -143,7 +144,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, only_keys: Sequence[st
     parser.add_argument("--samplers", type=_words, default=None, help="override the samplers, e.g. ddpm,ddim")
     parser.add_argument("--lambdas", type=_floats, default=None, help="override the λ grid, e.g. 0.99,1,1.01")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of configs/digits.py, e.g. training.batch_size=128 (repeatable)")
+                        help="override a value of configs/digits.py, e.g. training.batch_size=128 "
+                             "(repeatable)")
     parser.add_argument("--force", action="store_true", help="recompute the selected units")
 
 
@@ -179,8 +181,18 @@ def selected(only: Mapping[str, set[str]], **fields: Any) -> bool:
     return all(str(value) in only[key] for key, value in fields.items() if key in only)
 
 
+def select_units(only: Mapping[str, set[str]],
+                 candidates: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The candidate units (dicts of their keys) that ``--only`` selects; ValueError if it selects none."""
+    chosen = [c for c in candidates if selected(only, **c)]
+    if not chosen:
+        values = {key: sorted({str(c[key]) for c in candidates}) for key in (candidates or [{}])[0]}
+        raise ValueError(f"--only {dict(only)} selects none of this budget's units (they have {values})")
+    return chosen
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["training.batch_size=128"]`` → {"training.batch_size": 128} (values as Python literals, else text)."""
+    """``["training.batch_size=128"]`` → {"training.batch_size": 128} (Python literals, else text)."""
     overrides = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -282,8 +294,11 @@ def ensure_trained(config: ml_collections.ConfigDict, workdir: str) -> list[int]
 
 def with_sampler(config: ml_collections.ConfigDict, sampler: str, steps: int) -> ml_collections.ConfigDict:
     """A copy of ``config`` sampling with ``sampler`` on ``steps`` steps (EDM: noise levels), DDIM with
-    η = 0, x̂₀ clipped as ADM samples."""
+    η = 0, x̂₀ clipped as ADM samples, and the seed :data:`SAMPLE_SEED`: every model is scored on the same
+    noise (the training seed varies the model only), and runs that differ in their seed share the
+    compiled sampler (the seed's key is a constant of the program)."""
     config = config.copy_and_resolve_references()
+    config.seed = SAMPLE_SEED
     config.sampling.sampler = sampler
     config.sampling.respacing = str(steps)
     config.sampling.eta = 0.0
@@ -296,7 +311,8 @@ def _program_key(config: ml_collections.ConfigDict) -> str:
     d, s = config.diffusion, config.sampling
     return json.dumps(dict(seed=config.seed, schedule=d.schedule, T=d.num_timesteps, target=d.target,
                            variance=d.variance, sampler=s.sampler, respacing=s.respacing,
-                           clip=s.clip_denoised, eta=s.eta, data=json.loads(config.data.to_json())), sort_keys=True)
+                           clip=s.clip_denoised, eta=s.eta, data=json.loads(config.data.to_json())),
+                      sort_keys=True)
 
 
 class Programs:
@@ -344,8 +360,8 @@ class Programs:
             def apply_fn(variables, x, t, y):
                 return self.model.apply({"params": variables}, x, t, y, train=False)
 
-            self._delta[key] = exposure_bias.make_exposure_bias_fn(apply_fn, schedule, mesh=self.mesh,
-                                                                   seed=config.seed, batch_size=batch, **options)
+            self._delta[key] = exposure_bias.make_exposure_bias_fn(
+                apply_fn, schedule, mesh=self.mesh, seed=config.seed, batch_size=batch, **options)
         return self._delta[key]
 
 
@@ -455,15 +471,17 @@ def header(title: str, budget: Budget, env: Mapping[str, Any], scorer_info: Mapp
     """The top of a report: what ran, where, and whether the numbers mean anything."""
     lines = [f"# {title}", ""]
     if is_smoke(budget):
-        lines += [f"**Smoke run (budget `small`, {env['backend']}): it checks that the script runs end to end. "
-                  "The models are trained for a few dozen steps and scored on a few hundred samples: "
+        lines += [f"**Smoke run (budget `small`, {env['backend']}): it checks that the script runs end to "
+                  "end. The models are trained for a few dozen steps and scored on a few hundred samples: "
                   "these numbers are not findings.**", ""]
     lines += [f"- budget `{budget.name}`: {budget.train_steps} training steps, checkpoints every "
-              f"{budget.checkpoint_every}, seeds {list(budget.seeds)}, {budget.num_samples} samples per score",
+              f"{budget.checkpoint_every}, seeds {list(budget.seeds)}, {budget.num_samples} samples per "
+              "score",
               f"- device: {env['device']} × {env['device_count']} ({env['backend']}), jax {env['jax']}, "
               f"{env['time']}",
-              f"- metric: **{scorer_info['metric']}**, the Fréchet distance in the 64-d features of a small CNN "
-              f"trained on the digits labels (held-out accuracy {scorer_info['classifier_heldout_accuracy']:.3f}; "
+              f"- metric: **{scorer_info['metric']}**, the Fréchet distance in the 64-d features of a small "
+              "CNN trained on the digits labels (held-out accuracy "
+              f"{scorer_info['classifier_heldout_accuracy']:.3f}; "
               f"`{scorer_info['classifier']}`), against {scorer_info['reference']}. Not Inception FID: it "
               "compares only with itself at the same sample count. Yardstick: the classifier's "
               f"{scorer_info['real_heldout_images']} held-out real digits score "

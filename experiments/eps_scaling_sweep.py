@@ -57,8 +57,8 @@ def lambda_score_fn(programs: common.Programs, config: Any, params: Any, scorer:
         start = time.perf_counter()
         images = programs.images(config, params, indices, samplers.EpsScaling.constant(lam), batch)
         score = scorer(images)
-        logging.info("%s-%s λ=%.5g: %s %.4g (%.1f s)", config.sampling.sampler, config.sampling.respacing, lam,
-                     scorer.name, score, time.perf_counter() - start)
+        logging.info("%s-%s λ=%.5g: %s %.4g (%.1f s)", config.sampling.sampler, config.sampling.respacing,
+                     lam, scorer.name, score, time.perf_counter() - start)
         return score
 
     remembered = common.memoised(cache, evaluate)
@@ -87,9 +87,9 @@ def grid_best(cache: Mapping[str, float], lambdas: Sequence[float]) -> float:
     return min(lambdas, key=lambda lam: cache[f"{lam:.9f}"])
 
 
-def sweep_unit(config: Any, workdir: str, params: Any, step: int, sampler: str, steps: int, budget: common.Budget,
-               scorer: common.Scorer, programs: common.Programs, units: common.Units, delta_images: np.ndarray,
-               force: bool = False) -> dict[str, Any]:
+def sweep_unit(config: Any, workdir: str, params: Any, step: int, sampler: str, steps: int,
+               budget: common.Budget, scorer: common.Scorer, programs: common.Programs, units: common.Units,
+               delta_images: np.ndarray, force: bool = False) -> dict[str, Any]:
     """One (sampler, steps) unit of the sweep (module docstring); returns its record."""
     name = common.setting_name(sampler, steps)
     signature = dict(config=common.config_hash(config), run=os.path.basename(os.path.normpath(workdir)),
@@ -154,10 +154,12 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
     metric = first["scorer"]["metric"]
     lines = common.header("Epsilon Scaling on digits: quality against λ, δ_t, and the λ search", budget,
                           first["environment"], first["scorer"], command)
-    lines += [f"Model: the {first['weighting']} run, seed {first['seed']}, checkpoint {first['checkpoint_step']}. "
+    lines += [f"Model: the {first['weighting']} run, seed {first['seed']}, checkpoint "
+              f"{first['checkpoint_step']}. "
               "Constant λ (ε̂/λ at every step). Heun's steps are EDM noise levels (2·steps − 1 network "
               "evaluations). Every λ of a setting is scored on the same noise.", "",
-              f"## The λ found: grid against the search tool ({metric}; Σδ_t = jdiff's δ summed over the steps)",
+              f"## The λ found: grid against the search tool ({metric}; Σδ_t = jdiff's δ summed over "
+              "the steps)",
               ""]
     rows = []
     for r in records:
@@ -169,8 +171,8 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
                      common.format_number(r["delta_t"]["no ES"]["delta_sum"]),
                      common.format_number(r["delta_t"]["ES"]["delta_sum"])])
     lines += common.markdown_table(
-        ["setting", "λ = 1", "grid best λ", "its score", "search λ (classifier-FID)", "its score", "evaluations",
-         "search λ (Σδ_t)", "Σδ_t at λ = 1", "Σδ_t at grid best"], rows)
+        ["setting", "λ = 1", "grid best λ", "its score", "search λ (classifier-FID)", "its score",
+         "evaluations", "search λ (Σδ_t)", "Σδ_t at λ = 1", "Σδ_t at grid best"], rows)
     lambdas = sorted({float(lam) for r in records for lam in r["grid"]})
     lines += ["", f"## {metric} against λ (bold: the best of each setting)", ""]
     rows = []
@@ -178,8 +180,8 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
         row = [f"{lam:g}"]
         for r in records:
             value = r["grid"].get(f"{lam:g}")
-            row.append("–" if value is None else
-                       common.format_number(value) if lam != r["grid_best"] else f"**{common.format_number(value)}**")
+            text = "–" if value is None else common.format_number(value)
+            row.append(f"**{text}**" if lam == r["grid_best"] else text)
         rows.append(row)
     lines += common.markdown_table(["λ"] + [f"{r['sampler']}-{r['steps']}" for r in records], rows)
     lines += ["", f"![quality against λ]({EXPERIMENT}.png)", "", "## δ_t with and without ES", ""]
@@ -234,20 +236,23 @@ def model_under_test(budget: common.Budget, root: str, overrides: Mapping[str, A
 
 
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str, only: Mapping[str, set[str]],
-        overrides: Mapping[str, Any], force: bool, command: str, weighting: str = "debias", seed: int | None = None,
-        workdir: str | None = None) -> None:
+        overrides: Mapping[str, Any], force: bool, command: str, weighting: str = "debias",
+        seed: int | None = None, workdir: str | None = None) -> None:
+    jobs = common.select_units(only, [dict(sampler=sampler, steps=steps) for sampler in budget.sweep_samplers
+                                      for steps in budget.steps])
     config, workdir = model_under_test(budget, root, overrides, weighting,
                                        budget.seeds[0] if seed is None else seed, workdir)
     scorer = common.make_scorer(classifier_path, config)
     programs = common.Programs(config)
     units = common.Units(directory)
-    jobs = [(sampler, steps) for sampler in budget.sweep_samplers for steps in budget.steps
-            if common.selected(only, sampler=sampler, steps=steps)]
-    if jobs:
-        params, step = programs.restore(config, workdir, None)
-        delta_images, _ = exposure_bias.training_images(config, budget.delta_images)
-        for sampler, steps in jobs:
-            sweep_unit(config, workdir, params, step, sampler, steps, budget, scorer, programs, units, delta_images, force)
+    params, step = programs.restore(config, workdir, None)
+    # The δ chains start from the same training images for every model (the sampling seed's subset).
+    images_config = config.copy_and_resolve_references()
+    images_config.seed = common.SAMPLE_SEED
+    delta_images, _ = exposure_bias.training_images(images_config, budget.delta_images)
+    for job in jobs:
+        sweep_unit(config, workdir, params, step, job["sampler"], job["steps"], budget, scorer, programs,
+                   units, delta_images, force)
     report(directory, budget, command)
 
 
@@ -267,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         report(directory, budget, common.command_line())
         return
     common.set_up(args)
-    run(budget, directory, common.workdir_root(args), args.classifier, common.parse_only(args.only, ONLY_KEYS),
+    run(budget, directory, common.workdir_root(args), args.classifier,
+        common.parse_only(args.only, ONLY_KEYS),
         common.parse_overrides(args.set), args.force, common.command_line(), args.weighting, args.seed,
         args.workdir)
 

@@ -139,12 +139,14 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
     lines = common.header("Loss weighting on digits: Debias vs constant, P2 and Min-SNR", budget,
                           first["environment"], first["scorer"], command)
     p = first["weighting_params"]
-    lines += [f"Weights on the ε-MSE: constant 1; P2 1/(k + SNR)^γ with k = {p['p2_k']:g}, γ = {p['p2_gamma']:g}; "
+    lines += ["Weights on the ε-MSE: constant 1; "
+              f"P2 1/(k + SNR)^γ with k = {p['p2_k']:g}, γ = {p['p2_gamma']:g}; "
               f"Min-SNR min(SNR, γ)/SNR with γ = {p['min_snr_gamma']:g}; Debias 1/√SNR (ε-MSE). Same model, "
               "data, optimiser, steps and seed for each.", "",
-              "Seeds per weighting: " + ", ".join(f"{LABELS[w]} {sorted(summary['seeds'][w])}" for w in weightings),
-              "", f"## {metric} at the last checkpoint, by sampler and steps (lower is better; mean ± std over "
-              "seeds)", ""]
+              "Seeds per weighting: "
+              + ", ".join(f"{LABELS[w]} {sorted(summary['seeds'][w])}" for w in weightings), "",
+              f"## {metric} at the last checkpoint, by sampler and steps (lower is better; mean ± std "
+              "over seeds)", ""]
     rows = []
     best = {s: min((np.mean(v), w) for w, v in summary["final"][s].items())[1] for s in settings}
     for w in weightings:
@@ -154,13 +156,14 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
     curve = first["curve_setting"]
     steps = sorted({step for w in summary["curve"] for step in summary["curve"][w]})
     lines += ["", f"## {metric} against training iterations ({curve.replace(':', ', ')} steps)", ""]
-    rows = [[str(step)] + [common.format_mean_std(summary["curve"].get(w, {}).get(step, [])) for w in weightings]
-            for step in steps]
+    rows = [[str(step)] + [common.format_mean_std(summary["curve"].get(w, {}).get(step, []))
+                           for w in weightings] for step in steps]
     lines += common.markdown_table(["iteration"] + [LABELS[w] for w in weightings], rows)
     lines += ["", f"![plot]({EXPERIMENT}.png)"]
     results = dict(experiment=EXPERIMENT, metric=metric, budget=budget.describe(), command=command,
                    summary={"final": summary["final"],
-                            "curve": {w: {str(k): v for k, v in c.items()} for w, c in summary["curve"].items()},
+                            "curve": {w: {str(k): v for k, v in c.items()}
+                                      for w, c in summary["curve"].items()},
                             "seeds": summary["seeds"]},
                    units=records)
     common.write_report(directory, EXPERIMENT, lines, results)
@@ -215,14 +218,14 @@ def plot(summary: Mapping[str, Any], weightings: Sequence[str], settings: Sequen
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str,
         only: Mapping[str, set[str]], overrides: Mapping[str, Any], force: bool, command: str) -> None:
     """Every selected (weighting, seed) unit, then the report of every unit in ``directory``."""
+    candidates = [dict(weighting=w, seed=s) for s in budget.seeds for w in common.WEIGHTINGS]
+    chosen = common.select_units(only, candidates)
     base_config, _ = trained_run("debias", budget.seeds[0], budget, root, overrides)
     scorer = common.make_scorer(classifier_path, base_config)
     programs = common.Programs(base_config)
     units = common.Units(directory)
-    for seed in budget.seeds:
-        for weighting in common.WEIGHTINGS:
-            if common.selected(only, weighting=weighting, seed=seed):
-                evaluate_run(weighting, seed, budget, scorer, programs, units, root, overrides, force)
+    for unit in chosen:
+        evaluate_run(unit["weighting"], unit["seed"], budget, scorer, programs, units, root, overrides, force)
     report(directory, budget, command)
 
 
@@ -238,11 +241,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         report(directory, budget, common.command_line())
         return
     common.set_up(args)
-    only = common.parse_only(args.only, ONLY_KEYS)
-    unknown = only.get("weighting", set()) - set(common.WEIGHTINGS)
-    if unknown:
-        raise SystemExit(f"--only weighting: unknown {sorted(unknown)}; choose from {list(common.WEIGHTINGS)}")
-    run(budget, directory, common.workdir_root(args), args.classifier, only,
+    run(budget, directory, common.workdir_root(args), args.classifier,
+        common.parse_only(args.only, ONLY_KEYS),
         common.parse_overrides(args.set), args.force, common.command_line())
 
 

@@ -111,7 +111,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *, num_classes: int
     images = _check_images(images)
     labels = np.asarray(labels)
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"expected integer labels of shape ({len(images)},), got {labels.dtype} {labels.shape}")
+        raise ValueError(f"expected integer labels of shape ({len(images)},), got {labels.dtype} "
+                         f"{labels.shape}")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels span {labels.min()} … {labels.max()}, outside 0 … {num_classes - 1}")
     if steps < 1 or batch_size < 1:
@@ -174,7 +175,7 @@ def accuracy(classifier: TrainedClassifier, images: np.ndarray, labels: np.ndarr
 
 def classifier_fid(images: np.ndarray, reference: fid.Statistics, feature_fn: fid.FeatureFn) -> float:
     """classifier-FID of uint8 ``images`` against ``reference`` statistics: the Fréchet distance between
-    the Gaussian fits of their classifier features (``feature_fn`` from :func:`make_classifier_feature_fn`)."""
+    the Gaussian fits of their classifier features (``feature_fn``: :func:`make_classifier_feature_fn`)."""
     stats = fid.statistics(feature_fn(images)[0])
     return fid.frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma)
 
@@ -196,6 +197,7 @@ def save_classifier(path: str, classifier: TrainedClassifier) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, settings=np.asarray(json.dumps(dict(classifier.settings))), **arrays)
+        os.chmod(temporary, 0o644)   # mkstemp's 0600 would keep a shared cache from other users
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -226,14 +228,15 @@ def load_or_train_classifier(cache_path: str, dataset: data_lib.ArrayDataset, *,
                   width=DigitClassifier.width, feature_dim=DigitClassifier.feature_dim)
     if os.path.exists(cache_path):
         classifier = load_classifier(cache_path)
-        differ = {k: (classifier.settings.get(k), v) for k, v in wanted.items() if classifier.settings.get(k) != v}
+        differ = {k: (classifier.settings.get(k), v) for k, v in wanted.items()
+                  if classifier.settings.get(k) != v}
         if differ:
             raise ValueError(f"the classifier cached at {cache_path} was made with other settings "
                              f"{differ} (cached, wanted): delete the file or pass another cache path")
         return classifier
     train, held = holdout_split(len(dataset), holdout_fraction, seed)
-    params = train_classifier(dataset.images[train], dataset.labels[train], num_classes=num_classes, seed=seed,
-                              steps=steps)
+    params = train_classifier(dataset.images[train], dataset.labels[train], num_classes=num_classes,
+                              seed=seed, steps=steps)
     classifier = TrainedClassifier(params, dict(wanted, num_train=len(train), num_heldout=len(held)))
     held_accuracy = accuracy(classifier, dataset.images[held], dataset.labels[held])
     classifier = TrainedClassifier(params, dict(classifier.settings, heldout_accuracy=held_accuracy))
