@@ -324,7 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
 def restore_ema_params(workdir: str, config: ml_collections.ConfigDict, model: models.UNet,
                        mesh: jax.sharding.Mesh, step: int | None = None) -> tuple[Any, int]:
     """The EMA parameters of the latest (or the given) checkpoint in ``workdir``, replicated on the
-    mesh, and their step; the optimiser state is not read."""
+    mesh, and their step; the optimiser state is not read. A checkpoint written by
+    ``python -m jdiff.convert`` is refused (ValueError naming the config keys) when ``config`` describes
+    another network."""
     abstract = jax.eval_shape(lambda k: model.init({"params": k}, *dummy_inputs(config), train=False)["params"],
                               jax.random.key(0))
     shardings = sharding.tree_shardings(abstract, mesh, shard=False)
@@ -335,6 +337,11 @@ def restore_ema_params(workdir: str, config: ml_collections.ConfigDict, model: m
             raise ckpt_lib.CheckpointError(
                 f"no checkpoint in {workdir}/checkpoints: train first (--mode=train) or convert a "
                 "guided-diffusion checkpoint (python -m jdiff.convert)")
+        _, meta = checkpointer.restore(step, meta_only=True)
+        if "flags" in meta:  # converted by jdiff.convert: the config must describe the same network
+            from jdiff.convert import check_config
+
+            check_config(meta["flags"], config)
         items, meta = checkpointer.restore(step, targets={"ema_params": target})
     finally:
         checkpointer.close()
