@@ -12,10 +12,18 @@ Not checkable: ``use_new_attention_order``, ``num_heads``, ``num_head_channels``
 ``num_heads_upsample`` change how qkv splits into heads but no shape, so they must match the training
 command.
 
-Command line (writes a jdiff checkpoint with :func:`jdiff.checkpoint.save_converted`)::
+Command line: writes the work directory ``DIR`` whose ``DIR/checkpoints`` holds the weights as step 0
+(:func:`jdiff.checkpoint.save_converted`, with the flags in its metadata), which ``python -m jdiff.main
+--workdir=DIR --mode=sample`` (or ``eval``) reads::
 
     python -m jdiff.convert --checkpoint ema_0.9999_500000.pt --output DIR \\
         --flags "--image_size 32 --num_channels 128 --num_res_blocks 3 --num_head_channels 32 ..."
+    python -m jdiff.convert --print-config --flags "..."   # the matching --config.* overrides
+
+The config that samples it must describe the same network: :func:`config_overrides` turns the flags into
+config values, and sampling refuses a config that disagrees with the recorded flags
+(:func:`check_config`), which also catches the head flags that the weights cannot. ``configs/adm_*.py``
+and ``configs/debias_*.py`` are the published models (docs/pretrained.md).
 
 Reading ``.pt`` files needs PyTorch (``pip install 'jdiff[torch]'``); ``.npz`` state dicts do not.
 """
@@ -23,16 +31,20 @@ Reading ``.pt`` files needs PyTorch (``pip install 'jdiff[torch]'``); ``.npz`` s
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from jdiff.models import UNet, param_shapes, unet_kwargs_from_flags
+from jdiff.config import default_config
+from jdiff.models import MODEL_FLAG_DEFAULTS, UNet, param_shapes, unet_kwargs_from_flags
+from jdiff.models.unet import coerce_flag
 
 # (problems, regex on an official key, the flag most likely wrong), most specific first. Problems: a
 # missing or unexpected key ("presence"), a shape that differs only in its first axis ("rows"), or
@@ -210,25 +222,163 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     return load_torch_state_dict(path)
 
 
+# The official scripts' diffusion and sampling flags that have a jdiff config key, with their defaults
+# (which type them); ``sampler`` is Debias's, ``eps_scaler`` ADM-ES's.
+SCRIPT_FLAG_DEFAULTS: dict[str, Any] = dict(
+    noise_schedule="linear", diffusion_steps=1000, predict_xstart=False, predict_v=False, sigma_small=False,
+    rescale_learned_sigmas=False, timestep_respacing="", use_ddim=False, sampler="ddpm", clip_denoised=True,
+    eps_scaler=1.0,
+)
+_SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm_solver": "dpm_solver_pp", "unipc": "unipc"}
+_MODEL_KEYS = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "num_heads",
+               "num_head_channels", "dropout", "use_scale_shift_norm", "resblock_updown",
+               "use_new_attention_order")
+# Config keys among the flags' that do not change what the network computes at sampling time.
+_UNCHECKED = ("model.dropout", "diffusion.rescale_learned_sigmas", "sampling.")
+
+
+def config_overrides(flags: Mapping[str, Any] | str) -> tuple[dict[str, Any], list[str]]:
+    """The jdiff config values (dotted keys) that official flags fix, and the given flags that have no
+    config key (``model_path``, ``batch_size``, ``use_fp16``, training flags, ...).
+
+    Always the network: ``data.image_size``, ``data.channels``, ``data.class_conditional`` (and
+    ``data.num_classes``), the ``model.*`` keys, and ``diffusion.variance`` (``learned_range`` with
+    ``learn_sigma``, else ``fixed_small`` with ``sigma_small``, else ``fixed_large``, as guided-diffusion).
+    When given: ``noise_schedule``, ``diffusion_steps``, ``predict_xstart``/Debias's ``predict_v`` →
+    ``diffusion.target``, ``rescale_learned_sigmas``, ``timestep_respacing``, ``use_ddim`` or Debias's
+    ``sampler`` (its ``dpm_solver`` becomes jdiff's DPM-Solver++(2M), see :mod:`jdiff.samplers.dpm_solver`),
+    ``clip_denoised``, and ADM-ES's ``eps_scaler`` (a constant λ). Raises ValueError for what the config
+    cannot express: ``num_heads_upsample`` ≠ ``num_heads`` without ``num_head_channels``.
+    """
+    flags = parse_flags(flags) if isinstance(flags, str) else dict(flags)
+    m = unet_kwargs_from_flags(flags)
+    if m["num_head_channels"] == -1 and m["num_heads_upsample"] not in (-1, m["num_heads"]):
+        raise ValueError(f"num_heads_upsample={m['num_heads_upsample']} differs from "
+                         f"num_heads={m['num_heads']}: the jdiff config has no such key; build the network "
+                         "with jdiff.models.UNet(**unet_kwargs_from_flags(flags)) instead of a config")
+    f = {name: coerce_flag(name, flags[name], default)
+         for name, default in SCRIPT_FLAG_DEFAULTS.items() if name in flags}
+    out: dict[str, Any] = {"data.image_size": m["image_size"], "data.channels": m["in_channels"],
+                           "data.class_conditional": m["num_classes"] is not None}
+    if m["num_classes"] is not None:
+        out["data.num_classes"] = m["num_classes"]
+    out.update({f"model.{key}": m[key] for key in _MODEL_KEYS})
+    out["diffusion.variance"] = ("learned_range" if m["learn_sigma"]
+                                 else "fixed_small" if f.get("sigma_small") else "fixed_large")
+    if "noise_schedule" in f:
+        out["diffusion.schedule"] = f["noise_schedule"]
+    if "diffusion_steps" in f:
+        out["diffusion.num_timesteps"] = f["diffusion_steps"]
+    if "predict_xstart" in f or "predict_v" in f:
+        if f.get("predict_xstart") and f.get("predict_v"):
+            raise ValueError("predict_xstart and predict_v are both True; the network predicts one of them")
+        out["diffusion.target"] = "v" if f.get("predict_v") else "x0" if f.get("predict_xstart") else "eps"
+    if "rescale_learned_sigmas" in f:
+        out["diffusion.rescale_learned_sigmas"] = f["rescale_learned_sigmas"]
+    if "timestep_respacing" in f:
+        out["sampling.respacing"] = f["timestep_respacing"]
+    if "sampler" in f:
+        if f["sampler"] not in _SAMPLERS:
+            raise ValueError(f"sampler={f['sampler']!r} is not one of Debias's {sorted(_SAMPLERS)}")
+        out["sampling.sampler"] = _SAMPLERS[f["sampler"]]
+    elif "use_ddim" in f:
+        out["sampling.sampler"] = "ddim" if f["use_ddim"] else "ddpm"
+    if "clip_denoised" in f:
+        out["sampling.clip_denoised"] = f["clip_denoised"]
+    if "eps_scaler" in f:
+        out["sampling.eps_scaling"] = "none" if f["eps_scaler"] == 1.0 else "constant"
+        out["sampling.eps_scale_b"] = f["eps_scaler"]
+    translated = (set(MODEL_FLAG_DEFAULTS) - {"use_checkpoint", "use_fp16"}) | set(SCRIPT_FLAG_DEFAULTS)
+    return out, sorted(set(flags) - translated)
+
+
+def config_from_flags(flags: Mapping[str, Any] | str) -> ml_collections.ConfigDict:
+    """:func:`jdiff.config.default_config` with the values that ``flags`` fix (:func:`config_overrides`)."""
+    config = default_config()
+    for key, value in config_overrides(flags)[0].items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def _plain(value: Any) -> Any:
+    """Lists (JSON, ml-collections) and tuples compare alike."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def check_config(flags: Mapping[str, Any] | str, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError, naming each config key and the value the flags need, when ``config`` does not
+    describe the network converted with ``flags``: another architecture (also a head count or attention
+    order, which give the same shapes and another function), labels, image size, or, where the flags name
+    them, another schedule, step count or prediction target. Dropout, the choice between the two fixed
+    variances and the sampling settings are free."""
+    overrides, _ = config_overrides(flags)
+    wrong = []
+    for key, value in overrides.items():
+        if key.startswith(_UNCHECKED):
+            continue
+        if key == "model.num_heads" and overrides["model.num_head_channels"] != -1:
+            continue  # heads of num_head_channels channels each: num_heads is unused
+        section, name = key.split(".")
+        now = config[section][name]
+        same = ((now == "learned_range") == (value == "learned_range") if key == "diffusion.variance"
+                else _plain(now) == _plain(value))
+        if not same:
+            wrong.append(f"config.{key}={now!r}, the converted network needs {value!r}")
+    if wrong:
+        shown = flags if isinstance(flags, str) else dict(flags)
+        raise ValueError("the config does not describe the converted network:\n  " + "\n  ".join(wrong) +
+                         "\n(python -m jdiff.convert --print-config --flags FLAGS prints the matching "
+                         f"overrides; the checkpoint's flags: {shown})")
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def format_overrides(overrides: Mapping[str, Any]) -> str:
+    """``--config.<key>=<value>`` flags of ``python -m jdiff.main``, one a line, without spaces (so that
+    ``$(python -m jdiff.convert --print-config ...)`` splits them)."""
+    return "\n".join(f"--config.{key}={_format_value(value)}" for key, value in overrides.items())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m jdiff.convert",
         description="Convert a guided-diffusion / ADM-ES / Debias UNet checkpoint into a jdiff checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="the official .pt state dict (or an .npz of it)")
+    parser.add_argument("--checkpoint", help="the official .pt state dict (or an .npz of it)")
     parser.add_argument("--flags", required=True,
                         help='the model flags it was trained with, e.g. "--image_size 32 --num_channels 128 '
                              '--learn_sigma True"; a whole official command line is accepted')
-    parser.add_argument("--output", required=True, help="directory of the jdiff checkpoint to write")
+    parser.add_argument("--output", help="the jdiff work directory to write; the checkpoint goes to "
+                                         "OUTPUT/checkpoints (pass OUTPUT as --workdir of jdiff.main)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the --config.* overrides of jdiff.main that match --flags, one a line, "
+                             "and exit; the flags without a config key are listed on stderr")
     args = parser.parse_args(argv)
+    if args.print_config:
+        overrides, untranslated = config_overrides(args.flags)
+        print(format_overrides(overrides))
+        if untranslated:
+            print(f"no jdiff config key for: {' '.join(untranslated)}", file=sys.stderr)
+        return
+    if not (args.checkpoint and args.output):
+        parser.error("--checkpoint and --output are required (unless --print-config)")
 
     params, model_kwargs = convert_state_dict(load_state_dict(args.checkpoint), args.flags)
     from jdiff import checkpoint as ckpt_lib  # needs orbax; imported only when writing
 
-    ckpt_lib.save_converted(args.output, params, model_kwargs)
+    # The flags in the metadata let sampling refuse a config that describes another network (check_config).
+    ckpt_lib.save_converted(os.path.join(args.output, "checkpoints"), params, model_kwargs,
+                            meta={"flags": args.flags, "source": os.path.abspath(args.checkpoint)})
     count = sum(int(np.prod(a.shape)) for a in traverse_util.flatten_dict(params).values())
-    print(f"wrote {count:,} parameters to {args.output}\nmodel: {model_kwargs}\n"
+    print(f"wrote {count:,} parameters to {os.path.join(args.output, 'checkpoints')}\nmodel: {model_kwargs}\n"
           "note: use_new_attention_order and the head flags cannot be checked against the weights; "
-          "they must be those of the training command.")
+          "they must be those of the training command.\n"
+          f"sample: python -m jdiff.main --config=CONFIG --workdir={args.output} --mode=sample, with a "
+          "CONFIG whose model matches (configs/adm_*.py, or add the overrides of --print-config)")
 
 
 if __name__ == "__main__":

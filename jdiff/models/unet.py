@@ -192,9 +192,8 @@ DEFAULT_CHANNEL_MULT: dict[int, tuple[float, ...]] = {
 _TRUE, _FALSE = ("true", "yes", "y", "t", "1"), ("false", "no", "n", "f", "0")
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """A flag value given as on the command line (a string) or as a Python value, typed like its default."""
-    default = MODEL_FLAG_DEFAULTS[name]
+def coerce_flag(name: str, value: Any, default: Any) -> Any:
+    """A flag value given as on the command line (a string) or as a Python value, typed like ``default``."""
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() in _TRUE + _FALSE:
@@ -234,7 +233,8 @@ def unet_kwargs_from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown guided-diffusion flags {unknown}; model flags are "
                          f"{sorted(MODEL_FLAG_DEFAULTS)}")
-    f = {name: _coerce(name, flags.get(name, default)) for name, default in MODEL_FLAG_DEFAULTS.items()}
+    f = {name: coerce_flag(name, flags.get(name, default), default)
+         for name, default in MODEL_FLAG_DEFAULTS.items()}
     if f["channel_mult"] in ("", (), None):
         if f["image_size"] not in DEFAULT_CHANNEL_MULT:
             raise ValueError(f"no default channel_mult for image_size={f['image_size']} (the official code "
