@@ -81,17 +81,13 @@ BUDGETS = {
     "small": Budget(name="small", train_steps=80, checkpoint_every=40, seeds=(0,), steps=(10, 20),
                     samplers=("ddpm", "ddim"), sweep_samplers=("ddpm", "ddim", "heun"), curve="ddpm:10",
                     num_samples=200, sample_batch=200, lambdas=(0.98, 1.0, 1.02, 1.04), search_points=3,
-                    search_rounds=2, delta_images=100),
+                    search_rounds=2, delta_images=48),
     "full": Budget(name="full", train_steps=6000, checkpoint_every=500, seeds=(0, 1, 2), steps=(20, 50, 100),
                    samplers=("ddpm", "ddim"), sweep_samplers=("ddpm", "ddim", "heun"), curve="ddpm:100",
-                   num_samples=2000, sample_batch=1000,
+                   num_samples=2000, sample_batch=2000,
                    lambdas=tuple(float(v) for v in np.round(np.arange(0.97, 1.0501, 0.005), 4)),
                    search_points=5, search_rounds=3, delta_images=1000),
 }
-
-
-def is_smoke(budget: Budget) -> bool:
-    return budget.name == "small"
 
 
 def parse_setting(text: str) -> tuple[str, int]:
@@ -413,10 +409,13 @@ def memoised(cache: dict[str, float], fn: Callable[[float], float]) -> Callable[
 # --- unit files ----------------------------------------------------------------------------------
 
 class Units:
-    """``<directory>/units/<name>.json``: one dict per unit, written atomically after each change."""
+    """``<directory>/units/<name>.json``: one dict per unit, written atomically after each change. A
+    record's ``seconds`` adds up the wall time from :meth:`open` to each :meth:`save` (training included)
+    over every command that worked on it: what a unit costs, to plan slices of the GPU runs."""
 
     def __init__(self, directory: str):
         self.directory = os.path.join(directory, "units")
+        self._clock: dict[str, float] = {}
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, f"{name}.json")
@@ -433,10 +432,15 @@ class Units:
                                  if signature.get(k) != record.get("signature", {}).get(k))
                 raise ValueError(f"{self.path(name)} holds results made with other settings ({changed}); "
                                  "use another --results folder, or --force to recompute this unit")
-            return record
-        return dict(signature=signature)
+        else:
+            record = dict(signature=signature)
+        self._clock[name] = time.perf_counter()
+        return record
 
-    def save(self, name: str, record: Mapping[str, Any]) -> None:
+    def save(self, name: str, record: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        record["seconds"] = record.get("seconds", 0.0) + now - self._clock.get(name, now)
+        self._clock[name] = now
         os.makedirs(self.directory, exist_ok=True)
         temporary = self.path(name) + ".tmp"
         with open(temporary, "w") as f:
@@ -457,28 +461,35 @@ class Units:
 # --- reports -------------------------------------------------------------------------------------
 
 def environment() -> dict[str, Any]:
+    """Where and how a unit was computed: device, versions, time and the command line."""
     import flax
 
     device = jax.devices()[0]
     return dict(backend=jax.default_backend(), device=getattr(device, "device_kind", str(device)),
                 device_count=jax.device_count(), cpu_count=os.cpu_count(), jax=jax.__version__,
                 flax=flax.__version__, python=platform.python_version(),
-                time=datetime.datetime.now().isoformat(timespec="seconds"))
+                time=datetime.datetime.now().isoformat(timespec="seconds"), command=command_line())
 
 
-def header(title: str, budget: Budget, env: Mapping[str, Any], scorer_info: Mapping[str, Any],
-           command: str) -> list[str]:
-    """The top of a report: what ran, where, and whether the numbers mean anything."""
+def header(title: str, records: Sequence[Mapping[str, Any]], report_command: str) -> list[str]:
+    """The top of a report from its unit records: what ran, where, with which budget and metric, and
+    whether the numbers mean anything."""
+    budgets = list({json.dumps(r["budget"], sort_keys=True): r["budget"] for r in records}.values())
+    devices = sorted({f"{e['device']} × {e['device_count']} ({e['backend']}), jax {e['jax']}"
+                      for e in (r["environment"] for r in records)})
+    commands = sorted({r["environment"]["command"] for r in records})
+    scorer_info = records[0]["scorer"]
+    seconds = [r.get("seconds", 0.0) for r in records]
     lines = [f"# {title}", ""]
-    if is_smoke(budget):
-        lines += [f"**Smoke run (budget `small`, {env['backend']}): it checks that the script runs end to "
-                  "end. The models are trained for a few dozen steps and scored on a few hundred samples: "
-                  "these numbers are not findings.**", ""]
-    lines += [f"- budget `{budget.name}`: {budget.train_steps} training steps, checkpoints every "
-              f"{budget.checkpoint_every}, seeds {list(budget.seeds)}, {budget.num_samples} samples per "
-              "score",
-              f"- device: {env['device']} × {env['device_count']} ({env['backend']}), jax {env['jax']}, "
-              f"{env['time']}",
+    if any(b["name"] == "small" for b in budgets):
+        lines += ["**Smoke run (budget `small`): it checks that the script runs end to end. The models are "
+                  "trained for a few dozen steps and scored on a few hundred samples: these numbers are not "
+                  "findings.**", ""]
+    for b in budgets:
+        lines.append(f"- budget `{b['name']}`: {b['train_steps']} training steps, checkpoints every "
+                     f"{b['checkpoint_every']}, {b['num_samples']} samples per score, sampling steps "
+                     f"{list(b['steps'])}")
+    lines += [f"- computed on: {'; '.join(devices)}",
               f"- metric: **{scorer_info['metric']}**, the Fréchet distance in the 64-d features of a small "
               "CNN trained on the digits labels (held-out accuracy "
               f"{scorer_info['classifier_heldout_accuracy']:.3f}; "
@@ -486,8 +497,15 @@ def header(title: str, budget: Budget, env: Mapping[str, Any], scorer_info: Mapp
               "compares only with itself at the same sample count. Yardstick: the classifier's "
               f"{scorer_info['real_heldout_images']} held-out real digits score "
               f"{scorer_info['real_heldout_score']:.3g}.",
-              f"- command: `{command}`", ""]
+              "- computed by: " + "; ".join(f"`{c}`" for c in commands),
+              f"- wall time of the units (training included): {sum(seconds):.0f} s in all, {max(seconds):.0f} s "
+              "the longest",
+              f"- report built by: `{report_command}`", ""]
     return lines
+
+
+def is_smoke_report(records: Sequence[Mapping[str, Any]]) -> bool:
+    return any(r["budget"]["name"] == "small" for r in records)
 
 
 def command_line() -> str:

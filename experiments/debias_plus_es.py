@@ -52,7 +52,8 @@ def evaluate_model(weighting: str, seed: int, budget: common.Budget, scorer: com
                                  points=budget.search_points, rounds=budget.search_rounds))
     record = units.open(name, signature, force)
     record.update(weighting=weighting, seed=seed, checkpoint_step=budget.train_steps, scorer=scorer.info,
-                  environment=common.environment())
+                  budget=budget.describe(), environment=common.environment())
+    units.save(name, record)
     settings = record.setdefault("settings", {})
     jobs = [(sampler, steps) for sampler in budget.samplers for steps in budget.steps
             if "es" not in settings.get(common.setting_name(sampler, steps), {})]
@@ -105,7 +106,7 @@ def _setting_order(name: str) -> tuple[str, int]:
     return sampler, int(steps)
 
 
-def report(directory: str, budget: common.Budget, command: str) -> None:
+def report(directory: str, command: str) -> None:
     records = common.Units(directory).all()
     if not records:
         raise FileNotFoundError(f"no unit files in {directory}/units: run the experiment first")
@@ -114,13 +115,13 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
     summary = aggregate(records)
     settings = sorted(summary, key=_setting_order)
     seeds = {w: sorted(r["seed"] for r in records.values() if r["weighting"] == w) for w in WEIGHTINGS}
-    lines = common.header("Debias + Epsilon Scaling on digits: together, alone, neither", budget,
-                          first["environment"], first["scorer"], command)
+    lines = common.header("Debias + Epsilon Scaling on digits: together, alone, neither",
+                          list(records.values()), command)
     lines += [f"Models: the constant-weight and Debias runs of weighting_comparison.py (checkpoint "
               f"{first['checkpoint_step']}; seeds: constant {seeds['constant']}, Debias {seeds['debias']}). "
               "λ (constant over the steps) tuned per model and setting by the search tool on samples "
               "0 … N−1; "
-              f"every cell scored on samples N … 2N−1 (N = {budget.num_samples}).", "",
+              f"every cell scored on samples N … 2N−1 (N = {first['budget']['num_samples']}).", "",
               f"## {metric} (lower is better; mean ± std over seeds; bold: the best of the row)", ""]
     rows = []
     for setting in settings:
@@ -133,11 +134,11 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
     lines += common.markdown_table(
         ["setting"] + [cell for cell, _, _ in CELLS] + ["λ (constant)", "λ (Debias)"], rows)
     lines += ["", f"![plot]({EXPERIMENT}.png)"]
-    results = dict(experiment=EXPERIMENT, metric=metric, budget=budget.describe(), command=command,
+    results = dict(experiment=EXPERIMENT, metric=metric, command=command,
                    summary=summary, units=records)
     common.write_report(directory, EXPERIMENT, lines, results)
     plot(summary, settings, metric, os.path.join(directory, f"{EXPERIMENT}.png"),
-         smoke=common.is_smoke(budget))
+         smoke=common.is_smoke_report(list(records.values())))
 
 
 def plot(summary: Mapping[str, Any], settings: Sequence[str], metric: str, path: str, smoke: bool) -> None:
@@ -181,7 +182,7 @@ def run(budget: common.Budget, directory: str, root: str, classifier_path: str, 
     for unit in chosen:
         evaluate_model(unit["weighting"], unit["seed"], budget, scorer, programs, units, root, overrides,
                        force)
-    report(directory, budget, command)
+    report(directory, command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     budget = common.budget_from_args(args)
     directory = common.results_dir(args, EXPERIMENT)
     if args.report_only:
-        report(directory, budget, common.command_line())
+        report(directory, common.command_line())
         return
     common.set_up(args)
     run(budget, directory, common.workdir_root(args), args.classifier,

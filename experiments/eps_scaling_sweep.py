@@ -97,7 +97,9 @@ def sweep_unit(config: Any, workdir: str, params: Any, step: int, sampler: str, 
                      delta_images=budget.delta_images, classifier=scorer.info["classifier_sha256"])
     record = units.open(name, signature, force)
     record.update(sampler=sampler, steps=steps, weighting=config.diffusion.weighting, seed=config.seed,
-                  checkpoint_step=step, scorer=scorer.info, environment=common.environment())
+                  checkpoint_step=step, scorer=scorer.info, budget=budget.describe(),
+                  environment=common.environment())
+    units.save(name, record)
     setting = common.with_sampler(config, sampler, steps)
     cache = record.setdefault("classifier_fid", {})
     score = lambda_score_fn(programs, setting, params, scorer, np.arange(budget.num_samples),
@@ -112,16 +114,17 @@ def sweep_unit(config: Any, workdir: str, params: Any, step: int, sampler: str, 
 
     run = programs.exposure_bias_fn(setting, min(budget.sample_batch, len(delta_images)))
     delta_cache = record.setdefault("delta_sum", {})
+    computed: dict[float, exposure_bias.ExposureBias] = {}
 
-    def delta_sum(lam: float) -> float:
-        result = run(params, delta_images, None, samplers.EpsScaling.constant(lam))
-        return float(np.sum(result.delta))
+    def exposure(lam: float) -> exposure_bias.ExposureBias:
+        if lam not in computed:
+            computed[lam] = run(params, delta_images, None, samplers.EpsScaling.constant(lam))
+        return computed[lam]
 
-    record["search_delta"] = search_lambda(common.memoised(delta_cache, delta_sum), budget)
+    record["search_delta"] = search_lambda(
+        common.memoised(delta_cache, lambda lam: float(np.sum(exposure(lam).delta))), budget)
     if record.get("delta_t", {}).get("lambda") != best:
-        record["delta_t"] = {"lambda": best, **{
-            label: run(params, delta_images, None, samplers.EpsScaling.constant(lam)).to_json()
-            for label, lam in (("no ES", 1.0), ("ES", best))}}
+        record["delta_t"] = {"lambda": best, "no ES": exposure(1.0).to_json(), "ES": exposure(best).to_json()}
     units.save(name, record)
     logging.info("%s: grid best λ=%g, search λ=%.5g (classifier-FID), λ=%.5g (Σδ)", name, best,
                  record["search_classifier_fid"]["best"], record["search_delta"]["best"])
@@ -145,15 +148,15 @@ def _sorted(records: Mapping[str, dict]) -> list[dict]:
     return sorted(records.values(), key=lambda r: (order.get(r["sampler"], 9), r["sampler"], r["steps"]))
 
 
-def report(directory: str, budget: common.Budget, command: str) -> None:
+def report(directory: str, command: str) -> None:
     """Rebuilds the report from every unit file in ``directory``."""
     records = _sorted(common.Units(directory).all())
     if not records:
         raise FileNotFoundError(f"no unit files in {directory}/units: run the experiment first")
     first = records[0]
     metric = first["scorer"]["metric"]
-    lines = common.header("Epsilon Scaling on digits: quality against λ, δ_t, and the λ search", budget,
-                          first["environment"], first["scorer"], command)
+    lines = common.header("Epsilon Scaling on digits: quality against λ, δ_t, and the λ search", records,
+                          command)
     lines += [f"Model: the {first['weighting']} run, seed {first['seed']}, checkpoint "
               f"{first['checkpoint_step']}. "
               "Constant λ (ε̂/λ at every step). Heun's steps are EDM noise levels (2·steps − 1 network "
@@ -192,10 +195,11 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
                    f"ES λ={r['delta_t']['lambda']:g} ({name})": _exposure(r["delta_t"]["ES"])}
         exposure_bias.plot_exposure_bias(results, os.path.join(delta_dir, f"{name}.png"))
         lines.append(f"- {name}: ![δ_t {name}](delta_t/{name}.png)")
-    results = dict(experiment=EXPERIMENT, metric=metric, budget=budget.describe(), command=command,
+    results = dict(experiment=EXPERIMENT, metric=metric, command=command,
                    units={f"{r['sampler']}-{r['steps']}": r for r in records})
     common.write_report(directory, EXPERIMENT, lines, results)
-    plot(records, metric, os.path.join(directory, f"{EXPERIMENT}.png"), smoke=common.is_smoke(budget))
+    plot(records, metric, os.path.join(directory, f"{EXPERIMENT}.png"),
+         smoke=common.is_smoke_report(records))
 
 
 def plot(records: Sequence[Mapping[str, Any]], metric: str, path: str, smoke: bool) -> None:
@@ -253,7 +257,7 @@ def run(budget: common.Budget, directory: str, root: str, classifier_path: str, 
     for job in jobs:
         sweep_unit(config, workdir, params, step, job["sampler"], job["steps"], budget, scorer, programs,
                    units, delta_images, force)
-    report(directory, budget, command)
+    report(directory, command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -269,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     budget = common.budget_from_args(args)
     directory = common.results_dir(args, EXPERIMENT)
     if args.report_only:
-        report(directory, budget, common.command_line())
+        report(directory, common.command_line())
         return
     common.set_up(args)
     run(budget, directory, common.workdir_root(args), args.classifier,

@@ -65,7 +65,9 @@ def evaluate_run(weighting: str, seed: int, budget: common.Budget, scorer: commo
     d = config.diffusion
     record.update(weighting=weighting, seed=seed, train_steps=budget.train_steps, curve_setting=budget.curve,
                   weighting_params=dict(p2_k=d.p2_k, p2_gamma=d.p2_gamma, min_snr_gamma=d.min_snr_gamma),
-                  scorer=scorer.info, environment=common.environment())
+                  scorer=scorer.info, budget=budget.describe(),
+                  environment=common.environment())
+    units.save(name, record)
     scores = record.setdefault("scores", {})     # "<checkpoint step>/<sampler>-<steps>" → score
     curve_sampler, curve_steps = common.parse_setting(budget.curve)
     wanted = {(step, curve_sampler, curve_steps)
@@ -126,7 +128,7 @@ def aggregate(records: Mapping[str, dict]) -> dict[str, Any]:
     return out
 
 
-def report(directory: str, budget: common.Budget, command: str) -> None:
+def report(directory: str, command: str) -> None:
     """Rebuilds ``weighting_comparison.{md,json,png}`` from every unit file in ``directory``."""
     records = common.Units(directory).all()
     if not records:
@@ -136,13 +138,13 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
     weightings = _order(records)
     settings = sorted(summary["final"], key=lambda n: (n.split("-")[0], int(n.split("-")[1])))
     metric = first["scorer"]["metric"]
-    lines = common.header("Loss weighting on digits: Debias vs constant, P2 and Min-SNR", budget,
-                          first["environment"], first["scorer"], command)
+    lines = common.header("Loss weighting on digits: Debias vs constant, P2 and Min-SNR",
+                          list(records.values()), command)
     p = first["weighting_params"]
     lines += ["Weights on the ε-MSE: constant 1; "
               f"P2 1/(k + SNR)^γ with k = {p['p2_k']:g}, γ = {p['p2_gamma']:g}; "
-              f"Min-SNR min(SNR, γ)/SNR with γ = {p['min_snr_gamma']:g}; Debias 1/√SNR (ε-MSE). Same model, "
-              "data, optimiser, steps and seed for each.", "",
+              f"Min-SNR min(SNR, γ)/SNR with γ = {p['min_snr_gamma']:g}; Debias 1/√SNR. Same model, data, "
+              "optimiser, steps and seed for each; every model sampled from the same noise.", "",
               "Seeds per weighting: "
               + ", ".join(f"{LABELS[w]} {sorted(summary['seeds'][w])}" for w in weightings), "",
               f"## {metric} at the last checkpoint, by sampler and steps (lower is better; mean ± std "
@@ -160,7 +162,7 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
                            for w in weightings] for step in steps]
     lines += common.markdown_table(["iteration"] + [LABELS[w] for w in weightings], rows)
     lines += ["", f"![plot]({EXPERIMENT}.png)"]
-    results = dict(experiment=EXPERIMENT, metric=metric, budget=budget.describe(), command=command,
+    results = dict(experiment=EXPERIMENT, metric=metric, command=command,
                    summary={"final": summary["final"],
                             "curve": {w: {str(k): v for k, v in c.items()}
                                       for w, c in summary["curve"].items()},
@@ -168,7 +170,7 @@ def report(directory: str, budget: common.Budget, command: str) -> None:
                    units=records)
     common.write_report(directory, EXPERIMENT, lines, results)
     plot(summary, weightings, settings, metric, curve, os.path.join(directory, f"{EXPERIMENT}.png"),
-         smoke=common.is_smoke(budget))
+         smoke=common.is_smoke_report(list(records.values())))
 
 
 def plot(summary: Mapping[str, Any], weightings: Sequence[str], settings: Sequence[str], metric: str,
@@ -226,7 +228,7 @@ def run(budget: common.Budget, directory: str, root: str, classifier_path: str,
     units = common.Units(directory)
     for unit in chosen:
         evaluate_run(unit["weighting"], unit["seed"], budget, scorer, programs, units, root, overrides, force)
-    report(directory, budget, command)
+    report(directory, command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -238,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     budget = common.budget_from_args(args)
     directory = common.results_dir(args, EXPERIMENT)
     if args.report_only:
-        report(directory, budget, common.command_line())
+        report(directory, common.command_line())
         return
     common.set_up(args)
     run(budget, directory, common.workdir_root(args), args.classifier,

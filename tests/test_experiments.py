@@ -99,5 +99,5 @@ def test_three_experiments_end_to_end(tmp_path):
     # Both weightings were trained once, in the folders the other experiments reuse.
     assert len(os.listdir(os.path.join(root, "runs"))) == 2
     with pytest.raises(ValueError, match="selects none"):
-        eps_scaling_sweep.run(budget, os.path.join(results, "es"), root, clf, {"sampler": {"heun"}}, overrides,
-                              False, "test")
+        eps_scaling_sweep.run(budget, os.path.join(results, "es"), root, clf, {"sampler": {"heun"}},
+                              overrides, False, "test")
