@@ -61,8 +61,9 @@ class Budget:
     name: str
     train_steps: int            # optimiser steps of each digits run
     checkpoint_every: int       # the classifier-FID-against-iterations curve has one point per checkpoint
+    steps_per_call: int         # optimiser steps per compiled call (fewer host round trips on a GPU)
     seeds: tuple[int, ...]      # training (and sampling) seeds; mean ± std over them
-    steps: tuple[int, ...]      # sampling step counts (EDM: noise levels)
+    steps: tuple[int, ...]      # sampling step counts (network evaluations; see heun_levels)
     samplers: tuple[str, ...]   # samplers of the weighting comparison and of Debias + ES
     sweep_samplers: tuple[str, ...]   # samplers of the λ sweep
     curve: str                  # 'sampler:steps' of the curve against training iterations
@@ -78,11 +79,13 @@ class Budget:
 
 
 BUDGETS = {
-    "small": Budget(name="small", train_steps=80, checkpoint_every=40, seeds=(0,), steps=(10, 20),
+    "small": Budget(name="small", train_steps=80, checkpoint_every=40, steps_per_call=1, seeds=(0,),
+                    steps=(10, 20),
                     samplers=("ddpm", "ddim"), sweep_samplers=("ddpm", "ddim", "heun"), curve="ddpm:10",
                     num_samples=200, sample_batch=200, lambdas=(0.98, 1.0, 1.02, 1.04), search_points=3,
                     search_rounds=2, delta_images=48),
-    "full": Budget(name="full", train_steps=6000, checkpoint_every=500, seeds=(0, 1, 2), steps=(20, 50, 100),
+    "full": Budget(name="full", train_steps=6000, checkpoint_every=500, steps_per_call=100, seeds=(0, 1, 2),
+                   steps=(20, 50, 100),
                    samplers=("ddpm", "ddim"), sweep_samplers=("ddpm", "ddim", "heun"), curve="ddpm:100",
                    num_samples=2000, sample_batch=2000,
                    lambdas=tuple(float(v) for v in np.round(np.arange(0.97, 1.0501, 0.005), 4)),
@@ -233,13 +236,14 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def digits_config(weighting: str, seed: int, budget: Budget,
                   overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
-    """configs/digits.py with ``weighting``, ``seed``, the budget's steps and checkpoints (all kept), no
+    """configs/digits.py with ``weighting``, ``seed``, the budget's steps, steps per call and checkpoints (all kept), no
     sample grids, then ``overrides`` ({"section.key": value})."""
     config = load_config_file(DIGITS_CONFIG)
     config.seed = seed
     config.diffusion.weighting = weighting
     config.training.num_steps = budget.train_steps
     config.training.checkpoint_every = budget.checkpoint_every
+    config.training.steps_per_call = budget.steps_per_call
     config.training.keep_checkpoints = budget.train_steps // budget.checkpoint_every
     config.training.sample_every = 0
     for key, value in (overrides or {}).items():
@@ -288,15 +292,22 @@ def ensure_trained(config: ml_collections.ConfigDict, workdir: str) -> list[int]
 
 # --- sampling and scoring ------------------------------------------------------------------------
 
+def heun_levels(steps: int) -> int:
+    """The EDM noise levels of a Heun chain with at most ``steps`` network evaluations (2·levels − 1)."""
+    return (steps + 1) // 2
+
+
 def with_sampler(config: ml_collections.ConfigDict, sampler: str, steps: int) -> ml_collections.ConfigDict:
-    """A copy of ``config`` sampling with ``sampler`` on ``steps`` steps (EDM: noise levels), DDIM with
+    """A copy of ``config`` sampling with ``sampler`` on ``steps`` network evaluations, DDIM with
     η = 0, x̂₀ clipped as ADM samples, and the seed :data:`SAMPLE_SEED`: every model is scored on the same
     noise (the training seed varies the model only), and runs that differ in their seed share the
     compiled sampler (the seed's key is a constant of the program)."""
     config = config.copy_and_resolve_references()
     config.seed = SAMPLE_SEED
     config.sampling.sampler = sampler
-    config.sampling.respacing = str(steps)
+    # Heun's network evaluations per noise level are two (one on the last), so it runs on (steps + 1) // 2
+    # EDM levels: 2·levels − 1 <= steps evaluations, the same cost as the other samplers' `steps`.
+    config.sampling.respacing = str(heun_levels(steps) if sampler == "heun" else steps)
     config.sampling.eta = 0.0
     config.sampling.eps_scaling = "none"
     return config

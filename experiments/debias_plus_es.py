@@ -90,7 +90,7 @@ def aggregate(records: Mapping[str, dict]) -> dict[str, dict[str, dict[str, list
     """{setting: {cell: scores over seeds, "λ <weighting>": tuned λ over seeds}}."""
     out: dict[str, dict[str, list[float]]] = {}
     for record in records.values():
-        for setting, entry in record["settings"].items():
+        for setting, entry in record.get("settings", {}).items():
             if "es" not in entry:
                 continue
             cells = out.setdefault(setting, {})

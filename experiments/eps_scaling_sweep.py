@@ -8,8 +8,8 @@
 
 The model: ``--workdir`` (a run of configs/digits.py, its latest checkpoint), or else the digits run of
 ``--weighting`` (default Debias) and ``--seed`` that weighting_comparison.py trains with the same budget
-(trained here if missing). For each sampler (DDPM, DDIM η = 0, EDM Heun) and step count (Heun: noise
-levels, 2·steps − 1 network evaluations), one unit:
+(trained here if missing). For each sampler (DDPM, DDIM η = 0, EDM Heun) and step count (network
+evaluations; Heun runs on (steps + 1) // 2 EDM noise levels, 2·levels − 1 evaluations), one unit:
 
 - classifier-FID (digits) of ``num_samples`` samples against constant λ on the budget's grid (the same
   noise for every λ, so the curve is smooth in λ);
@@ -150,17 +150,22 @@ def _sorted(records: Mapping[str, dict]) -> list[dict]:
 
 def report(directory: str, command: str) -> None:
     """Rebuilds the report from every unit file in ``directory``."""
-    records = _sorted(common.Units(directory).all())
+    every = _sorted(common.Units(directory).all())
+    # A unit that another command is still computing, or that a killed command left, has no δ_t yet.
+    records = [r for r in every if "delta_t" in r]
+    unfinished = [f"{r['sampler']}-{r['steps']}" for r in every if "delta_t" not in r]
     if not records:
-        raise FileNotFoundError(f"no unit files in {directory}/units: run the experiment first")
+        raise FileNotFoundError(f"no finished unit files in {directory}/units (unfinished: {unfinished}): "
+                                "run the experiment first")
     first = records[0]
     metric = first["scorer"]["metric"]
     lines = common.header("Epsilon Scaling on digits: quality against λ, δ_t, and the λ search", records,
                           command)
     lines += [f"Model: the {first['weighting']} run, seed {first['seed']}, checkpoint "
               f"{first['checkpoint_step']}. "
-              "Constant λ (ε̂/λ at every step). Heun's steps are EDM noise levels (2·steps − 1 network "
-              "evaluations). Every λ of a setting is scored on the same noise.", "",
+              "Constant λ (ε̂/λ at every step). Steps are network evaluations: Heun-s runs on (s + 1) // 2 EDM "
+              "noise levels. Every λ of a setting is scored on the same noise.", "",
+              *([f"Unfinished units, left out: {', '.join(unfinished)}.", ""] if unfinished else []),
               f"## The λ found: grid against the search tool ({metric}; Σδ_t = jdiff's δ summed over "
               "the steps)",
               ""]

@@ -104,7 +104,7 @@ def _views(record: Mapping[str, Any]) -> tuple[dict[int, float], dict[str, float
     """A unit's scores as (curve: {checkpoint step: score}, final: {setting: score at the last step})."""
     curve, final = {}, {}
     curve_name = common.setting_name(*common.parse_setting(record["curve_setting"]))
-    for key, score in record["scores"].items():
+    for key, score in record.get("scores", {}).items():
         step, setting = key.split("/")
         if setting == curve_name:
             curve[int(step)] = score
