@@ -244,7 +244,7 @@ def digits_config(weighting: str, seed: int, budget: Budget,
     config.training.num_steps = budget.train_steps
     config.training.checkpoint_every = budget.checkpoint_every
     config.training.steps_per_call = budget.steps_per_call
-    config.training.keep_checkpoints = budget.train_steps // budget.checkpoint_every
+    config.training.keep_every = budget.checkpoint_every     # every point of the curve, whatever else is saved
     config.training.sample_every = 0
     for key, value in (overrides or {}).items():
         node = config

@@ -96,10 +96,19 @@ def _check_orbax_version() -> None:
 _check_orbax_version()
 
 
+def _preservation_policy(keep: int, keep_every: int | None) -> Any:
+    policies = ocp.checkpoint_managers
+    if keep_every is None:
+        return policies.LatestN(keep)
+    return policies.AnyPreservationPolicy([policies.LatestN(keep), policies.EveryNSteps(keep_every)])
+
+
 class Checkpointer:
     """Saves and restores named pytrees plus JSON metadata in ``directory`` (one folder per step).
 
-    ``keep``: the newest ``keep`` checkpoints are preserved (orbax ``LatestN``). ``save_every``:
+    ``keep``: the newest ``keep`` checkpoints are preserved (orbax ``LatestN``); ``keep_every``: also
+    every checkpoint whose step is a multiple of it, for good (orbax ``EveryNSteps``), so a curve over
+    training survives extra checkpoints such as a preemption's. ``save_every``:
     :meth:`save` without ``force`` writes only steps that are multiples of it; None writes every
     step it is given. (Not orbax's save-decision policy: that also skips every step up to the
     newest folder on disk, unusable ones included.) ``async_save``: arrays are
@@ -107,17 +116,19 @@ class Checkpointer:
     until the last save is committed. Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, save_every: int | None = None,
-                 async_save: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_every: int | None = None,
+                 save_every: int | None = None, async_save: bool = True) -> None:
         if keep < 1:
             raise ValueError(f"keep={keep} must be >= 1")
+        if keep_every is not None and keep_every < 1:
+            raise ValueError(f"keep_every={keep_every} must be >= 1 or None")
         if save_every is not None and save_every < 1:
             raise ValueError(f"save_every={save_every} must be >= 1 or None")
         self.directory = os.path.abspath(os.fspath(directory))
         self._invalid: dict[int, str] = {}
         self._save_every = save_every
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+            preservation_policy=_preservation_policy(keep, keep_every),
             enable_async_checkpointing=async_save,
             create=False,                    # reading must not create the directory; a save does
             cleanup_tmp_directories=True,    # leftovers of saves killed before their commit

@@ -80,7 +80,8 @@ def default_config() -> ml_collections.ConfigDict:
         ema_warmup=False,         # rate min(ema_rate, (1+n)/(10+n)): for short runs
         log_every=100,
         checkpoint_every=10_000,
-        keep_checkpoints=3,
+        keep_checkpoints=3,       # the newest ones; older are deleted ...
+        keep_every=0,             # ... except multiples of this step, kept for good; 0 = none
         sample_every=10_000,      # PNG grid of EMA samples; 0 = never
         num_grid_samples=64,
         shard_params=False,       # shard parameters over the mesh instead of replicating them
@@ -141,6 +142,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in positive:
         if _get(config, key) <= 0:
             errors.append(f"config.{key}={_get(config, key)!r} must be positive")
+    if config.training.keep_every < 0:
+        errors.append(f"config.training.keep_every={config.training.keep_every} must be >= 0 (0 keeps none "
+                      "beyond keep_checkpoints)")
     if not 0.0 <= config.training.ema_rate < 1.0:
         errors.append(f"config.training.ema_rate={config.training.ema_rate} must be in [0, 1)")
     if not 0.0 <= config.model.dropout < 1.0:

@@ -232,7 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     abstract_state, state_shardings = abstract_train_state(config, model, tx, mesh)
 
     os.makedirs(workdir, exist_ok=True)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t_cfg.keep_checkpoints)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t_cfg.keep_checkpoints,
+                                         keep_every=t_cfg.keep_every or None)
     if checkpointer.latest_step() is not None:
         items, meta = checkpointer.restore(targets=abstract_state.checkpoint_items())
         _check_compatible(meta.get("config", {}), config)

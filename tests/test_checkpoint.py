@@ -83,6 +83,16 @@ def test_keep_last_k_and_save_policy(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["20", "5"]
 
 
+def test_keep_every_survives_an_extra_checkpoint(tmp_path):
+    """A preemption's off-grid checkpoint (25) must not push a multiple of keep_every out of keep."""
+    with ckpt.Checkpointer(tmp_path, keep=2, keep_every=10) as checkpointer:
+        for step in [10, 20, 25, 30, 40, 50]:
+            checkpointer.save(step, {"params": params_tree(step)}, {}, force=True)
+    assert ckpt.Checkpointer(tmp_path).all_steps() == [10, 20, 30, 40, 50]
+    with pytest.raises(ValueError, match="keep_every"):
+        ckpt.Checkpointer(tmp_path, keep_every=0)
+
+
 def test_missing_empty_and_unknown(tmp_path):
     with ckpt.Checkpointer(tmp_path / "nope") as missing:
         assert missing.latest_step() is None and missing.all_steps() == []

@@ -54,7 +54,8 @@ def test_bad_numbers_are_refused():
     config.training.batch_size = 0
     config.training.ema_rate = 1.5
     config.data.image_size = 24
+    config.training.keep_every = -5
     with pytest.raises(ValueError) as info:
         config_lib.validate(config)
     text = str(info.value)
-    assert "batch_size" in text and "ema_rate" in text and "power of two" in text
+    assert "batch_size" in text and "ema_rate" in text and "power of two" in text and "keep_every" in text
