@@ -258,9 +258,16 @@ def digits_config(weighting: str, seed: int, budget: Budget,
     return config
 
 
+# Training keys that change how a run is logged, saved or dispatched, not the parameters it reaches.
+BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints", "keep_every", "sample_every",
+               "num_grid_samples", "steps_per_call")
+
+
 def config_hash(config: ml_collections.ConfigDict) -> str:
-    """A short digest of everything that shapes a trained run (data, model, diffusion, training, seed)."""
+    """A short digest of everything that shapes a trained run (data, model, diffusion, training without
+    its bookkeeping keys, seed)."""
     relevant = {k: json.loads(config[k].to_json()) for k in ("data", "model", "diffusion", "training")}
+    relevant["training"] = {k: v for k, v in relevant["training"].items() if k not in BOOKKEEPING}
     relevant["seed"] = config.seed
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 

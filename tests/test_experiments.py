@@ -26,7 +26,7 @@ def test_only_and_overrides():
     assert overrides == {"training.batch_size": 128, "model.attention_resolutions": (), "data.name": "digits"}
     config = common.digits_config("p2", 3, common.BUDGETS["small"], overrides)
     assert (config.seed, config.diffusion.weighting, config.training.batch_size) == (3, "p2", 128)
-    assert config.training.keep_checkpoints * config.training.checkpoint_every == config.training.num_steps
+    assert config.training.keep_every == config.training.checkpoint_every == 40     # every curve point kept
     with pytest.raises(ValueError, match="has no key"):
         common.digits_config("p2", 0, common.BUDGETS["small"], {"training.batchsize": 1})
 
@@ -58,11 +58,12 @@ def test_units_refuse_other_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_three_experiments_end_to_end(tmp_path):
-    """The three scripts' core functions on a tiny UNet trained for 2 steps, one sampler and step count;
-    they share the trained runs and write their reports."""
+def test_experiments_end_to_end(tmp_path):
+    """The scripts' core functions on a tiny UNet trained for 2 steps, one sampler and step count; they
+    share the trained runs and write their reports."""
     import debias_plus_es
     import eps_scaling_sweep
+    import precision_check
     import weighting_comparison
 
     if not os.path.exists(common.DEFAULT_CLASSIFIER):
@@ -79,6 +80,7 @@ def test_three_experiments_end_to_end(tmp_path):
                              {"weighting": {"debias", "constant"}}, overrides, False, "test")
     eps_scaling_sweep.run(budget, os.path.join(results, "es"), root, clf, {}, overrides, False, "test")
     debias_plus_es.run(budget, os.path.join(results, "dpe"), root, clf, {}, overrides, False, "test")
+    precision_check.run(budget, os.path.join(results, "precision"), root, clf, {}, overrides, None, False, "test")
 
     with open(os.path.join(results, "wc", "weighting_comparison.json")) as f:
         wc = json.load(f)
@@ -91,7 +93,11 @@ def test_three_experiments_end_to_end(tmp_path):
     with open(os.path.join(results, "dpe", "debias_plus_es.json")) as f:
         cells = json.load(f)["summary"]["ddim-3"]
     assert {"neither", "Debias", "ES", "Debias + ES"} <= set(cells)
-    for name in ("wc/weighting_comparison", "es/eps_scaling_sweep", "dpe/debias_plus_es"):
+    with open(os.path.join(results, "precision", "precision.json")) as f:
+        differences = json.load(f)["sampling_differences"]["ddim-3"]
+    # The same noise and parameters in bfloat16 and float32: close, not equal.
+    assert len(differences) == 3 and 0 < max(abs(d) for d in differences) < 50
+    for name in ("wc/weighting_comparison", "es/eps_scaling_sweep", "dpe/debias_plus_es", "precision/precision"):
         with open(os.path.join(results, f"{name}.md")) as f:
             text = f.read()
         assert "Smoke run" in text and "classifier-FID (digits)" in text
