@@ -16,6 +16,8 @@ the device and the versions, and a markdown table is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -63,7 +65,22 @@ def apply_variant(config, variant: str) -> None:
     config.model.attention_implementation = "" if attention == "xla" else attention
 
 
-def bench_train(config, batch: int, steps: int, repeats: int) -> dict:
+@contextlib.contextmanager
+def timing_lock(path: str | None):
+    """Holds an exclusive lock on ``path`` (if given) while timing, so that benchmark processes that
+    share a machine compile at the same time but never time at the same time."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def bench_train(config, batch: int, steps: int, repeats: int, lock_path: str | None = None) -> dict:
     config.training.batch_size = batch
     mesh = sharding.make_mesh()
     model = train.build_model(config)
@@ -85,17 +102,18 @@ def bench_train(config, batch: int, steps: int, repeats: int) -> dict:
     compiled = step_fn.lower(state, batch_data).compile()
     compile_seconds = time.perf_counter() - t0
     flops = cost_flops(compiled)
-    for _ in range(3):
-        state, metrics = compiled(state, batch_data)
-    block(metrics)
     calls = max(1, steps // k)
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+    with timing_lock(lock_path):
+        for _ in range(3):
             state, metrics = compiled(state, batch_data)
         block(metrics)
-        times.append((time.perf_counter() - t0) / (calls * k))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                state, metrics = compiled(state, batch_data)
+            block(metrics)
+            times.append((time.perf_counter() - t0) / (calls * k))
     step_seconds = statistics.median(times)
     result = dict(batch=batch, steps_per_call=k, step_ms=step_seconds * 1e3, images_per_sec=batch / step_seconds,
                   compile_seconds=compile_seconds, init_seconds=init_seconds, peak_memory_gib=peak_memory_gib(),
@@ -180,6 +198,9 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=100)
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timing-lock", default=None,
+                        help="a file locked while timing the train step, for several benchmark processes on one "
+                             "machine (e.g. CUDA_VISIBLE_DEVICES=0 beside all devices, for scaling)")
     args = parser.parse_args()
 
     results = dict(environment=environment(), train={}, sample={}, fid={})
@@ -197,7 +218,8 @@ def main() -> None:
             if args.dropout >= 0:
                 config.model.dropout = args.dropout
             key = f"{variant}-b{args.train_batch}-k{args.steps_per_call}-drop{config.model.dropout:g}"
-            results["train"][key] = bench_train(config, args.train_batch, args.steps, args.repeats)
+            results["train"][key] = bench_train(config, args.train_batch, args.steps, args.repeats,
+                                                  args.timing_lock)
             print("train", key, results["train"][key], flush=True)
             save()
         if "sample" in what:
