@@ -60,9 +60,14 @@ def cost_flops(compiled) -> float | None:
 
 
 def apply_variant(config, variant: str) -> None:
-    dtype, attention = variant.split("-")
+    """'<bf16|f32>-<xla|cudnn>[-onepass]': compute dtype, attention kernel, one-pass GroupNorm variance."""
+    dtype, attention, *options = variant.split("-")
     config.model.compute_dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
     config.model.attention_implementation = "" if attention == "xla" else attention
+    unknown = set(options) - {"onepass"}
+    if unknown:
+        raise ValueError(f"variant {variant!r}: unknown options {sorted(unknown)} (known: onepass)")
+    config.model.norm_variance = "one_pass" if "onepass" in options else "two_pass"
 
 
 @contextlib.contextmanager
@@ -125,7 +130,7 @@ def bench_train(config, batch: int, steps: int, repeats: int, lock_path: str | N
     return result
 
 
-def bench_sample(config, batch: int, steps: int, repeats: int) -> dict:
+def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | None = None) -> dict:
     from jdiff import sampling
 
     config.sampling.respacing = str(steps)
@@ -137,16 +142,17 @@ def bench_sample(config, batch: int, steps: int, repeats: int) -> dict:
                      out_shardings=sharding.replicated(mesh))(jax.random.key(0))
     generate_fn = sampling.make_generate_fn(config, model, mesh)
     indices = jnp.arange(batch, dtype=jnp.int32)
-    t0 = time.perf_counter()
-    block(generate_fn(params, indices, None))
-    first_call = time.perf_counter() - t0
     times = []
-    for _ in range(repeats):
+    with timing_lock(lock_path):      # the first call compiles (seconds) and runs: held under the lock too
         t0 = time.perf_counter()
         block(generate_fn(params, indices, None))
-        times.append(time.perf_counter() - t0)
-    compile_seconds = first_call - statistics.median(times)
+        first_call = time.perf_counter() - t0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            block(generate_fn(params, indices, None))
+            times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
+    compile_seconds = first_call - seconds
     return dict(batch=batch, steps=steps, images_per_sec=batch / seconds, seconds_per_batch=seconds,
                 compile_seconds=compile_seconds, minutes_per_50k=50_000 / (batch / seconds) / 60,
                 peak_memory_gib=peak_memory_gib())
@@ -199,7 +205,7 @@ def main() -> None:
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timing-lock", default=None,
-                        help="a file locked while timing the train step, for several benchmark processes on one "
+                        help="a file locked while timing, for several benchmark processes on one "
                              "machine (e.g. CUDA_VISIBLE_DEVICES=0 beside all devices, for scaling)")
     args = parser.parse_args()
 
@@ -226,7 +232,8 @@ def main() -> None:
             config = load_config(args.config)
             apply_variant(config, variant)
             key = f"{variant}-b{args.sample_batch}-n{args.sample_steps}"
-            results["sample"][key] = bench_sample(config, args.sample_batch, args.sample_steps, max(1, args.repeats - 1))
+            results["sample"][key] = bench_sample(config, args.sample_batch, args.sample_steps,
+                                                    max(1, args.repeats - 1), args.timing_lock)
             print("sample", key, results["sample"][key], flush=True)
             save()
     if "fid" in what:

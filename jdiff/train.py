@@ -61,6 +61,7 @@ def build_model(config: ml_collections.ConfigDict) -> models.UNet:
         learn_sigma=config.diffusion.variance == "learned_range",
         dtype=compute_dtype(m.compute_dtype),
         attention_implementation=m.attention_implementation or None,
+        one_pass_norm=m.norm_variance == "one_pass",
     )
 
 
@@ -199,11 +200,14 @@ def abstract_train_state(config: ml_collections.ConfigDict, model: models.UNet,
     return abstract, shardings
 
 
+# Model keys that change how the same network is computed, not the network: a run may change them on resume.
+SPEED_KEYS = ("compute_dtype", "attention_implementation", "norm_variance")
+
+
 def _check_compatible(saved_config: dict, config: ml_collections.ConfigDict) -> None:
     """A checkpoint can only be resumed by a run with the same model, data shape and diffusion."""
     for section in ("model", "diffusion"):
-        saved = {k: v for k, v in saved_config.get(section, {}).items() if k not in ("compute_dtype",
-                                                                                   "attention_implementation")}
+        saved = {k: v for k, v in saved_config.get(section, {}).items() if k not in SPEED_KEYS}
         now = {k: v for k, v in json.loads(config[section].to_json()).items() if k in saved}
         changed = {k: (saved[k], now[k]) for k in saved if saved[k] != now.get(k)}
         if changed:

@@ -104,6 +104,14 @@ def test_bfloat16_compute_is_close_to_float32_and_params_stay_float32():
     assert 1e-4 < rel < 5e-2, rel  # bf16 did run (float32 agrees to 1e-5) and stays close
 
 
+def test_one_pass_norm_variance_matches_the_official_output():
+    """E[x²] − E[x]² instead of the two-pass variance: the same network to float32 rounding."""
+    model, params, inputs, official = fixture_model("a")
+    out = jax.jit(lambda p: model.clone(one_pass_norm=True).apply({"params": p}, *inputs, train=False))(params)
+    rel = float(jnp.abs(out - official).max() / np.abs(official).max())
+    assert rel < 1e-4, rel
+
+
 def test_dropout_draws_from_the_dropout_key_in_training():
     model, params, inputs, official = fixture_model("a")  # dropout 0.1
     apply = jax.jit(lambda key: model.apply({"params": params}, *inputs, train=True, rngs={"dropout": key}))

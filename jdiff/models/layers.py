@@ -69,18 +69,20 @@ def dense(x: jax.Array, features: int, *, name: str, zero_init: bool = False,
                     **_inits(x.shape[-1], zero_init))(x)
 
 
-def group_norm(x: jax.Array, *, name: str, param_dtype: Dtype = jnp.float32) -> jax.Array:
+def group_norm(x: jax.Array, *, name: str, param_dtype: Dtype = jnp.float32,
+               one_pass: bool = False) -> jax.Array:
     """GroupNorm over 32 channel groups and all non-batch axes, computed and returned in float32.
 
-    Two-pass variance (``use_fast_variance=False``) as PyTorch: E[x²] − E[x]² loses digits when the
-    mean is large against the spread.
+    Two-pass variance E[(x − E[x])²] by default, as PyTorch; ``one_pass`` computes E[x²] − E[x]² (clipped
+    at 0) in one fused reduction instead: one read of the activations fewer, but it loses digits when
+    the mean is large against the spread.
     """
     channels = x.shape[-1]
     if channels % NORM_GROUPS:
         raise ValueError(f"GroupNorm needs channels divisible by {NORM_GROUPS}, got {channels}: choose "
                          f"model_channels and channel_mult so that every level's width is a multiple of 32")
     norm = nn.GroupNorm(num_groups=NORM_GROUPS, epsilon=NORM_EPS, dtype=jnp.float32,
-                        param_dtype=param_dtype, use_fast_variance=False, name=name)
+                        param_dtype=param_dtype, use_fast_variance=one_pass, name=name)
     return norm(x.astype(jnp.float32))
 
 
@@ -157,13 +159,15 @@ class ResBlock(nn.Module):
     use_scale_shift_norm: bool = False
     up: bool = False
     down: bool = False
+    one_pass_norm: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.silu(group_norm(x, name="in_layers_0", param_dtype=self.param_dtype)).astype(self.dtype)
+        norm_kw = dict(param_dtype=self.param_dtype, one_pass=self.one_pass_norm)
+        h = nn.silu(group_norm(x, name="in_layers_0", **norm_kw)).astype(self.dtype)
         if self.up:
             h, x = upsample_nearest(h), upsample_nearest(x)
         elif self.down:
@@ -175,9 +179,9 @@ class ResBlock(nn.Module):
         emb_out = emb_out[:, None, None, :]
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
-            h = group_norm(h, name="out_layers_0", param_dtype=self.param_dtype) * (1 + scale) + shift
+            h = group_norm(h, name="out_layers_0", **norm_kw) * (1 + scale) + shift
         else:
-            h = group_norm(h + emb_out, name="out_layers_0", param_dtype=self.param_dtype)
+            h = group_norm(h + emb_out, name="out_layers_0", **norm_kw)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h).astype(self.dtype))
         h = conv2d(h, self.out_channels, name="out_layers_3", zero_init=True, **kw)
 
@@ -200,6 +204,7 @@ class AttentionBlock(nn.Module):
     num_head_channels: int = -1
     use_new_attention_order: bool = False
     implementation: str | None = None
+    one_pass_norm: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -208,7 +213,8 @@ class AttentionBlock(nn.Module):
         batch, height, width, channels = x.shape
         heads = attention_heads(channels, self.num_heads, self.num_head_channels)
         tokens = x.reshape(batch, height * width, channels)
-        normed = group_norm(tokens, name="norm", param_dtype=self.param_dtype).astype(self.dtype)
+        normed = group_norm(tokens, name="norm", param_dtype=self.param_dtype,
+                            one_pass=self.one_pass_norm).astype(self.dtype)
         qkv = dense(normed, 3 * channels, name="qkv", dtype=self.dtype, param_dtype=self.param_dtype)
         if self.use_new_attention_order:
             qkv = qkv.reshape(batch, height * width, 3, heads, channels // heads)

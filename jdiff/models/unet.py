@@ -39,6 +39,8 @@ class UNet(nn.Module):
     into heads (see :class:`~jdiff.models.layers.AttentionBlock`). ``dtype`` is the compute dtype of
     convs and attention (norms, embeddings and the output conv stay float32); ``param_dtype`` the
     parameters'. ``attention_implementation`` goes to :func:`jax.nn.dot_product_attention`.
+    ``one_pass_norm`` computes every GroupNorm's variance as E[x²] − E[x]² (a speed option; see
+    :func:`~jdiff.models.layers.group_norm`).
     """
     image_size: int
     in_channels: int
@@ -59,6 +61,7 @@ class UNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_implementation: str | None = None
+    one_pass_norm: bool = False
 
     def feature_sizes(self) -> tuple[int, ...]:
         """The feature-map size of each level, from ``image_size`` down."""
@@ -98,9 +101,11 @@ class UNet(nn.Module):
         self._validate()
         self._check_inputs(x, t, y)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        res_kw = dict(dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm, **kw)
+        res_kw = dict(dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
+                      one_pass_norm=self.one_pass_norm, **kw)
         attn_kw = dict(num_head_channels=self.num_head_channels, implementation=self.attention_implementation,
-                       use_new_attention_order=self.use_new_attention_order, **kw)
+                       use_new_attention_order=self.use_new_attention_order, one_pass_norm=self.one_pass_norm,
+                       **kw)
         heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
         attention_sizes = set(self.attention_resolutions)
 
@@ -157,7 +162,7 @@ class UNet(nn.Module):
 
         # The output head runs in float32, as the official fp16 mode does: it is cheap (a few output
         # channels) and its rounding would land directly on ε.
-        h = nn.silu(group_norm(h, name="out_0", param_dtype=self.param_dtype))
+        h = nn.silu(group_norm(h, name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm))
         out_channels = 2 * self.out_channels if self.learn_sigma else self.out_channels
         return conv2d(h, out_channels, name="out_2", zero_init=True, param_dtype=self.param_dtype)
 
