@@ -205,7 +205,8 @@ SPEED_KEYS = ("compute_dtype", "attention_implementation", "norm_variance")
 
 
 def _check_compatible(saved_config: dict, config: ml_collections.ConfigDict) -> None:
-    """A checkpoint can only be resumed by a run with the same model, data shape and diffusion."""
+    """A checkpoint can only be resumed by a run with the same model, data shape and diffusion, and with
+    the gradient clip on or off as it was."""
     for section in ("model", "diffusion"):
         saved = {k: v for k, v in saved_config.get(section, {}).items() if k not in SPEED_KEYS}
         now = {k: v for k, v in json.loads(config[section].to_json()).items() if k in saved}
@@ -213,6 +214,13 @@ def _check_compatible(saved_config: dict, config: ml_collections.ConfigDict) -> 
         if changed:
             raise ValueError(f"the checkpoint in the workdir was trained with different config.{section} "
                              f"values {changed} (saved, now); use a new --workdir or the saved values")
+    # Turning the clip on or off changes the optimiser state's tree (its value may change freely).
+    saved_clip = saved_config.get("training", {}).get("grad_clip")
+    if saved_clip is not None and (saved_clip > 0) != (config.training.grad_clip > 0):
+        raise ValueError(f"the checkpoint in the workdir was trained with config.training.grad_clip={saved_clip} "
+                         f"and this run has {config.training.grad_clip}: switching the clip on or off changes the "
+                         "optimiser state, which cannot be restored; keep it "
+                         + ("on (any value > 0)" if saved_clip > 0 else "off (0)") + " or use a new --workdir")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -239,8 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t_cfg.keep_checkpoints,
                                          keep_every=t_cfg.keep_every or None)
     if checkpointer.latest_step() is not None:
+        # Checked before the arrays are read: a mismatch then names the config key, not a pytree path.
+        _check_compatible(checkpointer.restore(meta_only=True)[1].get("config", {}), config)
         items, meta = checkpointer.restore(targets=abstract_state.checkpoint_items())
-        _check_compatible(meta.get("config", {}), config)
         state = abstract_state.replace(step=jnp.asarray(meta["step"], jnp.int32),
                                        **{k: items[k] for k in abstract_state.checkpoint_items()})
         state = jax.device_put(state, state_shardings)

@@ -122,6 +122,13 @@ def test_changed_model_config_is_refused_on_resume(tmp_path):
     config.diffusion.weighting = "constant"
     with pytest.raises(ValueError, match="weighting"):
         train.train_and_evaluate(config, str(tmp_path))
+    config = tiny_config()
+    config.training.grad_clip = 0.0
+    with pytest.raises(ValueError, match="grad_clip=1.0 .* keep it on"):
+        train.train_and_evaluate(config, str(tmp_path))
+    config.training.grad_clip = 0.5              # another value of the clip resumes
+    config.training.num_steps = 4
+    assert train.train_and_evaluate(config, str(tmp_path)) == "finished"
 
 
 def run_cli(*args, **kwargs):
