@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jdiff import samplers, sharding, train  # noqa: E402
+from jdiff import sharding, train  # noqa: E402
 
 
 def load_config(path: str):

@@ -526,6 +526,30 @@ def is_smoke_report(records: Sequence[Mapping[str, Any]]) -> bool:
     return any(r["budget"]["name"] == "small" for r in records)
 
 
+def main(argv: Sequence[str] | None, *, doc: str, experiment: str, only_keys: Sequence[str],
+         run: Callable[..., None], report: Callable[[str, str], None],
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+         run_options: Sequence[str] = ()) -> None:
+    """The command line every experiment script shares: the common options (plus ``add_arguments``'s),
+    ``--report-only`` (rebuild the report from the unit files), else ``run(budget, directory, root,
+    classifier, only, overrides, force, command, **{option: value for option in run_options})``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, only_keys)
+    if add_arguments is not None:
+        add_arguments(parser)
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the unit files")
+    args = parser.parse_args(argv)
+    budget = budget_from_args(args)
+    directory = results_dir(args, experiment)
+    if args.report_only:
+        report(directory, command_line())
+        return
+    set_up(args)
+    run(budget, directory, workdir_root(args), args.classifier, parse_only(args.only, only_keys),
+        parse_overrides(args.set), args.force, command_line(), **{name: getattr(args, name) for name in run_options})
+
+
 def command_line() -> str:
     return " ".join(["python", os.path.relpath(sys.argv[0], REPO_ROOT)] + sys.argv[1:])
 

@@ -19,7 +19,6 @@ Writes ``<results>/debias_plus_es/``: ``debias_plus_es.{md,json,png}`` and
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -186,21 +185,7 @@ def run(budget: common.Budget, directory: str, root: str, classifier_path: str, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_arguments(parser, ONLY_KEYS)
-    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the unit files")
-    args = parser.parse_args(argv)
-    budget = common.budget_from_args(args)
-    directory = common.results_dir(args, EXPERIMENT)
-    if args.report_only:
-        report(directory, common.command_line())
-        return
-    common.set_up(args)
-    run(budget, directory, common.workdir_root(args), args.classifier,
-        common.parse_only(args.only, ONLY_KEYS),
-        common.parse_overrides(args.set),
-        args.force, common.command_line())
+    common.main(argv, doc=__doc__, experiment=EXPERIMENT, only_keys=ONLY_KEYS, run=run, report=report)
 
 
 if __name__ == "__main__":

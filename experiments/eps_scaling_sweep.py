@@ -265,26 +265,16 @@ def run(budget: common.Budget, directory: str, root: str, classifier_path: str, 
     report(directory, command)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_arguments(parser, ONLY_KEYS)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weighting", default="debias", choices=common.WEIGHTINGS,
                         help="which weighting-comparison run to sweep (default debias)")
     parser.add_argument("--seed", type=int, default=None, help="its seed (default: the budget's first)")
     parser.add_argument("--workdir", default=None, help="sweep this run of configs/digits.py instead")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the unit files")
-    args = parser.parse_args(argv)
-    budget = common.budget_from_args(args)
-    directory = common.results_dir(args, EXPERIMENT)
-    if args.report_only:
-        report(directory, common.command_line())
-        return
-    common.set_up(args)
-    run(budget, directory, common.workdir_root(args), args.classifier,
-        common.parse_only(args.only, ONLY_KEYS),
-        common.parse_overrides(args.set), args.force, common.command_line(), args.weighting, args.seed,
-        args.workdir)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    common.main(argv, doc=__doc__, experiment=EXPERIMENT, only_keys=ONLY_KEYS, run=run, report=report,
+                add_arguments=add_arguments, run_options=("weighting", "seed", "workdir"))
 
 
 if __name__ == "__main__":

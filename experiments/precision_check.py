@@ -37,6 +37,7 @@ from jdiff import metrics as metrics_lib  # noqa: E402
 from jdiff import train  # noqa: E402
 
 EXPERIMENT = "precision"
+ONLY_KEYS = ("seed",)
 SAMPLING_SEEDS = (0, 1, 2)
 DTYPES = ("bfloat16", "float32")
 
@@ -212,7 +213,7 @@ def plot(records: Sequence[Mapping[str, Any]], training: Mapping[str, Sequence[M
 
 
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str, only: Mapping[str, set[str]],
-        overrides: Mapping[str, Any], f32_root: str | None, force: bool, command: str,
+        overrides: Mapping[str, Any], force: bool, command: str, f32_workdir_root: str | None = None,
         metrics_dir: str | None = None) -> None:
     """Every selected training seed, then the report of every unit in ``directory``."""
     chosen = common.select_units(only, [dict(seed=s) for s in budget.seeds])
@@ -225,29 +226,21 @@ def run(budget: common.Budget, directory: str, root: str, classifier_path: str, 
         programs[dtype] = common.Programs(config)
     units = common.Units(directory)
     for unit in chosen:
-        evaluate_seed(unit["seed"], budget, scorer, programs, units, root, f32_root, overrides, force, metrics_dir)
+        evaluate_seed(unit["seed"], budget, scorer, programs, units, root, f32_workdir_root, overrides, force,
+                      metrics_dir)
     report(directory, command)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_arguments(parser, ("seed",))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--f32-workdir-root", default=None,
                         help="the scratch folder of the float32 runs (for their loss curves)")
     parser.add_argument("--metrics-dir", default=None,
                         help="copies <run folder name>.jsonl of runs' metrics.jsonl, for runs no longer on disk")
-    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the unit files")
-    args = parser.parse_args(argv)
-    budget = common.budget_from_args(args)
-    directory = common.results_dir(args, EXPERIMENT)
-    if args.report_only:
-        report(directory, common.command_line())
-        return
-    common.set_up(args)
-    run(budget, directory, common.workdir_root(args), args.classifier, common.parse_only(args.only, ("seed",)),
-        common.parse_overrides(args.set), args.f32_workdir_root, args.force, common.command_line(),
-        args.metrics_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    common.main(argv, doc=__doc__, experiment=EXPERIMENT, only_keys=ONLY_KEYS, run=run, report=report,
+                add_arguments=add_arguments, run_options=("f32_workdir_root", "metrics_dir"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import os
-import time
 from typing import Any, Callable
 
 import jax

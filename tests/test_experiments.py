@@ -80,7 +80,7 @@ def test_experiments_end_to_end(tmp_path):
                              {"weighting": {"debias", "constant"}}, overrides, False, "test")
     eps_scaling_sweep.run(budget, os.path.join(results, "es"), root, clf, {}, overrides, False, "test")
     debias_plus_es.run(budget, os.path.join(results, "dpe"), root, clf, {}, overrides, False, "test")
-    precision_check.run(budget, os.path.join(results, "precision"), root, clf, {}, overrides, None, False, "test")
+    precision_check.run(budget, os.path.join(results, "precision"), root, clf, {}, overrides, False, "test")
 
     with open(os.path.join(results, "wc", "weighting_comparison.json")) as f:
         wc = json.load(f)
