@@ -1,5 +1,8 @@
 """Evaluation: the FID Inception network (:mod:`.inception`), FID, Inception Score, precision/recall
-and reference statistics (:mod:`.fid`), and the Epsilon Scaling λ search (:mod:`.search`)."""
+and reference statistics (:mod:`.fid`), a generic coarse-to-fine search (:mod:`.search`), and, imported
+from their modules (each also a command line): ``--mode=eval`` (:mod:`.run`), the exposure bias δ_t
+(:mod:`.exposure_bias`), the Epsilon Scaling λ search on a checkpoint (:mod:`.lambda_search`) and
+classifier-FID for data without Inception weights (:mod:`.classifier`)."""
 
 from jdiff.evaluation.fid import (Statistics, dataset_statistics, frechet_distance, inception_score,
                                   load_reference_statistics, make_feature_fn, precision_recall,
