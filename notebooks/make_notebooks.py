@@ -16,42 +16,54 @@ import nbformat
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The address a notebook clones when it does not run inside a checkout (Colab). A placeholder: replace
-# OWNER, or set REPO_URL in the notebook, to the repository that holds this file.
+# OWNER here, or set REPO_URL in the notebook's parameters cell, to the repository that holds this file.
 REPO_URL = "https://github.com/OWNER/jdiff"
+
+PARAMETERS_MD = """
+## Parameters
+
+`BUDGET = "full"` is the run this notebook is about; `"small"` makes every step tiny (a smoke run of
+well under a minute, for CI): its results say nothing about the methods. `CHECKOUT` and `REPO_URL` say
+where jdiff comes from (next section).
+"""
+
+PARAMETERS_CHECKOUT = f'''CHECKOUT = None   # a jdiff checkout to use; None: the nearest one at or above the working directory
+REPO_URL = "{REPO_URL}"  # cloned when there is no checkout (Colab); a placeholder, see below
+'''
 
 INSTALL_MD = """
 ## Install
 
-Inside a checkout of jdiff (the notebook opened from `notebooks/`, after `pip install -e ".[offline]"` or
-with the dependencies installed), the next cell uses that checkout and installs nothing: it looks for the
-checkout from the working directory upwards.
+Inside a checkout of jdiff (the notebook opened from `notebooks/`, after `pip install -e ".[test]"`, or
+`".[offline]"` plus `matplotlib`), the next cell uses that checkout and installs nothing: it takes
+`CHECKOUT`, or looks for the checkout from the working directory upwards.
 
-Anywhere else (Colab), it clones the repository at `REPO_URL` and installs it with
-`pip install "<clone>[offline]"`, i.e. `pip install "jdiff[offline] @ <the repository>"` plus the
-checkout's `configs/` folder, which the quickstart reads and which is not part of the installed package.
-**`REPO_URL` is a placeholder**: set it to the address of the jdiff repository this notebook came from
-(the `https://…` you would pass to `git clone`). On Colab, if something had imported JAX before this
-cell, restart the session after it (Runtime → Restart session) so that the JAX that jdiff needs is the
-one imported.
+Anywhere else (Colab), it clones the repository at `REPO_URL` and runs
+`pip install "<clone>[offline]" matplotlib`; the clone also provides the `configs/` folder, which is
+not part of the installed package. **`REPO_URL` is a placeholder**: set it to the address of the jdiff
+repository this notebook came from (the `https://…` you would pass to `git clone`). On Colab, if
+something had imported JAX before this cell, restart the session after it (Runtime → Restart session)
+so that the JAX that jdiff needs is the one imported.
 """
 
-INSTALL_CODE = f'''
+INSTALL_CODE = '''
 import pathlib
 import subprocess
 import sys
 
-REPO_URL = "{REPO_URL}"  # placeholder: the jdiff repository's address (see above)
+
+def is_checkout(folder: pathlib.Path) -> bool:
+    return (folder / "jdiff" / "__init__.py").is_file() and (folder / "pyproject.toml").is_file()
 
 
 def find_checkout(start: pathlib.Path) -> pathlib.Path | None:
     """The nearest folder at or above ``start`` that holds a jdiff checkout."""
-    for folder in (start, *start.parents):
-        if (folder / "jdiff" / "__init__.py").is_file() and (folder / "pyproject.toml").is_file():
-            return folder
-    return None
+    return next((folder for folder in (start, *start.parents) if is_checkout(folder)), None)
 
 
-ROOT = find_checkout(pathlib.Path.cwd().resolve())
+ROOT = pathlib.Path(CHECKOUT).resolve() if CHECKOUT else find_checkout(pathlib.Path.cwd().resolve())
+if ROOT is not None and not is_checkout(ROOT):
+    raise ValueError(f"CHECKOUT = {CHECKOUT!r} is not a jdiff checkout")
 if ROOT is None:
     if "OWNER" in REPO_URL:
         raise ValueError("this notebook is not inside a jdiff checkout: set REPO_URL to the address of "
@@ -59,18 +71,12 @@ if ROOT is None:
     ROOT = pathlib.Path("jdiff-repo").resolve()
     if not ROOT.exists():
         subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(ROOT)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{{ROOT}}[offline]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{ROOT}[offline]", "matplotlib"],
+                   check=True)
 else:
     sys.path.insert(0, str(ROOT))  # this checkout's jdiff, even where another version is installed
-print(f"jdiff from {{ROOT}}")
+print(f"jdiff from {ROOT}")
 '''
-
-PARAMETERS_MD = """
-## Parameters
-
-`BUDGET = "full"` is the run this notebook is about; `"small"` makes every step tiny (a smoke run in well
-under a minute, for CI). The results of `"small"` say nothing about the methods.
-"""
 
 QUICKSTART = [
     ("markdown", """
@@ -91,13 +97,13 @@ on a GPU; the λ search and δ_t add a few minutes on a CPU. Everything is writt
 (checkpoints, TensorBoard logs, `metrics.jsonl`, sample grids, the λ search report, δ_t results); running
 the notebook again resumes from the checkpoints there.
 """),
-    ("markdown", INSTALL_MD),
-    ("code", INSTALL_CODE),
     ("markdown", PARAMETERS_MD),
     ("parameters", '''
 BUDGET = "full"   # "full" or "small"
 WORKDIR = None    # None: <temporary folder>/jdiff-quickstart-<BUDGET>
-'''),
+''' + PARAMETERS_CHECKOUT),
+    ("markdown", INSTALL_MD),
+    ("code", INSTALL_CODE),
     ("markdown", """
 ## The config
 
@@ -241,8 +247,8 @@ feeds the network at that level. It reports two variance errors per step:
   training inputs at the same level: what Epsilon Scaling acts on, and what the λ search above minimised;
 - **the authors' δ_t** = (std(x̂_t − √ᾱ_t x₀) − √(1 − ᾱ_t))², paired with the image each chain started
   from. Most of it is a floor that every sampler has, even with a perfect network (a chain started at
-  the noisiest level cannot come back to its own x₀), so it barely moves with λ: see
-  `docs/evaluation.md`.
+  the noisiest level cannot come back to its own x₀), so it barely moves with λ: see the docstring of
+  `jdiff/evaluation/exposure_bias.py`.
 
 The third panel is the authors' other diagnostic: the norm of ε̂/λ along sampling against the norm of ε̂
 at training inputs of the same level. The plot and a JSON of every number are written to
@@ -264,7 +270,8 @@ display(Image(filename=os.path.join(WORKDIR, "exposure_bias", sampling.run_name(
   (train), `--mode=sample` (`sampling.num_samples` images to `.npz` shards), `--mode=eval` (FID),
   `python -m jdiff.evaluation.lambda_search` and `python -m jdiff.evaluation.exposure_bias`.
 - `notebooks/library.ipynb`: jdiff's schedules, loss weights and samplers with a network of your own.
-- `docs/index.md`: one page per concept, with the equations and the config keys.
+- `docs/experiments.md`: what Debias and Epsilon Scaling do on these digits (classifier-FID, 3 training
+  seeds for the headline rows), each experiment one command.
 """),
 ]
 
@@ -285,12 +292,12 @@ The network is called as `model_fn(x, t)` with `t` the **original** integer time
 example, also when the sampler runs a respaced chain, so a network trained on T = 1000 steps is sampled on
 any number of steps without change. Arrays are batch-first; images would be NHWC, here x is (B, 2).
 """),
-    ("markdown", INSTALL_MD),
-    ("code", INSTALL_CODE),
     ("markdown", PARAMETERS_MD),
     ("parameters", '''
 BUDGET = "full"   # "full" or "small"
-'''),
+''' + PARAMETERS_CHECKOUT),
+    ("markdown", INSTALL_MD),
+    ("code", INSTALL_CODE),
     ("markdown", """
 ## Schedules
 
@@ -338,8 +345,9 @@ show(fig)
 
 `weighting.loss_weight(name, snr, target)` is the weight on the per-example MSE of the network's target
 (`eps`, `x0` or `v`). Every weighting but `constant` is defined on the ε-MSE and converted for the other
-targets so that the objective is the same function of the ε error (see `docs/weighting.md`). Debias is
-1/√SNR on the ε-MSE: small where the input is mostly noise, large near the data.
+targets so that the objective is the same function of the ε error (see the docstring of
+`jdiff/weighting.py`). Debias is 1/√SNR on the ε-MSE: large where the input is mostly noise (157 at
+t = T − 1 on this schedule), small near the data (0.01 at t = 0).
 """),
     ("code", '''
 snr = train_schedule.snr
@@ -472,7 +480,8 @@ print("λ_i of linear(k=0.002, b=1.0) on 20 steps, i = 0 (least noisy) first:",
   `edm_step`) take the network output and the noise as arguments, for loops of your own.
 - `targets` converts between ε, x₀ and v predictions; `weighting.loss_weight(..., target="v")` gives the
   same objective for a v-network.
-- `docs/samplers.md` and `docs/weighting.md` state every formula and the paper it comes from.
+- The docstrings of `jdiff/weighting.py`, `jdiff/samplers/` and `jdiff/schedules.py` state every
+  formula and the paper it comes from.
 """),
 ]
 
