@@ -465,9 +465,11 @@ fig, axes = plt.subplots(2, len(LAMBDAS), figsize=(4 * len(LAMBDAS), 8), sharex=
 for row, sampler in zip(axes, ("ddpm", "dpm_solver_pp")):
     for ax, lam in zip(row, LAMBDAS):
         x = draw_samples(params, samplers.EpsScaling.constant(lam), sampler)
+        distance = centre_distance(x)
+        print(f"{sampler:>13}, λ = {lam:<4g}: mean distance to the nearest centre {distance:.4f}")
         ax.scatter(*np.asarray(x).T, s=2, alpha=0.5)
         ax.scatter(*CENTRES.T, marker="x", color="red")
-        ax.set_title(f"{sampler}, 20 steps, λ = {lam:g}\\ndistance to centres {centre_distance(x):.3f}")
+        ax.set_title(f"{sampler}, 20 steps, λ = {lam:g}\\ndistance to centres {distance:.3f}")
         ax.set_aspect("equal")
 show(fig)
 print("λ_i of linear(k=0.002, b=1.0) on 20 steps, i = 0 (least noisy) first:",
