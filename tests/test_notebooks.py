@@ -2,6 +2,7 @@
 with ``BUDGET = "small"`` (a cell injected after the ``parameters`` cell, papermill's convention), from a
 temporary working directory so that nothing lands in the repository."""
 
+import hashlib
 import json
 import math
 import os
@@ -37,9 +38,14 @@ def test_each_notebook_has_one_parameters_cell_with_a_budget():
         assert notebook.cells.index(tagged[0]) < install
 
 
-def snapshot(folder: str) -> dict[str, float]:
-    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
-            for d, _, files in os.walk(folder) for f in files}
+def snapshot(folder: str) -> dict[str, str]:
+    """Every file under ``folder`` and a hash of its contents."""
+    out = {}
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as f:
+                out[os.path.join(directory, name)] = hashlib.sha256(f.read()).hexdigest()
+    return out
 
 
 def execute(name: str, overrides: str, cwd) -> nbformat.NotebookNode:
