@@ -27,7 +27,8 @@ well under a minute, for CI): its results say nothing about the methods. `CHECKO
 where jdiff comes from (next section).
 """
 
-PARAMETERS_CHECKOUT = f'''CHECKOUT = None   # a jdiff checkout to use; None: the nearest one at or above the working directory
+PARAMETERS_CHECKOUT = f'''\
+CHECKOUT = None   # a jdiff checkout to use; None: the nearest one at or above the working directory
 REPO_URL = "{REPO_URL}"  # cloned when there is no checkout (Colab); a placeholder, see below
 '''
 

@@ -144,13 +144,14 @@ def test_library_notebook_runs_with_the_small_budget(tmp_path):
     # Six sample sets (DDPM, DPM-Solver++ × three λ), each scored by its distance to the centres.
     sample_text = "".join(o.get("text", "") for o in cell_with(notebook, "def draw_samples(").outputs
                           if o.get("output_type") == "stream")
-    lambdas = re.search(r"λ_i of linear\(k=0.002, b=1.0\) on 20 steps, i = 0 \(least noisy\) first: \[([^\]]+)\]",
-                        sample_text)
+    lambdas = re.search(r"λ_i of linear\(k=0.002, b=1.0\) on 20 steps, i = 0 \(least noisy\) first: "
+                        r"\[([^\]]+)\]", sample_text)
     np.testing.assert_allclose([float(v) for v in lambdas.group(1).split()], 1.0 + 0.002 * np.arange(20),
                                atol=1e-4)
-    distances = re.findall(r"(ddpm|dpm_solver_pp), λ = ([\d.]+) *: mean distance to the nearest centre ([\d.]+)",
-                           sample_text)
+    distances = re.findall(r"(ddpm|dpm_solver_pp), λ = ([\d.]+) *: "
+                           r"mean distance to the nearest centre ([\d.]+)", sample_text)
     assert [(s, float(lam)) for s, lam, _ in distances] == [
         (s, lam) for s in ("ddpm", "dpm_solver_pp") for lam in (1.0, 1.01, 1.03)]
-    # Samples lie in the clipping box [-1, 1]², whose farthest points from every centre are its corners (0.814).
+    # Samples lie in the clipping box [-1, 1]², whose farthest points from every centre are its
+    # corners (0.814 away).
     assert all(0 < float(d) < 0.815 for _, _, d in distances)
