@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from jdiff import checkpoint as ckpt_lib  # noqa: E402
 from jdiff import data as data_lib  # noqa: E402
 from jdiff import samplers, sampling, sharding, train  # noqa: E402
-from jdiff.evaluation import classifier, fid  # noqa: E402
+from jdiff.evaluation import classifier, fid, inception  # noqa: E402
 
 DIGITS_CONFIG = os.path.join(REPO_ROOT, "configs", "digits.py")
 DEFAULT_CLASSIFIER = os.path.join(REPO_ROOT, "experiments", "results", "classifier", "digits_8x8x1.npz")
@@ -132,6 +132,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, only_keys: Sequence[st
                              "(default <tmp>/jdiff-experiments); not part of the results")
     parser.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
                         help="cache of the classifier-FID network (trained there if missing)")
+    parser.add_argument("--inception-weights", default=None, metavar="PATH",
+                        help="score with Inception FID instead, with pytorch-fid's weights at PATH (.pth or its "
+                             ".npz); its results need their own --results folder")
     parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
                         help=f"run only these units; keys: {', '.join(only_keys)} (repeatable)")
     parser.add_argument("--seeds", type=_ints, default=None, help="override the budget's seeds, e.g. 0,1,2")
@@ -392,12 +395,17 @@ class Scorer:
         return classifier.classifier_fid(images, self.reference, self.feature_fn)
 
 
-def make_scorer(path: str, config: ml_collections.ConfigDict) -> Scorer:
+def make_scorer(path: str, config: ml_collections.ConfigDict,
+                inception_weights: str | None = None) -> Scorer:
     """classifier-FID (digits): the classifier cached at ``path`` (trained there on the first call), the
     reference statistics of all digits at the config's resolution, and, as a yardstick, the score of the
-    classifier's held-out real digits against that reference."""
+    classifier's held-out real digits against that reference. With ``inception_weights`` (pytorch-fid's
+    ``.pth`` or its ``.npz``), Inception FID instead: the same reference and yardstick in the pool3
+    features of the FID Inception (digits upsampled to 299×299, grey repeated to RGB)."""
     d = config.data
     dataset = data_lib.load_dataset(d.name, split=d.split, image_size=d.image_size, channels=d.channels)
+    if inception_weights:
+        return _inception_scorer(inception_weights, dataset, d.image_size)
     trained = classifier.load_or_train_classifier(path, dataset, seed=CLASSIFIER_SEED, steps=CLASSIFIER_STEPS)
     feature_fn = classifier.make_classifier_feature_fn(trained)
     reference = classifier.reference_statistics(dataset.images, feature_fn)
@@ -410,6 +418,29 @@ def make_scorer(path: str, config: ml_collections.ConfigDict) -> Scorer:
                 reference=f"all {len(dataset)} {dataset.name} images at {d.image_size}x{d.image_size}",
                 real_heldout_score=real, real_heldout_images=len(held))
     return Scorer(classifier.metric_name(dataset.name), feature_fn, reference, info)
+
+
+def _inception_scorer(weights: str, dataset: data_lib.ArrayDataset, image_size: int) -> Scorer:
+    # Each call pads to the batch: no larger than the data set, so small sets stay cheap.
+    batch = sharding_batch(min(200, len(dataset)))
+    feature_fn = fid.make_feature_fn(inception.load_inception_params(weights), batch_size=batch)
+    reference = fid.statistics(feature_fn(dataset.images)[0])
+    _, held = classifier.holdout_split(len(dataset), 0.2, CLASSIFIER_SEED)
+    real = classifier.classifier_fid(dataset.images[held], reference, feature_fn)
+    with open(weights, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    metric = f"Inception FID ({dataset.name})"
+    info = dict(metric=metric, classifier=os.path.abspath(weights), classifier_sha256=f"inception-{digest}",
+                reference=f"all {len(dataset)} {dataset.name} images at {image_size}x{image_size}",
+                real_heldout_score=real, real_heldout_images=len(held),
+                description="the Fréchet distance in the 2048-d pool3 features of pytorch-fid's InceptionV3 "
+                            f"(weights sha256 {digest}…; images upsampled to 299×299, grey repeated to RGB)")
+    return Scorer(metric, feature_fn, reference, info)
+
+
+def sharding_batch(batch: int) -> int:
+    """``batch`` rounded up to a multiple of the device count (a feature batch is split over devices)."""
+    return -(-batch // jax.device_count()) * jax.device_count()
 
 
 def memoised(cache: dict[str, float], fn: Callable[[float], float]) -> Callable[[float], float]:
@@ -508,18 +539,22 @@ def header(title: str, records: Sequence[Mapping[str, Any]], report_command: str
                      f"{b['checkpoint_every']}, {b['num_samples']} samples per score, sampling steps "
                      f"{list(b['steps'])}")
     lines += [f"- computed on: {'; '.join(devices)}",
-              f"- metric: **{scorer_info['metric']}**, the Fréchet distance in the 64-d features of a small "
-              "CNN trained on the digits labels (held-out accuracy "
-              f"{scorer_info['classifier_heldout_accuracy']:.3f}; "
-              f"`{scorer_info['classifier']}`), against {scorer_info['reference']}. Not Inception FID: it "
-              "compares only with itself at the same sample count. Yardstick: the classifier's "
-              f"{scorer_info['real_heldout_images']} held-out real digits score "
+              f"- metric: **{scorer_info['metric']}**, {_scorer_description(scorer_info)}, against "
+              f"{scorer_info['reference']}; it compares only with itself at the same sample count. "
+              f"Yardstick: {scorer_info['real_heldout_images']} held-out real digits score "
               f"{scorer_info['real_heldout_score']:.3g}.",
               "- computed by: " + "; ".join(f"`{c}`" for c in commands),
               f"- wall time of the units (training included): {sum(seconds):.0f} s in all, {max(seconds):.0f} s "
               "the longest",
               f"- report built by: `{report_command}`", ""]
     return lines
+
+
+def _scorer_description(info: Mapping[str, Any]) -> str:
+    if "description" in info:       # Inception FID
+        return info["description"]
+    return ("the Fréchet distance in the 64-d features of a small CNN trained on the digits labels (held-out "
+            f"accuracy {info['classifier_heldout_accuracy']:.3f}; `{info['classifier']}`), not Inception FID")
 
 
 def is_smoke_report(records: Sequence[Mapping[str, Any]]) -> bool:
@@ -532,7 +567,8 @@ def main(argv: Sequence[str] | None, *, doc: str, experiment: str, only_keys: Se
          run_options: Sequence[str] = ()) -> None:
     """The command line every experiment script shares: the common options (plus ``add_arguments``'s),
     ``--report-only`` (rebuild the report from the unit files), else ``run(budget, directory, root,
-    classifier, only, overrides, force, command, **{option: value for option in run_options})``."""
+    classifier, only, overrides, force, command, inception_weights=…, **{option: value for option in
+    run_options})``."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, only_keys)
@@ -547,7 +583,8 @@ def main(argv: Sequence[str] | None, *, doc: str, experiment: str, only_keys: Se
         return
     set_up(args)
     run(budget, directory, workdir_root(args), args.classifier, parse_only(args.only, only_keys),
-        parse_overrides(args.set), args.force, command_line(), **{name: getattr(args, name) for name in run_options})
+        parse_overrides(args.set), args.force, command_line(), inception_weights=args.inception_weights,
+        **{name: getattr(args, name) for name in run_options})
 
 
 def command_line() -> str:

@@ -171,11 +171,12 @@ def plot(summary: Mapping[str, Any], settings: Sequence[str], metric: str, path:
 # --- command line --------------------------------------------------------------------------------
 
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str, only: Mapping[str, set[str]],
-        overrides: Mapping[str, Any], force: bool, command: str) -> None:
+        overrides: Mapping[str, Any], force: bool, command: str,
+        inception_weights: str | None = None) -> None:
     candidates = [dict(weighting=w, seed=s) for s in budget.seeds for w in WEIGHTINGS]
     chosen = common.select_units(only, candidates)
     base_config, _ = weighting_comparison.trained_run("debias", budget.seeds[0], budget, root, overrides)
-    scorer = common.make_scorer(classifier_path, base_config)
+    scorer = common.make_scorer(classifier_path, base_config, inception_weights)
     programs = common.Programs(base_config)
     units = common.Units(directory)
     for unit in chosen:

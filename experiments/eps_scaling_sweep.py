@@ -246,12 +246,13 @@ def model_under_test(budget: common.Budget, root: str, overrides: Mapping[str, A
 
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str, only: Mapping[str, set[str]],
         overrides: Mapping[str, Any], force: bool, command: str, weighting: str = "debias",
-        seed: int | None = None, workdir: str | None = None) -> None:
+        seed: int | None = None, workdir: str | None = None,
+        inception_weights: str | None = None) -> None:
     jobs = common.select_units(only, [dict(sampler=sampler, steps=steps) for sampler in budget.sweep_samplers
                                       for steps in budget.steps])
     config, workdir = model_under_test(budget, root, overrides, weighting,
                                        budget.seeds[0] if seed is None else seed, workdir)
-    scorer = common.make_scorer(classifier_path, config)
+    scorer = common.make_scorer(classifier_path, config, inception_weights)
     programs = common.Programs(config)
     units = common.Units(directory)
     params, step = programs.restore(config, workdir, None)

@@ -214,11 +214,12 @@ def plot(records: Sequence[Mapping[str, Any]], training: Mapping[str, Sequence[M
 
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str, only: Mapping[str, set[str]],
         overrides: Mapping[str, Any], force: bool, command: str, f32_workdir_root: str | None = None,
-        metrics_dir: str | None = None) -> None:
+        metrics_dir: str | None = None,
+        inception_weights: str | None = None) -> None:
     """Every selected training seed, then the report of every unit in ``directory``."""
     chosen = common.select_units(only, [dict(seed=s) for s in budget.seeds])
     base_config, _ = weighting_comparison.trained_run("debias", budget.seeds[0], budget, root, overrides)
-    scorer = common.make_scorer(classifier_path, base_config)
+    scorer = common.make_scorer(classifier_path, base_config, inception_weights)
     programs = {}
     for dtype in DTYPES:
         config = base_config.copy_and_resolve_references()

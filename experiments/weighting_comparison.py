@@ -217,12 +217,13 @@ def plot(summary: Mapping[str, Any], weightings: Sequence[str], settings: Sequen
 # --- command line --------------------------------------------------------------------------------
 
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str,
-        only: Mapping[str, set[str]], overrides: Mapping[str, Any], force: bool, command: str) -> None:
+        only: Mapping[str, set[str]], overrides: Mapping[str, Any], force: bool, command: str,
+        inception_weights: str | None = None) -> None:
     """Every selected (weighting, seed) unit, then the report of every unit in ``directory``."""
     candidates = [dict(weighting=w, seed=s) for s in budget.seeds for w in common.WEIGHTINGS]
     chosen = common.select_units(only, candidates)
     base_config, _ = trained_run("debias", budget.seeds[0], budget, root, overrides)
-    scorer = common.make_scorer(classifier_path, base_config)
+    scorer = common.make_scorer(classifier_path, base_config, inception_weights)
     programs = common.Programs(base_config)
     units = common.Units(directory)
     for unit in chosen:
