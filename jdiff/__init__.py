@@ -1,7 +1,8 @@
 """jdiff: diffusion models in JAX/Flax with debiased loss weighting and Epsilon Scaling.
 
-``import jdiff`` loads only the pure core (schedules, targets, weightings, losses, samplers); training,
-checkpoints, data and evaluation live in their own modules and are imported where used.
+``import jdiff`` loads only the schedules and targets; every other module (weightings, losses,
+samplers, the model, training, checkpoints, data, evaluation) is imported where used, e.g.
+``from jdiff import weighting, losses, samplers``.
 """
 
 from jdiff import schedules, targets

@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections
 
+from jdiff import weighting
+
 CHOICES = {
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.target": ("eps", "x0", "v"),
@@ -144,6 +146,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in positive:
         if _get(config, key) <= 0:
             errors.append(f"config.{key}={_get(config, key)!r} must be positive")
+    d = config.diffusion
+    try:
+        weighting.check_weighting(d.weighting, p2_k=d.p2_k, p2_gamma=d.p2_gamma, min_snr_gamma=d.min_snr_gamma,
+                                  max_weight=d.max_weight or None)
+    except ValueError as error:
+        if d.weighting in weighting.WEIGHTINGS:       # an unknown name is reported with the choices above
+            errors.append(f"config.diffusion: {error}")
     if config.training.keep_every < 0:
         errors.append(f"config.training.keep_every={config.training.keep_every} must be >= 0 (0 keeps none "
                       "beyond keep_checkpoints)")

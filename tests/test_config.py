@@ -55,7 +55,10 @@ def test_bad_numbers_are_refused():
     config.training.ema_rate = 1.5
     config.data.image_size = 24
     config.training.keep_every = -5
+    config.diffusion.weighting = "min_snr"
+    config.diffusion.min_snr_gamma = 0.0
     with pytest.raises(ValueError) as info:
         config_lib.validate(config)
     text = str(info.value)
     assert "batch_size" in text and "ema_rate" in text and "power of two" in text and "keep_every" in text
+    assert "min_snr_gamma must be > 0" in text
