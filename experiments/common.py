@@ -626,6 +626,16 @@ def write_report(directory: str, name: str, markdown: Sequence[str], results: Ma
     logging.info("wrote %s/%s.{md,json}", directory, name)
 
 
+def save_figure(fig: Any, path: str, smoke: bool) -> None:
+    """Writes a report's figure to ``path`` (a smoke run's marked as such in red) and closes it."""
+    plt = pyplot()
+    if smoke:
+        fig.suptitle("SMOKE RUN (budget small): not a finding", color="red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def pyplot() -> Any:
     import matplotlib
 

@@ -161,11 +161,7 @@ def plot(summary: Mapping[str, Any], settings: Sequence[str], metric: str, path:
         ax.set_ylabel(f"{metric} (lower is better)")
         ax.set_title(sampler.upper(), fontsize="medium")
         ax.legend(fontsize="small")
-    if smoke:
-        fig.suptitle("SMOKE RUN (budget small): not a finding", color="red")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, smoke)
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -224,11 +224,7 @@ def plot(records: Sequence[Mapping[str, Any]], metric: str, path: str, smoke: bo
         ax.set_xlabel("λ (constant)")
         ax.set_ylabel(f"{metric} (lower is better)")
         ax.legend(fontsize="small")
-    if smoke:
-        fig.suptitle("SMOKE RUN (budget small): not a finding", color="red")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, smoke)
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -205,11 +205,7 @@ def plot(records: Sequence[Mapping[str, Any]], training: Mapping[str, Sequence[M
     for ax in (left, right):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    if smoke:
-        fig.suptitle("SMOKE RUN (budget small): not a finding", color="red")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, smoke)
 
 
 def run(budget: common.Budget, directory: str, root: str, classifier_path: str, only: Mapping[str, set[str]],

@@ -207,11 +207,7 @@ def plot(summary: Mapping[str, Any], weightings: Sequence[str], settings: Sequen
     for ax in (left, right):
         ax.set_ylabel(f"{metric} (lower is better)")
         ax.legend(fontsize="small")
-    if smoke:
-        fig.suptitle("SMOKE RUN (budget small): not a finding", color="red")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, smoke)
 
 
 # --- command line --------------------------------------------------------------------------------
