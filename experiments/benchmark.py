@@ -1,12 +1,14 @@
 """Benchmarks on whatever devices are present: the train step, sampling, and FID feature extraction.
 
     python experiments/benchmark.py --out results.json [--config configs/cifar10_baseline.py]
-        [--train-batch 128] [--sample-batch 512] [--sample-steps 100] [--variants bf16-xla,bf16-cudnn,f32-xla]
-        [--what train,sample,fid]
+        [--train-batch 128] [--sample-batch 512] [--sample-steps 100] [--variants bf16-auto,bf16-xla,f32-xla]
+        [--what train,sample,fid] [--interleave]
 
-For every variant (compute dtype × attention kernel) it compiles the jitted train step of the config's
-model (synthetic data on the devices, so the input pipeline is not measured), reports the compile time,
-then times ``--repeats`` windows of ``--steps`` steps after a warm-up and keeps the median: images/s,
+For every variant (compute dtype × attention kernel × options, see :func:`apply_variant`) it compiles the
+jitted train step of the config's model (synthetic data on the devices, so the input pipeline is not
+measured), reports the compile time, then times ``--repeats`` windows of ``--steps`` steps after a
+warm-up and keeps the median (with ``--interleave``: all variants compiled first, then timed in turn,
+window by window, with each one's step-time ratio to the first variant's): images/s,
 the step's FLOPs from XLA's cost analysis, the achieved TFLOP/s and peak device memory. Sampling times
 one full ``--sample-steps``-step DDPM run with Epsilon Scaling; FID times the Inception features of
 32×32 uint8 images (random weights: speed does not depend on them). Results go to ``--out`` as JSON with
@@ -29,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,15 +62,27 @@ def cost_flops(compiled) -> float | None:
     return (analysis or {}).get("flops")
 
 
-def apply_variant(config, variant: str) -> None:
-    """'<bf16|f32>-<xla|cudnn>[-onepass]': compute dtype, attention kernel, one-pass GroupNorm variance."""
+VARIANT_OPTIONS = {
+    "onepass": "GroupNorm statistics in one read (model.norm_variance=one_pass)",
+    "flatopt": "the optimiser on one flat vector (optax.flatten): a few large update kernels instead of "
+               "~300 per-leaf ones; benchmark-only, it changes the optimiser state's layout",
+    "nocmdbuf": "no CUDA-graph command buffers (compiler option xla_gpu_enable_command_buffer='')",
+}  # flatopt and nocmdbuf change the train step only; sampling ignores them
+
+
+def apply_variant(config, variant: str) -> dict:
+    """'<bf16|f32>-<auto|xla|cudnn>[-onepass][-flatopt][-nocmdbuf]' (see VARIANT_OPTIONS): sets the
+    config's compute dtype, attention kernel and GroupNorm variance, and returns the train-step options
+    (``flat_optimizer``, ``compiler_options``) for :func:`compile_train_step`."""
     dtype, attention, *options = variant.split("-")
     config.model.compute_dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
-    config.model.attention_implementation = "" if attention == "xla" else attention
-    unknown = set(options) - {"onepass"}
+    config.model.attention_implementation = attention
+    unknown = set(options) - set(VARIANT_OPTIONS)
     if unknown:
-        raise ValueError(f"variant {variant!r}: unknown options {sorted(unknown)} (known: onepass)")
+        raise ValueError(f"variant {variant!r}: unknown options {sorted(unknown)} (known: {sorted(VARIANT_OPTIONS)})")
     config.model.norm_variance = "one_pass" if "onepass" in options else "two_pass"
+    return dict(flat_optimizer="flatopt" in options,
+                compiler_options={"xla_gpu_enable_command_buffer": ""} if "nocmdbuf" in options else None)
 
 
 @contextlib.contextmanager
@@ -85,11 +100,16 @@ def timing_lock(path: str | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def bench_train(config, batch: int, steps: int, repeats: int, lock_path: str | None = None) -> dict:
+def compile_train_step(config, batch: int, *, flat_optimizer: bool = False,
+                       compiler_options: dict | None = None):
+    """The config's jitted train step compiled for ``batch`` images (synthetic, already on the devices):
+    (compiled step, fresh train state, batch, seconds to initialise, seconds to compile)."""
     config.training.batch_size = batch
     mesh = sharding.make_mesh()
     model = train.build_model(config)
     tx = train.make_optimizer(config.training)
+    if flat_optimizer:
+        tx = optax.flatten(tx)
     _, shardings = train.abstract_train_state(config, model, tx, mesh)
     t0 = time.perf_counter()
     init = jax.jit(lambda k: train.init_train_state(k, config, model, tx), out_shardings=shardings)
@@ -104,33 +124,79 @@ def bench_train(config, batch: int, steps: int, repeats: int, lock_path: str | N
     batch_data = {"images": jax.device_put(images, jax.sharding.NamedSharding(
         mesh, jax.P(None, "data") if k > 1 else jax.P("data")))}
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batch_data).compile()
-    compile_seconds = time.perf_counter() - t0
-    flops = cost_flops(compiled)
-    calls = max(1, steps // k)
-    times = []
-    with timing_lock(lock_path):
+    compiled = step_fn.lower(state, batch_data).compile(compiler_options=compiler_options)
+    return compiled, state, batch_data, init_seconds, time.perf_counter() - t0
+
+
+class TrainRun:
+    """One variant's compiled train step and state, timed in windows of ``steps`` steps."""
+
+    def __init__(self, config, batch: int, steps: int, **options):
+        self.batch, self.k = batch, config.training.steps_per_call
+        (self.compiled, self.state, self.data, self.init_seconds,
+         self.compile_seconds) = compile_train_step(config, batch, **options)
+        self.calls = max(1, steps // self.k)
+        self.times: list[float] = []
+        self.metrics = None
+
+    def warm_up(self) -> None:
         for _ in range(3):
-            state, metrics = compiled(state, batch_data)
-        block(metrics)
+            self.state, self.metrics = self.compiled(self.state, self.data)
+        block(self.metrics)
+
+    def window(self) -> float:
+        """Seconds per optimiser step over one window (dispatched back to back, waited for at the end)."""
+        t0 = time.perf_counter()
+        for _ in range(self.calls):
+            self.state, self.metrics = self.compiled(self.state, self.data)
+        block(self.metrics)
+        self.times.append((time.perf_counter() - t0) / (self.calls * self.k))
+        return self.times[-1]
+
+    def result(self) -> dict:
+        step_seconds = statistics.median(self.times)
+        result = dict(batch=self.batch, steps_per_call=self.k, step_ms=step_seconds * 1e3,
+                      images_per_sec=self.batch / step_seconds, compile_seconds=self.compile_seconds,
+                      init_seconds=self.init_seconds, peak_memory_gib=peak_memory_gib(),
+                      loss=float(self.metrics["loss"]), spread=(max(self.times) - min(self.times)) / step_seconds,
+                      windows_ms=[t * 1e3 for t in self.times])
+        flops = cost_flops(self.compiled)
+        if flops:
+            per_step = flops / self.k
+            result.update(flops_per_step=per_step, tflops_per_sec=per_step / step_seconds / 1e12,
+                          gflop_per_image=per_step / self.batch / 1e9)
+        return result
+
+
+def bench_train(config, batch: int, steps: int, repeats: int, lock_path: str | None = None, **options) -> dict:
+    run = TrainRun(config, batch, steps, **options)
+    with timing_lock(lock_path):
+        run.warm_up()
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                state, metrics = compiled(state, batch_data)
-            block(metrics)
-            times.append((time.perf_counter() - t0) / (calls * k))
-    step_seconds = statistics.median(times)
-    result = dict(batch=batch, steps_per_call=k, step_ms=step_seconds * 1e3, images_per_sec=batch / step_seconds,
-                  compile_seconds=compile_seconds, init_seconds=init_seconds, peak_memory_gib=peak_memory_gib(),
-                  loss=float(metrics["loss"]), spread=(max(times) - min(times)) / step_seconds)
-    if flops:
-        per_step = flops / k
-        result.update(flops_per_step=per_step, tflops_per_sec=per_step / step_seconds / 1e12,
-                      gflop_per_image=per_step / batch / 1e9)
-    return result
+            run.window()
+    return run.result()
 
 
-def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | None = None) -> dict:
+def bench_train_interleaved(runs: dict[str, TrainRun], repeats: int) -> dict[str, dict]:
+    """Times compiled variants in turn, window by window, so that a drift of the machine (clocks, other
+    tenants) falls on all of them alike; adds each variant's median ratio of step time to the first
+    variant's in the same rounds."""
+    for run in runs.values():
+        run.warm_up()
+    for _ in range(repeats):
+        for run in runs.values():
+            run.window()
+    results = {name: run.result() for name, run in runs.items()}
+    first = next(iter(runs.values()))
+    for name, run in runs.items():
+        results[name]["step_time_ratio_to_first"] = statistics.median(
+            a / b for a, b in zip(run.times, first.times))
+    return results
+
+
+def build_sampler(config, batch: int, steps: int):
+    """A jitted ``steps``-step DDPM sampler with Epsilon Scaling (λ = 1.017) for the config's model with
+    fresh parameters: (generate_fn, params, indices of ``batch`` images)."""
     from jdiff import sampling
 
     config.sampling.respacing = str(steps)
@@ -140,8 +206,11 @@ def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | 
     model = train.build_model(config)
     params = jax.jit(lambda k: model.init({"params": k}, *train.dummy_inputs(config), train=False)["params"],
                      out_shardings=sharding.replicated(mesh))(jax.random.key(0))
-    generate_fn = sampling.make_generate_fn(config, model, mesh)
-    indices = jnp.arange(batch, dtype=jnp.int32)
+    return sampling.make_generate_fn(config, model, mesh), params, jnp.arange(batch, dtype=jnp.int32)
+
+
+def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | None = None) -> dict:
+    generate_fn, params, indices = build_sampler(config, batch, steps)
     times = []
     with timing_lock(lock_path):      # the first call compiles (seconds) and runs: held under the lock too
         t0 = time.perf_counter()
@@ -195,7 +264,7 @@ def main() -> None:
     parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                          "cifar10_baseline.py"))
     parser.add_argument("--what", default="train,sample,fid")
-    parser.add_argument("--variants", default="bf16-xla,bf16-cudnn")
+    parser.add_argument("--variants", default="bf16-auto")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--steps-per-call", type=int, default=1)
     parser.add_argument("--dropout", type=float, default=-1.0, help="override config.model.dropout")
@@ -204,9 +273,14 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=100)
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--interleave", action="store_true",
+                        help="compile every variant's train step first, then time them in turn, window by "
+                             "window (the way to compare variants: see docs/benchmarks.md)")
     parser.add_argument("--timing-lock", default=None,
                         help="a file locked while timing, for several benchmark processes on one "
-                             "machine (e.g. CUDA_VISIBLE_DEVICES=0 beside all devices, for scaling)")
+                             "machine (e.g. CUDA_VISIBLE_DEVICES=0 beside all devices, for scaling). "
+                             "A process that compiles meanwhile still runs autotuning kernels on the "
+                             "GPU and slows the one timing: start timing after all have compiled")
     args = parser.parse_args()
 
     results = dict(environment=environment(), train={}, sample={}, fid={})
@@ -216,16 +290,31 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
 
-    for variant in args.variants.split(","):
-        if "train" in what:
-            config = load_config(args.config)
-            apply_variant(config, variant)
-            config.training.steps_per_call = args.steps_per_call
-            if args.dropout >= 0:
-                config.model.dropout = args.dropout
-            key = f"{variant}-b{args.train_batch}-k{args.steps_per_call}-drop{config.model.dropout:g}"
+    def train_config(variant):
+        config = load_config(args.config)
+        options = apply_variant(config, variant)
+        config.training.steps_per_call = args.steps_per_call
+        if args.dropout >= 0:
+            config.model.dropout = args.dropout
+        key = f"{variant}-b{args.train_batch}-k{args.steps_per_call}-drop{config.model.dropout:g}"
+        return config, options, key
+
+    variants = args.variants.split(",")
+    if "train" in what and args.interleave:
+        runs = {}
+        for variant in variants:
+            config, options, key = train_config(variant)
+            runs[key] = TrainRun(config, args.train_batch, args.steps, **options)
+            print("compiled", key, f"{runs[key].compile_seconds:.0f} s", flush=True)
+        with timing_lock(args.timing_lock):
+            results["train"] = bench_train_interleaved(runs, args.repeats)
+        del runs
+        save()
+    for variant in variants:
+        if "train" in what and not args.interleave:
+            config, options, key = train_config(variant)
             results["train"][key] = bench_train(config, args.train_batch, args.steps, args.repeats,
-                                                  args.timing_lock)
+                                                  args.timing_lock, **options)
             print("train", key, results["train"][key], flush=True)
             save()
         if "sample" in what:
@@ -245,7 +334,8 @@ def main() -> None:
     print("| what | variant | img/s | ms/step or s/batch | TFLOP/s | compile s | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for key, r in results["train"].items():
-        print(f"| train | {key} | {r['images_per_sec']:.0f} | {r['step_ms']:.1f} | {r.get('tflops_per_sec', 0):.0f} "
+        ratio = f" (×{1 / r['step_time_ratio_to_first']:.3f} speed)" if "step_time_ratio_to_first" in r else ""
+        print(f"| train | {key}{ratio} | {r['images_per_sec']:.0f} | {r['step_ms']:.1f} | {r.get('tflops_per_sec', 0):.0f} "
               f"| {r['compile_seconds']:.0f} | {r['peak_memory_gib'] or 0:.1f} |")
     for key, r in results["sample"].items():
         print(f"| sample | {key} | {r['images_per_sec']:.0f} | {r['seconds_per_batch']:.2f} | | "

@@ -133,8 +133,20 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def parse_flags(text: str) -> dict[str, str]:
     """Flags from a command-line string: ``"--num_channels 128 --learn_sigma=True"`` →
-    ``{"num_channels": "128", "learn_sigma": "True"}`` (values stay strings; the model helper types them)."""
+    ``{"num_channels": "128", "learn_sigma": "True"}`` (values stay strings; the model helper types them).
+
+    A whole official command pastes as it is: what precedes its script (``python``, ``mpiexec -n 8``) and
+    the script (``scripts/image_sample.py``) are skipped. Unexpanded shell variables (``$MODEL_FLAGS``)
+    are refused, since their values are not in the text."""
     flags, tokens = {}, shlex.split(text)
+    unexpanded = [t for t in tokens if t.startswith("$")]
+    if unexpanded:
+        raise ValueError(f"the flags hold unexpanded shell variables {unexpanded}: paste their values "
+                         f"(e.g. the output of: echo {' '.join(unexpanded)})")
+    scripts = [i for i, t in enumerate(tokens) if t.endswith(".py") and not t.startswith("--")]
+    first_flag = next((i for i, t in enumerate(tokens) if t.startswith("--")), len(tokens))
+    if scripts and scripts[0] < first_flag:
+        tokens = tokens[scripts[0] + 1:]
     i = 0
     while i < len(tokens):
         token = tokens[i]

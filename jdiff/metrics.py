@@ -85,10 +85,19 @@ class _QuietLibraries(logging.Filter):
         return record.levelno >= logging.WARNING or not noisy
 
 
+def log_file_name(process_index: int) -> str:
+    """``log.txt`` for process 0, ``log_process<i>.txt`` for the others of a multi-host run (each process
+    writes its own file: interleaved appends to one shared file are unreadable)."""
+    return "log.txt" if process_index == 0 else f"log_process{process_index}.txt"
+
+
 def configure_logging(workdir: str) -> None:
-    """Quiet third-party INFO logs on every handler, and also write the log to ``<workdir>/log.txt``."""
+    """Quiet third-party INFO logs on every handler, and also write the log to ``<workdir>/log.txt``
+    (``log_process<i>.txt`` on process i > 0; call after ``jax.distributed`` is initialised)."""
+    import jax
+
     os.makedirs(workdir, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+    handler = logging.FileHandler(os.path.join(workdir, log_file_name(jax.process_index())))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)

@@ -1,7 +1,9 @@
 """Sampling at scale: N images from a checkpoint's EMA parameters, over every device and host.
 
 Image n's noise comes from ``fold_in(key(seed), n)`` alone, so a sample set is the same whatever the
-number of devices, the batch size or how often the job was restarted. Images are written as
+number of devices, the batch size or how often the job was restarted (bit for bit across restarts;
+across batch shapes up to float rounding, which XLA's kernels may do in another order: now and then
+a pixel moves by one uint8 level). Images are written as
 ``.npz`` shards of uint8 NHWC arrays (each shard atomically: a temporary file renamed into place), and a
 restarted job skips the shards that are complete.
 """

@@ -59,7 +59,7 @@ def build_model(config: ml_collections.ConfigDict) -> models.UNet:
         use_new_attention_order=m.use_new_attention_order,
         learn_sigma=config.diffusion.variance == "learned_range",
         dtype=compute_dtype(m.compute_dtype),
-        attention_implementation=m.attention_implementation or None,
+        attention_implementation=m.attention_implementation,
         one_pass_norm=m.norm_variance == "one_pass",
     )
 

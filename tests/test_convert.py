@@ -90,6 +90,12 @@ def test_parse_flags():
         parse_flags("--num_channels --learn_sigma True")
     with pytest.raises(ValueError, match="expected '--name value'"):
         parse_flags("num_channels 128")
+    pasted = "mpiexec -n 8 python scripts/image_sample.py --image_size 32 --learn_sigma True"
+    assert parse_flags(pasted) == dict(image_size="32", learn_sigma="True")
+    with pytest.raises(ValueError, match="unexpanded shell variables"):
+        parse_flags("python scripts/image_sample.py $MODEL_FLAGS --num_samples 50000")
+    with pytest.raises(ValueError, match="expected '--name value'"):
+        parse_flags("python scripts/image_sample.py 32 --image_size 32")
 
 
 def test_reading_pt_without_torch_says_what_to_install(monkeypatch, tmp_path):

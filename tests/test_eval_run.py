@@ -109,15 +109,15 @@ def test_training_statistics_are_cached_at_the_model_resolution(tmp_path, monkey
         return flat, flat
 
     config = eval_config()
-    first = run.load_reference(config, pixels)
+    first = run.load_reference(config, pixels, network="pixels")
     assert loads == [dict(split="train", image_size=8, channels=1, data_dir=None)]
-    assert os.path.exists(tmp_path / "fid_stats" / "digits_train_8x8x1.npz")
+    assert os.path.exists(tmp_path / "fid_stats" / "digits_train_8x8x1_pixels.npz")
     np.testing.assert_allclose(first.stats.mu, training.reshape(6, -1).mean(0))
     assert first.description == "training data digits train_8x8x1" and first.images is None
-    again = run.load_reference(config, pixels)
+    again = run.load_reference(config, pixels, network="pixels")
     assert len(loads) == 1
     np.testing.assert_array_equal(again.stats.sigma, first.stats.sigma)
-    with_images = run.load_reference(config, pixels, with_images=True)
+    with_images = run.load_reference(config, pixels, network="pixels", with_images=True)
     assert len(loads) == 2 and np.array_equal(with_images.images, training)
 
 

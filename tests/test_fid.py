@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdiff.evaluation import fid
+from jdiff.evaluation import fid, inception
 
 
 def random_covariance(rng, d, rank=None):
@@ -237,13 +237,33 @@ def test_dataset_statistics_are_cached(tmp_path):
         return [images[:4], images[4:]]
 
     first = fid.dataset_statistics(batches, fake_features, dataset="toy", split="train[:10]",
-                                   cache_dir=str(tmp_path))
+                                   network="fake", cache_dir=str(tmp_path))
     second = fid.dataset_statistics(batches, fake_features, dataset="toy", split="train[:10]",
-                                    cache_dir=str(tmp_path))
+                                    network="fake", cache_dir=str(tmp_path))
     assert len(calls) == 1
     np.testing.assert_array_equal(first.sigma, second.sigma)
     np.testing.assert_allclose(first.mu, fake_features(images)[0].mean(0))
-    path = fid.statistics_cache_path("toy", "train[:10]", str(tmp_path))
+    path = fid.statistics_cache_path("toy", "train[:10]", "fake", str(tmp_path))
     assert os.path.dirname(path) == str(tmp_path / "fid_stats")
     with np.load(path) as f:
         assert int(f["num_images"]) == 10 and set(f.files) == {"mu", "sigma", "num_images"}
+    # another network's statistics are computed afresh, never read from the first one's file
+    other = fid.dataset_statistics(batches, lambda x: (fake_features(x)[0] + 1.0, None), dataset="toy",
+                                   split="train[:10]", network="other", cache_dir=str(tmp_path))
+    assert len(calls) == 2
+    np.testing.assert_allclose(other.mu, first.mu + 1.0)
+    with pytest.raises(ValueError, match="name the feature network"):
+        fid.statistics_cache_path("toy", "train", "", str(tmp_path))
+
+
+def test_inception_fingerprint_names_the_weights():
+    variables = inception.convert_state_dict(inception.random_inception_state_dict(0))
+    again = inception.convert_state_dict(inception.random_inception_state_dict(0))
+    other = inception.convert_state_dict(inception.random_inception_state_dict(1))
+    assert inception.fingerprint(variables) == inception.fingerprint(again)
+    assert inception.fingerprint(variables) != inception.fingerprint(other)
+    leaf_path = jax.tree_util.tree_flatten_with_path(variables)[0][0][0]
+    one_changed = jax.tree_util.tree_map_with_path(
+        lambda p, x: np.asarray(x).copy() + (1e-7 if p == leaf_path else 0.0), variables)
+    assert inception.fingerprint(one_changed) != inception.fingerprint(variables)
+    assert len(inception.fingerprint(variables)) == 12

@@ -38,6 +38,11 @@ def test_resume_and_batch_size_independence(tmp_path):
     np.testing.assert_array_equal(sampling.load_samples(folder), first)
     assert all(os.path.getmtime(os.path.join(folder, f)) == m for f, m in mtimes.items())  # not redone
 
+    # Another batch size draws the same noise per image; XLA's kernels for another batch shape may sum in
+    # another order (~1e-6 relative on the CPU), which can move a pixel that sits at a rounding boundary
+    # of the uint8 quantisation by one level, no more.
     config.sampling.batch_size = 3
     config.sampling.output_dir = str(tmp_path / "other")
-    np.testing.assert_array_equal(sampling.load_samples(sampling.sample_to_directory(config, str(tmp_path))), first)
+    other = sampling.load_samples(sampling.sample_to_directory(config, str(tmp_path)))
+    levels = np.abs(other.astype(np.int16) - first.astype(np.int16))
+    assert levels.max() <= 1 and np.mean(levels > 0) < 0.01, (levels.max(), np.mean(levels > 0))

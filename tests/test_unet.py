@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from jdiff.convert import convert_state_dict, official_shapes
 from jdiff.models import UNet, create_model, init_inputs, param_shapes, unet_kwargs_from_flags
+from jdiff.models.layers import QKVProjection, attention_implementation
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
 
@@ -104,12 +105,45 @@ def test_bfloat16_compute_is_close_to_float32_and_params_stay_float32():
     assert 1e-4 < rel < 5e-2, rel  # bf16 did run (float32 agrees to 1e-5) and stays close
 
 
-def test_one_pass_norm_variance_matches_the_official_output():
-    """E[x²] − E[x]² instead of the two-pass variance: the same network to float32 rounding."""
-    model, params, inputs, official = fixture_model("a")
+@pytest.mark.parametrize("name", ["a", "b"])
+def test_one_pass_norm_variance_matches_the_official_output(name):
+    """One-pass (shifted) GroupNorm statistics: the same network to float32 rounding."""
+    model, params, inputs, official = fixture_model(name)
     out = jax.jit(lambda p: model.clone(one_pass_norm=True).apply({"params": p}, *inputs, train=False))(params)
     rel = float(jnp.abs(out - official).max() / np.abs(official).max())
-    assert rel < 1e-4, rel
+    assert rel < 1e-5, rel
+
+
+@pytest.mark.parametrize("new_order", [True, False])
+def test_qkv_projection_equals_slicing_one_product(new_order):
+    """q, k, v from the split kernel are the slices of the official single 3C-wide product."""
+    channels, heads, d = 64, 4, 16
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, channels)), jnp.float32)
+    proj = QKVProjection(heads, new_order)
+    params = proj.init(jax.random.key(0), x)
+    q, k, v = proj.apply(params, x)
+    qkv = x @ params["params"]["kernel"] + params["params"]["bias"]
+    if new_order:
+        want = qkv.reshape(2, 5, 3, heads, d).transpose(2, 0, 1, 3, 4)
+    else:
+        want = qkv.reshape(2, 5, heads, 3, d).transpose(3, 0, 1, 2, 4)
+    for got, expected in zip((q, k, v), want):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_implementation_auto_and_choices(monkeypatch):
+    assert attention_implementation("xla", jnp.bfloat16, 32) == "xla"
+    assert attention_implementation("cudnn", jnp.float32, 32) == "cudnn"  # as asked; cuDNN itself refuses f32
+    assert attention_implementation("auto", jnp.bfloat16, 32) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention_implementation("auto", jnp.bfloat16, 32) == "cudnn"
+    assert attention_implementation("auto", jnp.float16, 128) == "cudnn"
+    assert attention_implementation("auto", jnp.float32, 32) == "xla"     # cuDNN flash attention is 16-bit only
+    assert attention_implementation("auto", jnp.bfloat16, 256) == "xla"   # head too wide
+    assert attention_implementation("auto", jnp.bfloat16, 20) == "xla"    # not a multiple of 8
+    with pytest.raises(ValueError, match="'auto', 'xla', 'cudnn'"):
+        attention_implementation("", jnp.bfloat16, 32)
 
 
 def test_dropout_draws_from_the_dropout_key_in_training():

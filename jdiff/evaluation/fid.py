@@ -262,19 +262,24 @@ def load_reference_statistics(path: str, feature_fn: FeatureFn | None = None,
         return statistics(feature_fn(f["arr_0"])[0])
 
 
-def statistics_cache_path(dataset: str, split: str, cache_dir: str | None = None) -> str:
-    """``<cache_dir>/fid_stats/<dataset>_<split>.npz`` (cache_dir: ``inception.default_cache_dir()``)."""
-    name = re.sub(r"[^A-Za-z0-9._\-\[\]:]", "_", f"{dataset}_{split}")
+def statistics_cache_path(dataset: str, split: str, network: str, cache_dir: str | None = None) -> str:
+    """``<cache_dir>/fid_stats/<dataset>_<split>_<network>.npz`` (cache_dir: ``inception.default_cache_dir()``;
+    network: which feature network, e.g. :func:`jdiff.evaluation.inception.fingerprint` of its weights)."""
+    if not network:
+        raise ValueError("name the feature network (e.g. inception.fingerprint(params)): statistics of "
+                         "different networks must not share a cache file")
+    name = re.sub(r"[^A-Za-z0-9._\-\[\]:]", "_", f"{dataset}_{split}_{network}")
     return os.path.join(cache_dir or inception.default_cache_dir(), "fid_stats", f"{name}.npz")
 
 
 def dataset_statistics(batches: Callable[[], Iterable[np.ndarray]], feature_fn: FeatureFn, *, dataset: str,
-                       split: str, cache_dir: str | None = None) -> Statistics:
-    """Statistics of a data set's pictures, computed once per (dataset, split) and cached as an ``.npz``
-    with ``mu``/``sigma`` and ``num_images`` (:func:`statistics_cache_path`). ``batches()`` yields uint8
-    NHWC pictures; it is called only when the cache is empty. Name subsets in ``split`` (e.g.
-    ``"train[:10000]"``), as the cache knows only the name."""
-    path = statistics_cache_path(dataset, split, cache_dir)
+                       split: str, network: str, cache_dir: str | None = None) -> Statistics:
+    """Statistics of a data set's pictures, computed once per (dataset, split, feature network) and cached
+    as an ``.npz`` with ``mu``/``sigma`` and ``num_images`` (:func:`statistics_cache_path`). ``batches()``
+    yields uint8 NHWC pictures; it is called only when the cache is empty. Name subsets in ``split`` (e.g.
+    ``"train[:10000]"``), as the cache knows only the names; ``network`` names ``feature_fn``'s weights
+    (:func:`jdiff.evaluation.inception.fingerprint`)."""
+    path = statistics_cache_path(dataset, split, network, cache_dir)
     if os.path.exists(path):
         return load_reference_statistics(path)
     features = np.concatenate([feature_fn(batch)[0] for batch in batches()])

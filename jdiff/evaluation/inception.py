@@ -362,6 +362,19 @@ def random_inception_state_dict(seed: int) -> dict[str, np.ndarray]:
 
 # --- weight files -----------------------------------------------------------------------------------
 
+def fingerprint(variables: Mapping[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the Flax variables (paths, shapes, dtypes and bytes): names the
+    network that made a set of features, so that statistics cached with one set of weights are never
+    read as another's."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(variables)[0],
+                             key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.shape}:{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:12]
+
+
 def default_cache_dir() -> str:
     """``$JDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/jdiff``, else ``~/.cache/jdiff``."""
     if os.environ.get("JDIFF_CACHE_DIR"):

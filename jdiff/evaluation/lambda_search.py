@@ -187,7 +187,8 @@ def search_lambda(config: ml_collections.ConfigDict, workdir: str, *, score: str
             inception_params = inception.load_inception_params(config.eval.inception_weights or None)
         feature_fn = evaluation_run.replicated_input(
             fid.make_feature_fn(inception_params, mesh=mesh, batch_size=config.eval.batch_size))
-        reference = evaluation_run.load_reference(config, feature_fn)
+        reference = evaluation_run.load_reference(config, feature_fn,
+                                                  network=inception.fingerprint(inception_params))
     else:
         images, labels = exposure_bias.training_images(config, num_images)
     model = build_model(config)

@@ -9,8 +9,9 @@ sample folder's name.
 Reference: ``config.eval.reference_stats``, an ``.npz`` with ``mu``/``sigma`` (pytorch-fid's
 ``--save-stats``, jdiff's cache) or an ADM reference batch (``arr_0`` pictures, with or without its
 ``mu``/``sigma``; see :func:`jdiff.evaluation.fid.load_reference_statistics`); or, when empty, the
-statistics of the whole training split of ``config.data`` at the model's resolution, computed once and
-cached as ``<cache>/fid_stats/<data set>_<split>_<H>x<W>x<C>.npz``. Precision/recall need reference
+statistics of the whole training split of ``config.data`` at the model's resolution, computed once per
+Inception weights and cached as ``<cache>/fid_stats/<data set>_<split>_<H>x<W>x<C>_<weights>.npz``
+(``<weights>``: :func:`jdiff.evaluation.inception.fingerprint`). Precision/recall need reference
 pictures (an ADM batch, or the training set), not just statistics: their real set is as many reference
 pictures as there are samples (all when fewer), a subset drawn with ``config.seed``.
 
@@ -100,10 +101,11 @@ def features_of(images: np.ndarray, feature_fn: fid.FeatureFn, batch_size: int) 
     return np.concatenate([feature_fn(chunk)[0] for chunk in _chunks(images, batch_size)])
 
 
-def load_reference(config: ml_collections.ConfigDict, feature_fn: fid.FeatureFn, *,
+def load_reference(config: ml_collections.ConfigDict, feature_fn: fid.FeatureFn, *, network: str,
                    with_images: bool = False) -> Reference:
     """The reference of ``config.eval.reference_stats`` or of the training data (see the module
-    docstring); ``feature_fn`` takes pictures that every process holds in full (:func:`replicated_input`).
+    docstring); ``feature_fn`` takes pictures that every process holds in full (:func:`replicated_input`),
+    ``network`` names its weights (:func:`jdiff.evaluation.inception.fingerprint`; the cache key).
     ``with_images``: also the reference pictures, for precision/recall (an error if there are none)."""
     e, d = config.eval, config.data
     if e.reference_stats:
@@ -131,7 +133,7 @@ def load_reference(config: ml_collections.ConfigDict, feature_fn: fid.FeatureFn,
     # The cache knows only (data set, split): the resolution and channels go into the split's name.
     split = f"{d.split}_{d.image_size}x{d.image_size}x{d.channels}"
     stats = fid.dataset_statistics(lambda: _chunks(dataset().images, e.batch_size), feature_fn,
-                                   dataset=d.name, split=split)
+                                   dataset=d.name, split=split, network=network)
     return Reference(stats, f"training data {d.name} {split}", dataset().images if with_images else None)
 
 
@@ -175,7 +177,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         inception_params = inception.load_inception_params(e.inception_weights or None)
     mesh = sharding.make_mesh()
     feature_fn = replicated_input(fid.make_feature_fn(inception_params, mesh=mesh, batch_size=e.batch_size))
-    reference = load_reference(config, feature_fn, with_images=e.precision_recall)
+    reference = load_reference(config, feature_fn, network=inception.fingerprint(inception_params),
+                               with_images=e.precision_recall)
 
     if not samples_dir:
         samples_dir = sampling.sample_to_directory(config, workdir)

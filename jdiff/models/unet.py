@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv2d, dense, group_norm
+from jdiff.models.group_norm import GroupNorm
+from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv2d, dense
 from jdiff.models.layers import timestep_embedding
 
 Dtype = Any
@@ -38,9 +39,10 @@ class UNet(nn.Module):
     instead of strided / upsampling convs. ``use_new_attention_order`` picks how qkv channels split
     into heads (see :class:`~jdiff.models.layers.AttentionBlock`). ``dtype`` is the compute dtype of
     convs and attention (norms, embeddings and the output conv stay float32); ``param_dtype`` the
-    parameters'. ``attention_implementation`` goes to :func:`jax.nn.dot_product_attention`.
-    ``one_pass_norm`` computes every GroupNorm's variance as E[x²] − E[x]² (a speed option; see
-    :func:`~jdiff.models.layers.group_norm`).
+    parameters'. ``attention_implementation`` ('auto', 'xla', 'cudnn') picks the attention kernel
+    (:func:`~jdiff.models.layers.attention_implementation`).
+    ``one_pass_norm`` computes every GroupNorm's statistics from one read of the activations (shifted
+    sums; a speed option, see :mod:`jdiff.models.group_norm`).
     """
     image_size: int
     in_channels: int
@@ -60,7 +62,7 @@ class UNet(nn.Module):
     learn_sigma: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    attention_implementation: str | None = None
+    attention_implementation: str = "auto"
     one_pass_norm: bool = False
 
     def feature_sizes(self) -> tuple[int, ...]:
@@ -162,7 +164,7 @@ class UNet(nn.Module):
 
         # The output head runs in float32, as the official fp16 mode does: it is cheap (a few output
         # channels) and its rounding would land directly on ε.
-        h = nn.silu(group_norm(h, name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm))
+        h = GroupNorm(name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm)(h, silu=True)
         out_channels = 2 * self.out_channels if self.learn_sigma else self.out_channels
         return conv2d(h, out_channels, name="out_2", zero_init=True, param_dtype=self.param_dtype)
 
@@ -261,7 +263,7 @@ def unet_kwargs_from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def create_model(*, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-                 attention_implementation: str | None = None, **flags: Any) -> UNet:
+                 attention_implementation: str = "auto", **flags: Any) -> UNet:
     """The :class:`UNet` that guided-diffusion's ``create_model(**flags)`` builds (official flag names,
     see :func:`unet_kwargs_from_flags`), with jdiff's compute/parameter dtypes and attention kernel."""
     return UNet(**unet_kwargs_from_flags(flags), dtype=dtype, param_dtype=param_dtype,
