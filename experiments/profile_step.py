@@ -1,15 +1,17 @@
 """Where the time of a train step or a sampling step goes: a device trace and its kernel breakdown.
 
-    python experiments/profile.py --out DIR [--config configs/cifar10_baseline.py] [--variant bf16-auto]
+    python experiments/profile_step.py --out DIR [--config configs/cifar10_baseline.py] [--variant bf16-auto]
         [--what train,sample] [--train-batch 128] [--sample-batch 512] [--sample-steps 10] [--steps 5]
-    python experiments/profile.py --summarize TRACE.json.gz --reps N     # a trace made earlier
+    python experiments/profile_step.py --summarize TRACE.json.gz --reps N     # a trace made earlier
 
 After a warm-up it records ``--steps`` train steps (and/or one ``--sample-steps``-step sampling run) with
 ``jax.profiler`` and writes to DIR: the Perfetto trace (``<what>.trace.json.gz``), the optimised HLO of the
 train step (``train.hlo.txt.gz``, to look up what a fusion computes), and ``<what>.summary.json`` with,
 per repetition: the summed kernel time by category (cuDNN convolutions by direction, matrix products,
 attention, and XLA's fusions by kind), the span from the first kernel to the last, and the largest idle
-gaps between kernels with the operations on either side. Printed as a table too. Kernel times under the
+gaps between kernels with the operations on either side, and the host time of XLA's GPU runtime
+(``GpuExecutable::ExecuteThunks``, of which ``cuGraphLaunch`` and cuDNN calls): when it is as long as the
+busy time, the step is bound by the host. Printed as a table too. Kernel times under the
 profiler are close to unprofiled ones; the span is not (the profiler adds host work), so compare busy
 times, and wall-clock times from benchmark.py.
 """
@@ -51,6 +53,9 @@ def category(kernel: str) -> str:
     return re.sub(r"([._]\d+)+$", "", kernel)
 
 
+HOST_EVENTS = ("GpuExecutable::ExecuteThunks", "cuGraphLaunch", "cudnn")  # host work of XLA's GPU runtime
+
+
 def device_kernels(trace: dict) -> list[dict]:
     """The complete ('X') events on the accelerator's timelines of a Perfetto/Chrome trace, by start."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
@@ -82,11 +87,20 @@ def summarize(trace: dict, reps: int, top: int = 25) -> dict:
         end = max(end, e["ts"] + e["dur"])
     span = end - kernels[0]["ts"]
     per = 1e3 * reps
+    host = collections.Counter()
+    device_events = {id(e) for e in kernels}
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    for e in events:
+        if e.get("ph") == "X" and id(e) not in device_events:
+            for name in HOST_EVENTS:
+                if name in e.get("name", ""):
+                    host[name] += e["dur"]
     return dict(
         reps=reps, kernels_per_rep=len(kernels) / reps, busy_ms=sum(busy.values()) / per, span_ms=span / per,
         idle_ms=idle / per,
         categories=[dict(category=c, ms=t / per, kernels=count[c] / reps) for c, t in busy.most_common(top)],
         largest_gaps=[dict(after=a, before=b, ms=t / per) for (a, b), t in gaps.most_common(8)],
+        host_ms={name: host[name] / per for name in HOST_EVENTS},
     )
 
 
@@ -96,6 +110,7 @@ def print_summary(name: str, s: dict) -> None:
     print("| category | ms | kernels |\n|---|---|---|")
     for c in s["categories"]:
         print(f"| {c['category'][:60]} | {c['ms']:.3f} | {c['kernels']:.0f} |")
+    print("host time:", ", ".join(f"{name} {ms:.2f} ms" for name, ms in s["host_ms"].items()))
     print("largest idle gaps:", ", ".join(f"{g['ms']:.2f} ms ({g['after']} → {g['before']})"
                                           for g in s["largest_gaps"][:3]))
 
