@@ -8,7 +8,8 @@ parameters; GroupNorm statistics, the scale-shift and SiLU after it, the timeste
 projections and the attention softmax run in float32, because bfloat16 statistics and embeddings
 visibly shift diffusion outputs. GroupNorm with its scale-shift and SiLU is one
 :class:`~jdiff.models.group_norm.GroupNorm` call that returns ``dtype`` activations and saves only its
-input and the group statistics for the backward pass, so no float32 activations are written to memory.
+input and the group statistics for the backward pass, so no float32 activations are written to memory
+(with the scale-shift norm that ADM uses; without it the embedding is added in float32 before the norm).
 """
 
 from __future__ import annotations
@@ -175,8 +176,8 @@ class ResBlock(nn.Module):
 def attention_implementation(requested: str, dtype: Dtype, head_channels: int) -> str:
     """The :func:`jax.nn.dot_product_attention` kernel: 'xla' or 'cudnn' as requested; 'auto' picks
     cuDNN's fused flash-attention kernel where it applies (a GPU, 16-bit compute, head width a multiple
-    of 8 up to 128) and XLA's otherwise. cuDNN made the bf16 train step 10% and sampling 25% faster on
-    an H100/H200 (docs/benchmarks.md)."""
+    of 8 up to 128) and XLA's otherwise. cuDNN made the bf16 train step 10% and sampling 19–25% faster
+    on an H100/H200 (docs/benchmarks.md)."""
     if requested in ("xla", "cudnn"):
         return requested
     if requested != "auto":
