@@ -56,7 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
         resblock_updown=True,
         use_new_attention_order=True,
         compute_dtype="auto",     # bfloat16 on GPU/TPU, float32 on the CPU
-        attention_implementation="auto",  # cuDNN flash attention on GPUs with bf16, else XLA; or 'xla'/'cudnn'
+        attention_implementation="auto",  # cuDNN flash attention on sm_80+ GPUs in bf16, else XLA; or 'xla'/'cudnn'
         norm_variance="two_pass",     # GroupNorm variance: 'two_pass' as PyTorch, 'one_pass' shifted sums, one read
     ))
 

@@ -136,12 +136,20 @@ def test_attention_implementation_auto_and_choices(monkeypatch):
     assert attention_implementation("xla", jnp.bfloat16, 32) == "xla"
     assert attention_implementation("cudnn", jnp.float32, 32) == "cudnn"  # as asked; cuDNN itself refuses f32
     assert attention_implementation("auto", jnp.bfloat16, 32) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+    class FakeGpu:
+        compute_capability = "9.0"
+
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda: [FakeGpu()])
     assert attention_implementation("auto", jnp.bfloat16, 32) == "cudnn"
     assert attention_implementation("auto", jnp.float16, 128) == "cudnn"
     assert attention_implementation("auto", jnp.float32, 32) == "xla"     # cuDNN flash attention is 16-bit only
     assert attention_implementation("auto", jnp.bfloat16, 256) == "xla"   # head too wide
     assert attention_implementation("auto", jnp.bfloat16, 20) == "xla"    # not a multiple of 8
+    FakeGpu.compute_capability = "7.5"                                     # a T4: no cuDNN flash attention
+    assert attention_implementation("auto", jnp.bfloat16, 32) == "xla"
+    del FakeGpu.compute_capability                                         # a GPU that is not CUDA
+    assert attention_implementation("auto", jnp.bfloat16, 32) == "xla"
     with pytest.raises(ValueError, match="'auto', 'xla', 'cudnn'"):
         attention_implementation("", jnp.bfloat16, 32)
 

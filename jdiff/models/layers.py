@@ -175,15 +175,27 @@ class ResBlock(nn.Module):
 
 def attention_implementation(requested: str, dtype: Dtype, head_channels: int) -> str:
     """The :func:`jax.nn.dot_product_attention` kernel: 'xla' or 'cudnn' as requested; 'auto' picks
-    cuDNN's fused flash-attention kernel where it applies (a GPU, 16-bit compute, head width a multiple
-    of 8 up to 128) and XLA's otherwise. cuDNN made the bf16 train step 10% and sampling 19–25% faster
-    on an H100/H200 (docs/benchmarks.md)."""
+    cuDNN's fused flash-attention kernel where it applies (an NVIDIA GPU of compute capability 8.0 or
+    newer, i.e. Ampere on, 16-bit compute, head width a multiple of 8 up to 128) and XLA's otherwise
+    (e.g. on a Colab T4). cuDNN made the bf16 train step 10% and sampling 19–25% faster on an H100/H200
+    (docs/benchmarks.md)."""
     if requested in ("xla", "cudnn"):
         return requested
     if requested != "auto":
         raise ValueError(f"attention implementation {requested!r} is not one of 'auto', 'xla', 'cudnn'")
     fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_channels % 8 == 0 and head_channels <= 128
-    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
+    return "cudnn" if fits and _cudnn_attention_gpu() else "xla"
+
+
+def _cudnn_attention_gpu() -> bool:
+    """Whether the default devices are NVIDIA GPUs that cuDNN's flash attention supports (sm_80+)."""
+    if jax.default_backend() != "gpu":
+        return False
+    capability = getattr(jax.devices()[0], "compute_capability", None)  # '9.0' on CUDA; absent on ROCm
+    try:
+        return capability is not None and tuple(int(part) for part in capability.split(".")) >= (8, 0)
+    except ValueError:
+        return False
 
 
 class QKVProjection(nn.Module):
