@@ -36,6 +36,17 @@ NUM_GROUPS = 32
 EPS = 1e-5  # torch.nn.GroupNorm's default, which guided-diffusion's GroupNorm32 keeps
 
 
+def _group_sum(per_channel: jax.Array, groups: int) -> jax.Array:
+    """(B, C) → (B, G): the sum over each group's channels."""
+    batch, channels = per_channel.shape
+    return per_channel.reshape(batch, groups, channels // groups).sum(-1)
+
+
+def _per_channel(per_group: jax.Array, channels: int) -> jax.Array:
+    """(B, G) → (B, 1, C): each group's value repeated over its channels, broadcastable over positions."""
+    return jnp.repeat(per_group, channels // per_group.shape[1], axis=1)[:, None, :]
+
+
 def _group_stats(xf: jax.Array, groups: int, one_pass: bool) -> tuple[jax.Array, jax.Array]:
     """Mean and variance (B, G) of float32 x (B, N, C) over each group's positions and channels.
 
@@ -46,36 +57,30 @@ def _group_stats(xf: jax.Array, groups: int, one_pass: bool) -> tuple[jax.Array,
     """
     batch, n, channels = xf.shape
     per_group = channels // groups
-
-    def by_group(per_channel):  # (B, C) → (B, G, C_g)
-        return per_channel.reshape(batch, groups, per_group)
-
     if one_pass:
         shift = xf[:, 0, :]
         d = xf - shift[:, None, :]
         s1, s2 = d.sum(1), jnp.square(d).sum(1)
-        mean_c = by_group(shift + s1 / n)
-        m2_c = by_group(jnp.maximum(s2 - jnp.square(s1) / n, 0.0))
+        mean_c = (shift + s1 / n).reshape(batch, groups, per_group)
+        m2_c = jnp.maximum(s2 - jnp.square(s1) / n, 0.0)
         mean = mean_c.mean(-1)
-        m2 = m2_c.sum(-1) + n * jnp.square(mean_c - mean[..., None]).sum(-1)
+        m2 = _group_sum(m2_c, groups) + n * jnp.square(mean_c - mean[..., None]).sum(-1)
         return mean, m2 / (n * per_group)
-    mean = by_group(xf.sum(1)).sum(-1) / (n * per_group)
-    centred = xf - _per_channel(mean, channels)[:, None, :]
-    return mean, by_group(jnp.square(centred).sum(1)).sum(-1) / (n * per_group)
+    mean = _group_sum(xf.sum(1), groups) / (n * per_group)
+    centred = xf - _per_channel(mean, channels)
+    return mean, _group_sum(jnp.square(centred).sum(1), groups) / (n * per_group)
 
 
-def _per_channel(per_group: jax.Array, channels: int) -> jax.Array:
-    """(B, G) → (B, C): each group's value repeated over its channels."""
-    return jnp.repeat(per_group, channels // per_group.shape[1], axis=1)
+def _standardise(x: jax.Array, mean: jax.Array, rstd: jax.Array) -> jax.Array:
+    """x̂ = (x − μ_bg)·r_bg in float32, for x (B, N, C) and (B, G) statistics."""
+    channels = x.shape[-1]
+    return (x.astype(jnp.float32) - _per_channel(mean, channels)) * _per_channel(rstd, channels)
 
 
 def _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype):
-    xf = x.astype(jnp.float32)
-    mean, var = _group_stats(xf, groups, one_pass)
+    mean, var = _group_stats(x.astype(jnp.float32), groups, one_pass)
     rstd = jax.lax.rsqrt(var + eps)
-    channels = x.shape[-1]
-    xhat = (xf - _per_channel(mean, channels)[:, None, :]) * _per_channel(rstd, channels)[:, None, :]
-    z = xhat * a[:, None, :] + b[:, None, :]
+    z = _standardise(x, mean, rstd) * a[:, None, :] + b[:, None, :]
     y = jax.nn.silu(z) if silu else z
     return y.astype(out_dtype), (mean, rstd)
 
@@ -94,9 +99,8 @@ def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype):
 
 def _backward(groups, eps, silu, one_pass, out_dtype, residuals, dy):
     x, a, b, mean, rstd = residuals
-    batch, n, channels = x.shape
-    mean_c, rstd_c = _per_channel(mean, channels)[:, None, :], _per_channel(rstd, channels)[:, None, :]
-    xhat = (x.astype(jnp.float32) - mean_c) * rstd_c
+    _, n, channels = x.shape
+    xhat = _standardise(x, mean, rstd)
     dz = dy.astype(jnp.float32)
     if silu:
         z = xhat * a[:, None, :] + b[:, None, :]
@@ -104,13 +108,11 @@ def _backward(groups, eps, silu, one_pass, out_dtype, residuals, dy):
         dz = dz * sig * (1.0 + z * (1.0 - sig))
     da = jnp.sum(dz * xhat, axis=1)
     db = jnp.sum(dz, axis=1)
-    count = n * (channels // groups)
 
     def group_mean(per_channel):  # (B, C) → (B, 1, C), the group's mean broadcast to its channels
-        g = per_channel.reshape(batch, groups, channels // groups).sum(-1) / count
-        return _per_channel(g, channels)[:, None, :]
+        return _per_channel(_group_sum(per_channel, groups) / (n * (channels // groups)), channels)
 
-    dx = rstd_c * (dz * a[:, None, :] - group_mean(a * db) - xhat * group_mean(a * da))
+    dx = _per_channel(rstd, channels) * (dz * a[:, None, :] - group_mean(a * db) - xhat * group_mean(a * da))
     return dx.astype(x.dtype), da, db
 
 
