@@ -25,6 +25,7 @@ from jdiff import config as config_lib
 from jdiff import data as data_lib
 from jdiff import losses, models, schedules, sharding, timestep_sampling
 from jdiff.metrics import MetricsWriter, ProgressReporter
+from jdiff.flat_params import FlatLayout
 from jdiff.train_state import TrainState
 
 
@@ -105,13 +106,15 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[jax
 
 def init_train_state(key: jax.Array, config: ml_collections.ConfigDict, model: models.UNet,
                      tx: optax.GradientTransformation) -> TrainState:
-    """Fresh parameters (EMA = parameters), optimiser state and timestep-sampler history."""
-    params = model.init({"params": key}, *dummy_inputs(config), train=False)["params"]
+    """Fresh parameters (EMA = parameters), optimiser state and timestep-sampler history, the
+    parameters as one flat vector padded to a multiple of the device count (:mod:`jdiff.flat_params`)."""
+    tree = model.init({"params": key}, *dummy_inputs(config), train=False)["params"]
+    layout = FlatLayout.of(tree, multiple=jax.device_count())
+    params = layout.ravel(tree)
     sampler_state = (timestep_sampling.init_loss_second_moment(config.diffusion.num_timesteps)
                      if config.diffusion.timestep_sampler == "loss_second_moment" else None)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-                      sampler_state=sampler_state)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=jnp.copy(params),
+                      opt_state=tx.init(params), sampler_state=sampler_state, layout=layout)
 
 
 def loss_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -143,7 +146,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.
 
     def loss_fn(params):
         def model_fn(x, timesteps):
-            return model.apply({"params": params}, x, timesteps, labels, train=True,
+            return model.apply({"params": state.layout.unravel(params)}, x, timesteps, labels, train=True,
                                rngs={"dropout": key_dropout})
 
         per_example, terms = losses.diffusion_loss(model_fn, schedule, x0, t, noise, **loss_kwargs)
@@ -153,12 +156,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rate = jnp.minimum(ema_rate, (1.0 + state.step) / (10.0 + state.step)) if ema_warmup else ema_rate
-    ema_params = jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, state.ema_params, params)
+    ema_params = rate * state.ema_params + (1.0 - rate) * params
     sampler_state = (None if state.sampler_state is None else
                      timestep_sampling.update_loss_second_moment(state.sampler_state, t, per_example))
 
     quarter = (t * 4) // num_timesteps
-    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics = dict(loss=loss, grad_norm=jnp.linalg.norm(grads))
     for q in range(4):
         in_quarter = quarter == q
         metrics[f"loss_q{q}_sum"] = jnp.sum(jnp.where(in_quarter, per_example, 0.0))
@@ -197,6 +200,14 @@ def abstract_train_state(config: ml_collections.ConfigDict, model: models.UNet,
     shardings = sharding.tree_shardings(shapes, mesh, config.training.shard_params)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return abstract, shardings
+
+
+def checkpoint_targets(abstract_state: TrainState, mesh: jax.sharding.Mesh, shard: bool) -> dict[str, Any]:
+    """Shapes, dtypes and shardings of the checkpoint items (trees) of a train state: the restore targets,
+    and the shardings that :meth:`TrainState.checkpoint_items` is compiled to produce."""
+    shapes = jax.eval_shape(lambda s: s.checkpoint_items(), abstract_state)
+    shardings = sharding.tree_shardings(shapes, mesh, shard)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 # Model keys that change how the same network is computed, not the network: a run may change them on resume.
@@ -241,6 +252,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     schedule = build_schedule(config)
     tx = make_optimizer(t_cfg)
     abstract_state, state_shardings = abstract_train_state(config, model, tx, mesh)
+    targets = checkpoint_targets(abstract_state, mesh, t_cfg.shard_params)
+    # New arrays in the trees' layout: orbax writes them in the background while later steps run.
+    checkpoint_items = jax.jit(lambda s: s.checkpoint_items(),
+                               out_shardings=jax.tree.map(lambda t: t.sharding, targets))
 
     os.makedirs(workdir, exist_ok=True)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=t_cfg.keep_checkpoints,
@@ -248,10 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     if checkpointer.latest_step() is not None:
         # Checked before the arrays are read: a mismatch then names the config key, not a pytree path.
         _check_compatible(checkpointer.restore(meta_only=True)[1].get("config", {}), config)
-        items, meta = checkpointer.restore(targets=abstract_state.checkpoint_items())
-        state = abstract_state.replace(step=jnp.asarray(meta["step"], jnp.int32),
-                                       **{k: items[k] for k in abstract_state.checkpoint_items()})
-        state = jax.device_put(state, state_shardings)
+        items, meta = checkpointer.restore(targets=targets)
+        state = jax.jit(lambda items, step: abstract_state.replace(step=step).with_checkpoint_items(items),
+                        out_shardings=state_shardings)(items, jnp.asarray(meta["step"], jnp.int32))
         logging.info("resumed from step %d", meta["step"])
     else:
         init = jax.jit(functools.partial(init_train_state, config=config, model=model, tx=tx),
@@ -311,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                 if guard.should_stop(step):
                     flush(pending)
                     pending = None
-                    checkpointer.save(step, state.checkpoint_items(), dict(meta, step=step), force=True)
+                    checkpointer.save(step, checkpoint_items(state), dict(meta, step=step), force=True)
                     checkpointer.wait()
                     logging.warning("preempted: checkpoint of step %d saved, exiting", step)
                     status = "preempted"
@@ -319,13 +333,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                 if step % t_cfg.checkpoint_every == 0 or step >= t_cfg.num_steps:
                     flush(pending)
                     pending = None
-                    checkpointer.save(step, state.checkpoint_items(), dict(meta, step=step), force=True)
+                    checkpointer.save(step, checkpoint_items(state), dict(meta, step=step), force=True)
                 if t_cfg.sample_every and (step % t_cfg.sample_every == 0 or step >= t_cfg.num_steps):
                     if generate_fn is None:
                         from jdiff import sampling
 
                         generate_fn = sampling.make_generate_fn(config, model, mesh)
-                    write_sample_grid(config, model, state.ema_params, step, workdir, writer, mesh, generate_fn)
+                    write_sample_grid(config, model, state.ema_params_tree(), step, workdir, writer, mesh, generate_fn)
             flush(pending)
     finally:
         checkpointer.wait()

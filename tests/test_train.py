@@ -59,7 +59,7 @@ def restore_all(workdir, config):
     mesh = train.sharding.make_mesh()
     abstract, _ = train.abstract_train_state(config, model, train.make_optimizer(config.training), mesh)
     with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
-        return c.restore(targets=abstract.checkpoint_items())
+        return c.restore(targets=train.checkpoint_targets(abstract, mesh, shard=False))
 
 
 def test_resume_is_exact(tmp_path):

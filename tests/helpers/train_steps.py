@@ -54,7 +54,7 @@ def main():
                               process_index=jax.process_index(), process_count=jax.process_count())
         state, metrics = step_fn(state, sharding.global_batch(local, mesh))
     leaves = {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
-              for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+              for path, leaf in jax.tree_util.tree_leaves_with_path(state.params_tree())}
     if jax.process_index() == 0:
         np.savez(args.out, loss=np.asarray(jax.device_get(metrics["loss"])), **leaves)
 
