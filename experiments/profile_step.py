@@ -164,8 +164,8 @@ def main() -> None:
     what = args.what.split(",")
     if "train" in what:
         config = benchmark.load_config(args.config)
-        benchmark.apply_variant(config, args.variant)
-        compiled, state, batch, _, _ = benchmark.compile_train_step(config, args.train_batch)
+        options = benchmark.apply_variant(config, args.variant)
+        compiled, state, batch, _, _ = benchmark.compile_train_step(config, args.train_batch, **options)
         with gzip.open(os.path.join(args.out, "train.hlo.txt.gz"), "wt") as f:
             f.write(compiled.as_text())
         box = [state]
