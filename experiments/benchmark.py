@@ -31,7 +31,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,16 +63,15 @@ def cost_flops(compiled) -> float | None:
 
 VARIANT_OPTIONS = {
     "onepass": "GroupNorm statistics in one read (model.norm_variance=one_pass)",
-    "flatopt": "the optimiser on one flat vector (optax.flatten): a few large update kernels instead of "
-               "~300 per-leaf ones; benchmark-only, it changes the optimiser state's layout",
+    "xlanorm": "GroupNorm forward of sampling in XLA, not the Triton kernel (model.norm_implementation=xla)",
     "nocmdbuf": "no CUDA-graph command buffers (compiler option xla_gpu_enable_command_buffer='')",
-}  # flatopt and nocmdbuf change the train step only; sampling ignores them
+}  # nocmdbuf changes the train step only; sampling ignores it
 
 
 def apply_variant(config, variant: str) -> dict:
-    """'<bf16|f32>-<auto|xla|cudnn>[-onepass][-flatopt][-nocmdbuf]' (see VARIANT_OPTIONS): sets the
-    config's compute dtype, attention kernel and GroupNorm variance, and returns the train-step options
-    (``flat_optimizer``, ``compiler_options``) for :func:`compile_train_step`."""
+    """'<bf16|f32>-<auto|xla|cudnn>[-onepass][-xlanorm][-nocmdbuf]' (see VARIANT_OPTIONS): sets the
+    config's compute dtype, attention kernel and GroupNorm variance and kernel, and returns the train-step options
+    (``compiler_options``) for :func:`compile_train_step`."""
     dtype, attention, *options = variant.split("-")
     config.model.compute_dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
     config.model.attention_implementation = attention
@@ -81,8 +79,8 @@ def apply_variant(config, variant: str) -> dict:
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown options {sorted(unknown)} (known: {sorted(VARIANT_OPTIONS)})")
     config.model.norm_variance = "one_pass" if "onepass" in options else "two_pass"
-    return dict(flat_optimizer="flatopt" in options,
-                compiler_options={"xla_gpu_enable_command_buffer": ""} if "nocmdbuf" in options else None)
+    config.model.norm_implementation = "xla" if "xlanorm" in options else "auto"
+    return dict(compiler_options={"xla_gpu_enable_command_buffer": ""} if "nocmdbuf" in options else None)
 
 
 @contextlib.contextmanager
@@ -100,16 +98,13 @@ def timing_lock(path: str | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def compile_train_step(config, batch: int, *, flat_optimizer: bool = False,
-                       compiler_options: dict | None = None):
+def compile_train_step(config, batch: int, *, compiler_options: dict | None = None):
     """The config's jitted train step compiled for ``batch`` images (synthetic, already on the devices):
     (compiled step, fresh train state, batch, seconds to initialise, seconds to compile)."""
     config.training.batch_size = batch
     mesh = sharding.make_mesh()
     model = train.build_model(config)
     tx = train.make_optimizer(config.training)
-    if flat_optimizer:
-        tx = optax.flatten(tx)
     _, shardings = train.abstract_train_state(config, model, tx, mesh)
     t0 = time.perf_counter()
     init = jax.jit(lambda k: train.init_train_state(k, config, model, tx), out_shardings=shardings)
@@ -183,9 +178,10 @@ def bench_train_interleaved(runs: dict[str, TrainRun], repeats: int) -> dict[str
     variant's in the same rounds."""
     for run in runs.values():
         run.warm_up()
-    for _ in range(repeats):
-        for run in runs.values():
-            run.window()
+    for round_ in range(repeats):
+        times = {name: run.window() * 1e3 for name, run in runs.items()}
+        # printed as it goes, so that a run cut short by a time limit still leaves its numbers
+        print(f"round {round_}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in times.items()), flush=True)
     results = {name: run.result() for name, run in runs.items()}
     first = next(iter(runs.values()))
     for name, run in runs.items():
@@ -196,7 +192,9 @@ def bench_train_interleaved(runs: dict[str, TrainRun], repeats: int) -> dict[str
 
 def build_sampler(config, batch: int, steps: int):
     """A jitted ``steps``-step DDPM sampler with Epsilon Scaling (λ = 1.017) for the config's model with
-    fresh parameters: (generate_fn, params, indices of ``batch`` images)."""
+    fresh parameters plus noise of 0.01 (ADM initialises its output convolutions to zero, so a fresh
+    network predicts ε = 0 and every kernel would give the same images): (generate_fn, params, indices
+    of ``batch`` images)."""
     from jdiff import sampling
 
     config.sampling.respacing = str(steps)
@@ -204,17 +202,23 @@ def build_sampler(config, batch: int, steps: int):
     config.sampling.eps_scale_b = 1.017
     mesh = sharding.make_mesh()
     model = train.build_model(config)
-    params = jax.jit(lambda k: model.init({"params": k}, *train.dummy_inputs(config), train=False)["params"],
-                     out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+    def init(key):
+        params = model.init({"params": key}, *train.dummy_inputs(config), train=False)["params"]
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+        return treedef.unflatten([p + 0.01 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+    params = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(0))
     return sampling.make_generate_fn(config, model, mesh), params, jnp.arange(batch, dtype=jnp.int32)
 
 
 def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | None = None) -> dict:
+    """Times the sampler; returns the timings and the images (``"images"``, to compare variants)."""
     generate_fn, params, indices = build_sampler(config, batch, steps)
     times = []
     with timing_lock(lock_path):      # the first call compiles (seconds) and runs: held under the lock too
         t0 = time.perf_counter()
-        block(generate_fn(params, indices, None))
+        images = np.asarray(generate_fn(params, indices, None))
         first_call = time.perf_counter() - t0
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -224,7 +228,7 @@ def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | 
     compile_seconds = first_call - seconds
     return dict(batch=batch, steps=steps, images_per_sec=batch / seconds, seconds_per_batch=seconds,
                 compile_seconds=compile_seconds, minutes_per_50k=50_000 / (batch / seconds) / 60,
-                peak_memory_gib=peak_memory_gib())
+                peak_memory_gib=peak_memory_gib(), images=images)
 
 
 def bench_fid(batch: int, repeats: int) -> dict:
@@ -300,6 +304,7 @@ def main() -> None:
         return config, options, key
 
     variants = args.variants.split(",")
+    first_images = None
     if "train" in what and args.interleave:
         runs = {}
         for variant in variants:
@@ -321,8 +326,17 @@ def main() -> None:
             config = load_config(args.config)
             apply_variant(config, variant)
             key = f"{variant}-b{args.sample_batch}-n{args.sample_steps}"
-            results["sample"][key] = bench_sample(config, args.sample_batch, args.sample_steps,
-                                                    max(1, args.repeats - 1), args.timing_lock)
+            result = bench_sample(config, args.sample_batch, args.sample_steps, max(1, args.repeats - 1),
+                                  args.timing_lock)
+            images = result.pop("images")
+            if first_images is None:
+                first_images = images
+            else:  # same parameters and noise: how far another kernel moves the samples, in [-1, 1] units
+                difference = np.abs(images.astype(np.float64) - first_images)
+                result.update(images_max_abs_diff_to_first=float(difference.max()),
+                              images_mean_abs_diff_to_first=float(difference.mean()),
+                              pixels_differing_by_a_uint8_level=float(np.mean(difference > 1 / 127.5)))
+            results["sample"][key] = result
             print("sample", key, results["sample"][key], flush=True)
             save()
     if "fid" in what:

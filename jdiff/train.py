@@ -62,6 +62,7 @@ def build_model(config: ml_collections.ConfigDict) -> models.UNet:
         dtype=compute_dtype(m.compute_dtype),
         attention_implementation=m.attention_implementation,
         one_pass_norm=m.norm_variance == "one_pass",
+        norm_implementation=m.norm_implementation,
     )
 
 
@@ -211,7 +212,7 @@ def checkpoint_targets(abstract_state: TrainState, mesh: jax.sharding.Mesh, shar
 
 
 # Model keys that change how the same network is computed, not the network: a run may change them on resume.
-SPEED_KEYS = ("compute_dtype", "attention_implementation", "norm_variance")
+SPEED_KEYS = ("compute_dtype", "attention_implementation", "norm_variance", "norm_implementation")
 
 
 def _check_compatible(saved_config: dict, config: ml_collections.ConfigDict) -> None:

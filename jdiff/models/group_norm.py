@@ -19,6 +19,11 @@ and the (B, G) statistics, and the backward is one reduction and one element-wis
 which is the exact gradient (the two group means come from the per-channel sums, so no second pass
 over the activations is needed). Statistics and arithmetic are float32 whatever the input dtype; the
 output and the input gradient are cast to the requested dtypes.
+
+``implementation='pallas'`` computes the forward of an undifferentiated call (sampling, evaluation)
+with the Triton kernel of :mod:`jdiff.models.pallas_group_norm` (one-pass shifted statistics, whatever
+``one_pass`` says), which moves about half the bytes of XLA's reduction and apply passes; under
+``jax.grad`` the forward and backward above run in XLA as always (the kernel has no derivative).
 """
 
 from __future__ import annotations
@@ -30,10 +35,33 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdiff.models.platform import nvidia_sm80_or_newer
+
 Dtype = Any
 
 NUM_GROUPS = 32
 EPS = 1e-5  # torch.nn.GroupNorm's default, which guided-diffusion's GroupNorm32 keeps
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+
+def norm_implementation(requested: str) -> str:
+    """The GroupNorm forward for sampling: 'xla' or 'pallas' as requested; 'auto' picks the Pallas
+    kernel where it runs and is partitioned correctly — one NVIDIA GPU of compute capability 8.0 or
+    newer — and XLA otherwise. Training's differentiated calls use XLA either way.
+
+    The kernel is a custom call that XLA's SPMD partitioner cannot split over a sharded batch, so on
+    several devices 'auto' keeps XLA and 'pallas' is refused (ValueError), as it is off such GPUs."""
+    if requested not in IMPLEMENTATIONS:
+        raise ValueError(f"GroupNorm implementation {requested!r} is not one of {IMPLEMENTATIONS}")
+    usable = nvidia_sm80_or_newer() and jax.device_count() == 1
+    if requested == "pallas" and not usable:
+        raise ValueError(
+            "model.norm_implementation='pallas' needs exactly one NVIDIA GPU of compute capability 8.0 or "
+            f"newer (found {jax.device_count()} {jax.default_backend()} device(s)): the Triton kernel runs only "
+            "there and has no rule for splitting a sharded batch; use 'auto' or 'xla'")
+    if requested == "auto":
+        return "pallas" if usable else "xla"
+    return requested
 
 
 def _group_sum(per_channel: jax.Array, groups: int) -> jax.Array:
@@ -85,19 +113,31 @@ def _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype):
     return y.astype(out_dtype), (mean, rstd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM_GROUPS, eps: float = EPS,
-                     silu: bool = False, one_pass: bool = False, out_dtype: Dtype = jnp.float32) -> jax.Array:
-    """y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32 (see the module docstring)."""
-    return _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype)[0]
+                     silu: bool = False, one_pass: bool = False, out_dtype: Dtype = jnp.float32,
+                     implementation: str = "xla") -> jax.Array:
+    """y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32 (see the module docstring).
+
+    ``implementation``: 'xla', or 'pallas' / 'pallas_interpret' (the Triton kernel, or the same kernel
+    in Pallas's interpreter on any backend, for tests) for undifferentiated calls."""
+    if implementation == "xla":
+        return _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype)[0]
+    if implementation not in ("pallas", "pallas_interpret"):
+        raise ValueError(f"normalise_affine: implementation {implementation!r} is not 'xla', 'pallas' or "
+                         "'pallas_interpret'")
+    from jdiff.models.pallas_group_norm import normalise_affine_pallas  # Pallas only where it is asked for
+
+    return normalise_affine_pallas(x, a, b, groups=groups, eps=eps, silu=silu, out_dtype=out_dtype,
+                                   interpret=implementation == "pallas_interpret")
 
 
-def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype):
+def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation):
     y, (mean, rstd) = _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype)
     return y, (x, a, b, mean, rstd)
 
 
-def _backward(groups, eps, silu, one_pass, out_dtype, residuals, dy):
+def _backward(groups, eps, silu, one_pass, out_dtype, implementation, residuals, dy):
     x, a, b, mean, rstd = residuals
     _, n, channels = x.shape
     xhat = _standardise(x, mean, rstd)
@@ -124,9 +164,11 @@ class GroupNorm(nn.Module):
     (C,) as :class:`flax.linen.GroupNorm` (so checkpoints and the converter see the same tree).
 
     ``__call__(x, scale_shift=(s, t), silu=True, out_dtype=...)`` returns
-    [SiLU](GN(x)·(1 + s) + t) in ``out_dtype``, with s, t of shape (B, C).
+    [SiLU](GN(x)·(1 + s) + t) in ``out_dtype``, with s, t of shape (B, C). ``implementation`` is
+    :func:`normalise_affine`'s (resolved: not 'auto').
     """
     one_pass: bool = False
+    implementation: str = "xla"
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -146,5 +188,5 @@ class GroupNorm(nn.Module):
         batch = x.shape[0]
         a, b = jnp.broadcast_to(a, (batch, channels)), jnp.broadcast_to(b, (batch, channels))
         y = normalise_affine(x.reshape(batch, -1, channels), a, b, NUM_GROUPS, EPS, silu, self.one_pass,
-                             jnp.dtype(out_dtype))
+                             jnp.dtype(out_dtype), self.implementation)
         return y.reshape(x.shape)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jdiff.models.group_norm import GroupNorm
+from jdiff.models.platform import nvidia_sm80_or_newer
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -144,13 +145,15 @@ class ResBlock(nn.Module):
     up: bool = False
     down: bool = False
     one_pass_norm: bool = False
+    norm_implementation: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        norm_kw = dict(param_dtype=self.param_dtype, one_pass=self.one_pass_norm)
+        norm_kw = dict(param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
+                       implementation=self.norm_implementation)
         h = GroupNorm(name="in_layers_0", **norm_kw)(x, silu=True, out_dtype=self.dtype)
         if self.up:
             h, x = upsample_nearest(h), upsample_nearest(x)
@@ -184,18 +187,7 @@ def attention_implementation(requested: str, dtype: Dtype, head_channels: int) -
     if requested != "auto":
         raise ValueError(f"attention implementation {requested!r} is not one of 'auto', 'xla', 'cudnn'")
     fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_channels % 8 == 0 and head_channels <= 128
-    return "cudnn" if fits and _cudnn_attention_gpu() else "xla"
-
-
-def _cudnn_attention_gpu() -> bool:
-    """Whether the default devices are NVIDIA GPUs that cuDNN's flash attention supports (sm_80+)."""
-    if jax.default_backend() != "gpu":
-        return False
-    capability = getattr(jax.devices()[0], "compute_capability", None)  # '9.0' on CUDA; absent on ROCm
-    try:
-        return capability is not None and tuple(int(part) for part in capability.split(".")) >= (8, 0)
-    except ValueError:
-        return False
+    return "cudnn" if fits and nvidia_sm80_or_newer() else "xla"
 
 
 class QKVProjection(nn.Module):
@@ -239,6 +231,7 @@ class AttentionBlock(nn.Module):
     use_new_attention_order: bool = False
     implementation: str = "auto"
     one_pass_norm: bool = False
+    norm_implementation: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -247,7 +240,8 @@ class AttentionBlock(nn.Module):
         batch, height, width, channels = x.shape
         heads = attention_heads(channels, self.num_heads, self.num_head_channels)
         tokens = x.reshape(batch, height * width, channels)
-        normed = GroupNorm(name="norm", param_dtype=self.param_dtype, one_pass=self.one_pass_norm)(
+        normed = GroupNorm(name="norm", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
+                           implementation=self.norm_implementation)(
             tokens, out_dtype=self.dtype)
         q, k, v = QKVProjection(heads, self.use_new_attention_order, dtype=self.dtype,
                                 param_dtype=self.param_dtype, name="qkv")(normed)

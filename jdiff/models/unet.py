@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiff.models.group_norm import GroupNorm
+from jdiff.models.group_norm import GroupNorm, norm_implementation
 from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv2d, dense
 from jdiff.models.layers import timestep_embedding
 
@@ -42,7 +42,9 @@ class UNet(nn.Module):
     parameters'. ``attention_implementation`` ('auto', 'xla', 'cudnn') picks the attention kernel
     (:func:`~jdiff.models.layers.attention_implementation`).
     ``one_pass_norm`` computes every GroupNorm's statistics from one read of the activations (shifted
-    sums; a speed option, see :mod:`jdiff.models.group_norm`).
+    sums; a speed option, see :mod:`jdiff.models.group_norm`). ``norm_implementation`` ('auto', 'xla',
+    'pallas') picks the GroupNorm forward of undifferentiated calls
+    (:func:`~jdiff.models.group_norm.norm_implementation`).
     """
     image_size: int
     in_channels: int
@@ -64,6 +66,7 @@ class UNet(nn.Module):
     param_dtype: Dtype = jnp.float32
     attention_implementation: str = "auto"
     one_pass_norm: bool = False
+    norm_implementation: str = "auto"
 
     def feature_sizes(self) -> tuple[int, ...]:
         """The feature-map size of each level, from ``image_size`` down."""
@@ -103,11 +106,11 @@ class UNet(nn.Module):
         self._validate()
         self._check_inputs(x, t, y)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        res_kw = dict(dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
-                      one_pass_norm=self.one_pass_norm, **kw)
+        norm_kw = dict(one_pass_norm=self.one_pass_norm,
+                       norm_implementation=norm_implementation(self.norm_implementation))
+        res_kw = dict(dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm, **norm_kw, **kw)
         attn_kw = dict(num_head_channels=self.num_head_channels, implementation=self.attention_implementation,
-                       use_new_attention_order=self.use_new_attention_order, one_pass_norm=self.one_pass_norm,
-                       **kw)
+                       use_new_attention_order=self.use_new_attention_order, **norm_kw, **kw)
         heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
         attention_sizes = set(self.attention_resolutions)
 
@@ -164,7 +167,8 @@ class UNet(nn.Module):
 
         # The output head runs in float32, as the official fp16 mode does: it is cheap (a few output
         # channels) and its rounding would land directly on ε.
-        h = GroupNorm(name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm)(h, silu=True)
+        h = GroupNorm(name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
+                      implementation=norm_kw["norm_implementation"])(h, silu=True)
         out_channels = 2 * self.out_channels if self.learn_sigma else self.out_channels
         return conv2d(h, out_channels, name="out_2", zero_init=True, param_dtype=self.param_dtype)
 

@@ -1,0 +1,220 @@
+"""Micro-benchmark of the UNet's GroupNorm (+ scale-shift + SiLU) forward: XLA against the Pallas kernel.
+
+    python experiments/bench_group_norm.py --out results.json [--block-n 8,16,32,64] [--num-warps 4,8]
+        [--widths 32,64,128] [--repeats 7]
+    python experiments/bench_group_norm.py --smoke --out /tmp/smoke.json    # CPU: interpreter, tiny shapes
+
+For each activation shape of the ADM CIFAR-10 UNet at sampling batch 512 in bf16 (SHAPES) it times
+(a) ``normalise_affine(..., silu=True, one_pass=False)`` jitted by XLA, (b) the same with
+``one_pass=True``, and (c) ``normalise_affine_pallas`` for every setting of the sweep (block_n
+positions per tile × num_warps × padded channel width per program, the settings the kernel rejects or
+whose tile is outside [--min-tile, --max-tile] elements skipped), all with bf16 output. Before timing,
+each kernel setting's float32 output is checked against (a)'s (max abs difference; a setting over
+--tolerance is reported and not timed).
+
+Timing: one jitted call runs the function on ``calls`` distinct inputs (so every call reads x from
+DRAM, not L2, and host dispatch is paid once per ``calls``), chained by optimisation barriers so XLA
+neither merges nor reorders them; ms per call is the median over ``--repeats`` timed calls after a
+warm-up, divided by ``calls``. GB/s counts the ideal traffic, one read of x and one write of y. Results
+go to ``--out`` as JSON with the device and the versions; a markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine  # noqa: E402
+from jdiff.models.pallas_group_norm import normalise_affine_pallas, unsupported_reason  # noqa: E402
+
+SHAPES = [(512, 1024, 128), (512, 1024, 256), (512, 1024, 384), (512, 256, 256), (512, 256, 512),
+          (512, 64, 256), (512, 64, 512), (512, 16, 512)]  # (B, N = H·W, C) at 32², 16², 8², 4²
+SMOKE_SHAPES = [(2, 16, 128), (2, 16, 384)]
+DTYPE = jnp.bfloat16
+INPUT_BYTES_PER_TIMING = 2 * 2**30  # distinct inputs per timed call: enough to dwarf L2 and dispatch
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def channels_for_width(channels: int, width: int, groups: int = NUM_GROUPS) -> int | None:
+    """The most channels (whole groups dividing C) whose next power of two is ``width``, or None."""
+    per_group = channels // groups
+    fits = [k * per_group for k in range(1, groups + 1)
+            if groups % k == 0 and width // 2 < k * per_group <= width]
+    return max(fits) if fits else None
+
+
+def inputs(shape: tuple[int, int, int], count: int, seed: int = 0):
+    """``count`` distinct x (B, N, C) in bf16, with per-channel offsets and spreads, and a, b (B, C)."""
+    batch, _, channels = shape
+    key_a, key_b, key_x = jax.random.split(jax.random.key(seed), 3)
+    a = 1.0 + 0.3 * jax.random.normal(key_a, (batch, channels))
+    b = 0.5 * jax.random.normal(key_b, (batch, channels))
+    xs = []
+    for key in jax.random.split(key_x, count):
+        k1, k2, k3 = jax.random.split(key, 3)
+        offset = jax.random.normal(k1, (channels,))
+        spread = jax.random.uniform(k2, (channels,), minval=0.5, maxval=3.0)
+        xs.append((jax.random.normal(k3, shape) * spread + offset).astype(DTYPE))
+    return xs, a, b
+
+
+def chained(fn):
+    """A jitted function running ``fn(x, a, b)`` on each x of a list, one after the other."""
+    fn = jax.jit(fn)  # lowered (and the kernel compiled) once, however many calls
+
+    def run(xs, a, b):
+        ys = [fn(xs[0], a, b)]
+        for x in xs[1:]:
+            # x becomes available only once the previous call's output exists: the calls stay separate
+            x, _ = jax.lax.optimization_barrier((x, ys[-1]))
+            ys.append(fn(x, a, b))
+        return ys
+    return jax.jit(run)
+
+
+def time_per_call(fn, xs, a, b, repeats: int) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` runs of ``chained(fn)`` on xs, after a warm-up."""
+    run = chained(fn)
+    jax.block_until_ready(run(xs, a, b))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(xs, a, b))
+        times.append((time.perf_counter() - start) / len(xs))
+    return statistics.median(times)
+
+
+def xla(one_pass: bool, out_dtype):
+    return lambda x, a, b: normalise_affine(x, a, b, NUM_GROUPS, EPS, True, one_pass, out_dtype)
+
+
+def pallas(setting: dict, out_dtype, interpret: bool):
+    return lambda x, a, b: normalise_affine_pallas(x, a, b, silu=True, out_dtype=out_dtype,
+                                                   interpret=interpret, **setting)
+
+
+def max_abs_diff(fn, reference, x, a, b) -> float:
+    return float(jnp.max(jnp.abs(jax.jit(fn)(x, a, b) - reference)))
+
+
+def settings(shape, args) -> list[dict]:
+    """The kernel settings of the sweep that the kernel takes for this shape."""
+    _, n, channels = shape
+    out = []
+    for width in args.widths:
+        cpp = channels_for_width(channels, width)
+        if cpp is None:
+            continue
+        for block_n in args.block_n:
+            if not args.min_tile <= block_n * width <= args.max_tile:
+                continue
+            if unsupported_reason(shape, DTYPE, block_n=block_n, channels_per_program=cpp):
+                continue
+            for num_warps in args.num_warps:
+                out.append(dict(block_n=block_n, channels_per_program=cpp, num_warps=num_warps))
+    return out
+
+
+def bench_shape(shape, args) -> dict:
+    nbytes = 2 * np.prod(shape) * jnp.dtype(DTYPE).itemsize  # read x once, write y (bf16) once
+    calls = 1 if args.smoke else int(np.clip(INPUT_BYTES_PER_TIMING // (nbytes // 2), 2, 64))
+    xs, a, b = inputs(shape, calls)
+    reference = jax.jit(xla(False, jnp.float32))(xs[0], a, b)
+
+    def timed(label, fn, **extra) -> dict:
+        seconds = time_per_call(fn, xs, a, b, args.repeats)
+        row = dict(extra, ms=seconds * 1e3, gbps=nbytes / seconds / 1e9)
+        print(f"  {label} {json.dumps(row)}", flush=True)
+        return row
+
+    print(f"shape (B, N, C) = {shape}, {calls} calls per timing", flush=True)
+    one_pass_diff = max_abs_diff(xla(True, jnp.float32), reference, xs[0], a, b)
+    result = dict(shape=list(shape), bytes=int(nbytes), calls_per_timing=calls,
+                  xla_two_pass=timed("XLA two-pass", xla(False, DTYPE)),
+                  xla_one_pass=timed("XLA one-pass", xla(True, DTYPE), max_abs_diff_f32=one_pass_diff),
+                  pallas=[])
+    for setting in settings(shape, args):
+        diff = max_abs_diff(pallas(setting, jnp.float32, args.smoke), reference, xs[0], a, b)
+        if not diff <= args.tolerance:  # also NaN
+            row = dict(setting, max_abs_diff_f32=diff, ok=False)
+            print(f"  Pallas {json.dumps(row)}: WRONG, not timed", flush=True)
+        else:
+            row = timed("Pallas", pallas(setting, DTYPE, args.smoke), **setting, max_abs_diff_f32=diff,
+                        ok=True)
+        result["pallas"].append(row)
+    return result
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| B, N, C | XLA two-pass ms (GB/s) | XLA one-pass ms (GB/s) | Pallas best ms (GB/s) "
+             "| best setting (block_n, channels/program, warps) | speed-up vs two-pass | its max abs diff "
+             "| settings wrong |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        two, one = r["xla_two_pass"], r["xla_one_pass"]
+        ok = [p for p in r["pallas"] if p["ok"]]
+        wrong = f"{len(r['pallas']) - len(ok)} of {len(r['pallas'])}"
+        if ok:
+            best = min(ok, key=lambda p: p["ms"])
+            pallas_cells = (f"{best['ms']:.3f} ({best['gbps']:.0f})",
+                            f"{best['block_n']}, {best['channels_per_program']}, {best['num_warps']}",
+                            f"{two['ms'] / best['ms']:.2f}×", f"{best['max_abs_diff_f32']:.1e}", wrong)
+        else:
+            pallas_cells = ("-", "-", "-", "-", wrong)
+        lines.append(f"| {', '.join(map(str, r['shape']))} | {two['ms']:.3f} ({two['gbps']:.0f}) | "
+                     f"{one['ms']:.3f} ({one['gbps']:.0f}) | " + " | ".join(pallas_cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="JSON results file")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes, the kernel in Pallas's interpreter, one repeat: proves the script "
+                             "runs")
+    parser.add_argument("--block-n", type=parse_ints, default=[8, 16, 32, 64])
+    parser.add_argument("--num-warps", type=parse_ints, default=[4, 8])
+    parser.add_argument("--widths", type=parse_ints, default=[32, 64, 128],
+                        help="padded channel widths per program (a power of two); each takes the most whole "
+                             "groups that fit")
+    parser.add_argument("--min-tile", type=int, default=1024,
+                        help="fewest elements (block_n × width) per tile")
+    parser.add_argument("--max-tile", type=int, default=4096, help="most elements (block_n × width) per tile")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="largest max abs difference of a correct setting's float32 output")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats, args.min_tile = 1, 1
+        args.block_n, args.num_warps, args.widths = [8, 16], [4], [32, 128]
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    meta = dict(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform, jax=jax.__version__,
+                jaxlib=jaxlib.__version__, dtype=jnp.dtype(DTYPE).name, smoke=args.smoke,
+                sweep=dict(block_n=args.block_n, num_warps=args.num_warps, widths=args.widths,
+                           tile=[args.min_tile, args.max_tile]), repeats=args.repeats)
+    print(json.dumps(meta), flush=True)
+    results = []
+    for shape in shapes:
+        results.append(bench_shape(shape, args))
+        with open(args.out, "w") as f:  # after every shape, so a run cut short keeps what it measured
+            json.dump(dict(meta, results=results), f, indent=1)
+    print(table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The Pallas GroupNorm kernel, run in Pallas's interpreter on the CPU, against ``normalise_affine`` and an
+independent float64 NumPy computation: channel widths that are and are not powers of two, one and several
+row chunks and channel blocks per image, SiLU on and off, bf16 and float32 in and out, and a large mean
+against the spread (where unshifted one-pass statistics would cancel).
+
+The interpreter proves the kernel's arithmetic and indexing, not that Triton compiles it: that is
+experiments/bench_group_norm.py's check on the GPU."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiff.models.group_norm import EPS, NUM_GROUPS, norm_implementation, normalise_affine
+from jdiff.models.pallas_group_norm import normalise_affine_pallas, unsupported_reason
+
+
+def reference(x, a, b, groups, silu):
+    """y = [SiLU]((x − μ)/√(σ² + ε)·a + b) in float64 NumPy, two-pass statistics per image and group."""
+    x, a, b = (np.asarray(v, np.float64) for v in (x, a, b))
+    batch, n, channels = x.shape
+    g = x.reshape(batch, n, groups, channels // groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = np.square(g - mean).mean(axis=(1, 3), keepdims=True)
+    z = ((g - mean) / np.sqrt(var + EPS)).reshape(x.shape) * a[:, None, :] + b[:, None, :]
+    return z / (1.0 + np.exp(-z)) if silu else z
+
+
+def inputs(shape, dtype, seed, mean=0.0):
+    """x with per-channel offsets (around ``mean``) and spreads, so groups differ; a ≈ 1, b ≈ 0."""
+    rng = np.random.default_rng(seed)
+    batch, _, channels = shape
+    x = rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=channels) + rng.normal(size=channels) + mean
+    a = rng.normal(1.0, 0.3, size=(batch, channels))
+    b = rng.normal(0.0, 0.5, size=(batch, channels))
+    return jnp.asarray(x, dtype), jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+
+
+def as64(v):
+    return np.asarray(jnp.asarray(v, jnp.float32), np.float64)
+
+
+CASES = [  # (B, N, C), input dtype, silu, kernel settings (none: the defaults)
+    ((1, 16, 128), jnp.float32, False, {}),
+    ((3, 64, 128), jnp.bfloat16, True, dict(block_n=16)),  # 4 row chunks, pass 2 in reverse
+    ((3, 16, 384), jnp.bfloat16, False, dict(channels_per_program=24)),  # 2 groups of 12 in 32 lanes
+    ((2, 32, 384), jnp.bfloat16, True, {}),  # the defaults: 8 groups of 12 in 128 lanes
+    ((1, 64, 384), jnp.float32, True, dict(block_n=32, channels_per_program=96)),
+    ((1, 16, 384), jnp.bfloat16, True, dict(channels_per_program=384)),  # all 32 groups in 512 lanes
+    ((3, 16, 128), jnp.float32, True, dict(channels_per_program=128, block_n=8, groups=16)),
+]
+
+
+@pytest.mark.parametrize("shape,dtype,silu,settings", CASES)
+def test_float32_output_matches_normalise_affine_and_float64(shape, dtype, silu, settings):
+    x, a, b = inputs(shape, dtype, seed=sum(shape))
+    groups = settings.get("groups", NUM_GROUPS)
+    y = normalise_affine_pallas(x, a, b, eps=EPS, silu=silu, out_dtype=jnp.float32, interpret=True,
+                                **settings)
+    assert y.dtype == jnp.float32 and y.shape == x.shape
+    # float32 arithmetic on the same (rounded) inputs: a few float32 roundings of values of order 1–10
+    np.testing.assert_allclose(as64(y), reference(x, a, b, groups, silu), rtol=1e-5, atol=1e-5)
+    expected = normalise_affine(x, a, b, groups, EPS, silu, False, jnp.float32)
+    np.testing.assert_allclose(as64(y), as64(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_output_is_the_rounded_result():
+    shape = (3, 16, 128)
+    x, a, b = inputs(shape, jnp.bfloat16, seed=1)
+    y = normalise_affine_pallas(x, a, b, silu=True, out_dtype=jnp.bfloat16, interpret=True)
+    assert y.dtype == jnp.bfloat16
+    exact = reference(x, a, b, NUM_GROUPS, True)
+    np.testing.assert_allclose(as64(y), exact, rtol=2**-8, atol=1e-6)  # half a bf16 ulp is 2^-9 relative
+    expected = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.bfloat16)
+    np.testing.assert_allclose(as64(y), as64(expected), rtol=2**-7, atol=1e-6)  # one ulp apart at most
+
+
+@pytest.mark.parametrize("channels", [128, 384])
+def test_shifted_statistics_survive_a_large_mean(channels):
+    """Mean 1000 against spreads of 0.5–3: E[x²] − E[x]² in float32 would lose the variance (x² ≈ 10⁶ has
+    an ulp of 0.06); with the first row as shift the error is that of x − μ in float32 (ulp of 1000 ≈ 6e-5)
+    over σ."""
+    x, a, b = inputs((2, 64, channels), jnp.float32, seed=channels, mean=1000.0)
+    y = normalise_affine_pallas(x, a, b, out_dtype=jnp.float32, interpret=True, block_n=16)
+    np.testing.assert_allclose(as64(y), reference(x, a, b, NUM_GROUPS, False), rtol=0, atol=3e-4)
+
+
+@pytest.mark.parametrize("shape,settings,message", [
+    ((2, 16, 100), {}, "not divisible by 32 groups"),
+    ((2, 16, 384), dict(channels_per_program=32), "whole number of groups"),
+    ((2, 16, 384), dict(channels_per_program=72), "divide C"),
+    ((2, 16, 128), dict(block_n=12), "power of two"),
+    ((2, 16, 128), dict(block_n=32), "multiple of block_n"),
+    ((16, 128), {}, r"\(B, N, C\)"),
+])
+def test_unsupported_settings_raise(shape, settings, message):
+    assert unsupported_reason(shape, jnp.float32, **settings)
+    x = jnp.zeros(shape, jnp.float32)
+    a = jnp.ones((shape[0], shape[-1]), jnp.float32)
+    with pytest.raises(ValueError, match=message):
+        normalise_affine_pallas(x, a, a, interpret=True, **settings)
+
+
+def test_default_settings_fit_the_unet_shapes():
+    for n in (1024, 256, 64, 16):
+        for channels in (128, 256, 384, 512):
+            for dtype in (jnp.bfloat16, jnp.float32):
+                assert unsupported_reason((512, n, channels), dtype) is None
+    assert unsupported_reason((2, 48, 128), jnp.float32) is None  # N not a power of two: smaller chunks
+
+
+def test_normalise_affine_runs_the_kernel_undifferentiated_and_xla_under_grad():
+    """implementation='pallas_interpret' (the kernel in the interpreter) gives XLA's output, and its
+    gradient is the hand-written VJP's (the kernel has no derivative: training is unaffected)."""
+    x, a, b = inputs((2, 16, 128), jnp.float32, seed=7)
+    args = (NUM_GROUPS, EPS, True, False, jnp.float32)
+    np.testing.assert_allclose(normalise_affine(x, a, b, *args, "pallas_interpret"),
+                               normalise_affine(x, a, b, *args, "xla"), rtol=1e-5, atol=1e-5)
+
+    def loss(implementation):
+        return lambda x, a, b: jnp.sum(jnp.sin(normalise_affine(x, a, b, *args, implementation)))
+
+    kernel_grads = jax.grad(loss("pallas_interpret"), argnums=(0, 1, 2))(x, a, b)
+    xla_grads = jax.grad(loss("xla"), argnums=(0, 1, 2))(x, a, b)
+    for kernel_grad, xla_grad in zip(kernel_grads, xla_grads):
+        np.testing.assert_array_equal(kernel_grad, xla_grad)
+    with pytest.raises(ValueError, match="implementation"):
+        normalise_affine(x, a, b, *args, "triton")
+
+
+def test_norm_implementation_choice_off_the_gpu():
+    """On the CPU 'auto' is XLA and 'pallas' is refused with what to do; unknown names are refused."""
+    assert jax.default_backend() == "cpu"
+    assert norm_implementation("auto") == "xla" and norm_implementation("xla") == "xla"
+    with pytest.raises(ValueError, match="one NVIDIA GPU.*use 'auto' or 'xla'"):
+        norm_implementation("pallas")
+    with pytest.raises(ValueError, match="not one of"):
+        norm_implementation("triton")
