@@ -65,9 +65,11 @@ class FlatLayout:
         """The tree whose leaves are the vector's consecutive pieces (padding dropped)."""
         if tuple(vector.shape) != (self.size,):
             raise ValueError(f"expected a flat vector of shape ({self.size},), got {tuple(vector.shape)}")
-        offsets = np.cumsum([0] + [math.prod(shape) for shape in self.shapes])
-        return self.treedef.unflatten([jax.lax.slice(vector, (int(start),), (int(start) + math.prod(shape),)).reshape(shape)
-                                       for start, shape in zip(offsets, self.shapes)])
+        # One split, not a slice per leaf: the gradient of a split is one concatenation, that of a slice a
+        # pad to the full vector (hundreds of full-size pads and adds in the backward pass).
+        ends = np.cumsum([math.prod(shape) for shape in self.shapes])
+        pieces = jnp.split(vector, [int(end) for end in ends])[:len(self.shapes)]
+        return self.treedef.unflatten([piece.reshape(shape) for piece, shape in zip(pieces, self.shapes)])
 
     def is_flat(self, leaf: Any) -> bool:
         """Whether ``leaf`` is one of this layout's vectors (e.g. an Adam moment of a flat state)."""

@@ -82,3 +82,20 @@ def test_adamw_and_ema_on_the_flat_vector_equal_the_tree_version(clip):
     again = layout.ravel_leaves(flat_state, unravelled)
     assert jax.tree.structure(again) == jax.tree.structure(flat_state)
     jax.tree.map(np.testing.assert_array_equal, again, flat_state)
+
+
+def test_gradient_through_unravel_is_one_concatenation():
+    """The backward pass of the train step gets the flat gradient as ONE concatenation of the leaves'
+    gradients. Per-leaf slices would transpose to a full-length pad each, summed: on the ADM CIFAR-10
+    UNet ~580 pads and adds of 57 M numbers in the lowered step: the slice version ran 43.0 ms per step on
+    an H200 where the split version (as ``jax.flatten_util.ravel_pytree``'s) had run 28.9 ms."""
+    tree = params_tree()
+    layout = FlatLayout.of(tree, multiple=8)
+
+    def loss(flat):
+        return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(layout.unravel(flat)))
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(layout.ravel(tree)))
+    assert "pad[" not in jaxpr and jaxpr.count("concatenate[") == 1
+    np.testing.assert_allclose(jax.grad(loss)(layout.ravel(tree)),
+                               layout.ravel(jax.tree.map(jnp.cos, tree)), rtol=1e-6)
