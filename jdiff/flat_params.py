@@ -1,13 +1,14 @@
 """One flat vector for a tree of parameters, and back.
 
 The train state keeps the parameters, their EMA and the optimiser's moments each as ONE float32 vector
-and unravels the parameters into the model's tree inside the compiled step (static slices and reshapes,
+and unravels the parameters into the model's tree inside the compiled step (one split and reshapes,
 which XLA fuses into the bf16 casts that the model applies anyway). The optimiser update and the EMA
 then run as a few kernels over 57 M numbers instead of one or more small kernels for each of the
-~400 parameter arrays, and the gradient arrives as one vector (the transpose of the slices is one
+~400 parameter arrays, and the gradient arrives as one vector (the transpose of the split is one
 concatenation). On an H200 this cut the ADM CIFAR-10 train step from 4,054 to 2,532 kernels and raised
-training from 3,901 to 4,431 img/s (docs/benchmarks.md). AdamW, the gradient clip and the EMA are
-element-wise (the clip's norm is a sum), so the arithmetic is the same as on the tree.
+training from 3,901 to 4,431 img/s (benchmark variant with ``jax.flatten_util.ravel_pytree``, which
+splits the same way; docs/benchmarks.md). AdamW, the gradient clip and the EMA are element-wise (the
+clip's norm is a sum), so the arithmetic is the same as on the tree.
 
 Checkpoints still hold trees (``params``, ``ema_params``, and an ``opt_state`` whose moments are trees
 shaped like the parameters), so their format does not depend on this layout.
