@@ -12,7 +12,25 @@ import jax
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+
+def xla_flags_with_devices(count: int) -> str:
+    """The suite's XLA_FLAGS (the optimisation level above included) with ``count`` forced CPU devices, for a
+    subprocess that needs several devices: its programs then compile as fast as the in-process ones."""
+    flags = [f for f in os.environ["XLA_FLAGS"].split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
+
+
 CACHE_DIR = os.environ.get("JDIFF_TEST_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "jdiff-test-xla-cache"))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def env_with_compilation_cache() -> dict[str, str]:
+    """The environment for a subprocess of the suite (a command line under test), with the suite's
+    persistent compilation cache: it reuses what the tests before it compiled, and the tests after it
+    reuse its programs."""
+    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

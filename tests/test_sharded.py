@@ -1,7 +1,8 @@
 """The sharded train step gives the single-device result on 4 CPU devices (with the parameters sharded
 too) and across 2 processes (replicated).
 
-Each run is a subprocess, because the device count is fixed when JAX starts."""
+The runs are subprocesses, because the device count is fixed when JAX starts; they run at the same time
+(each compiles on one core for most of its life)."""
 
 import os
 import socket
@@ -11,18 +12,21 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import env_with_compilation_cache, xla_flags_with_devices
+
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "train_steps.py")
 
 
-def env_with_devices(count):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
+def env_with_devices(count, compilation_cache):
+    env = env_with_compilation_cache() if compilation_cache else dict(os.environ)
+    env["XLA_FLAGS"] = xla_flags_with_devices(count)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HELPER) + "/..", env.get("PYTHONPATH", "")])
     return env
 
 
-def run(out, *args, devices):
-    return subprocess.Popen([sys.executable, HELPER, str(out), *args], env=env_with_devices(devices),
+def run(out, *args, devices, compilation_cache=False):
+    return subprocess.Popen([sys.executable, HELPER, str(out), *args],
+                            env=env_with_devices(devices, compilation_cache),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -48,10 +52,13 @@ def test_four_devices_and_two_processes_match_one_device(tmp_path):
     # The two distributed processes have 2 CPU devices each: a global mesh of 4 over 2 hosts.
     workers = [run(two, "--process-id", str(i), "--num-processes", "2", "--port", str(port), devices=2)
                for i in range(2)]
+    # The single-device reference compiles the programs of tiny_config()'s runs in test_train.py, which
+    # find them in the suite's compilation cache.
+    workers.append(run(one, devices=1, compilation_cache=True))
+    # Parameters and optimiser state split over 4 devices.
+    workers.append(run(four, "--shard-params", devices=4))
     for w in workers:
         finish(w)
-    finish(run(one, "--devices", "1", devices=4))
-    finish(run(four, "--shard-params", devices=4))   # parameters and optimiser state split over 4 devices
     # Only the order of the gradient all-reduce differs: float32 rounding after two Adam steps.
     assert_same_params(one, four, rtol=2e-4)
     assert_same_params(four, two, rtol=2e-4)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import env_with_compilation_cache
 from jdiff import checkpoint as ckpt_lib
 from jdiff import config as config_lib
 from jdiff import train
@@ -62,9 +64,22 @@ def restore_all(workdir, config):
         return c.restore(targets=train.checkpoint_targets(abstract, mesh, shard=False))
 
 
-def test_resume_is_exact(tmp_path):
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    assert train.train_and_evaluate(tiny_config(), straight) == "finished"
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory):
+    """The workdir of an uninterrupted 6-step run of ``tiny_config()`` (checkpoints of steps 3 and 6): the
+    resume test's reference, and the checkpoint that the other resume tests start from, each from its own
+    copy (:func:`copy_run`), so that the module trains it once."""
+    workdir = str(tmp_path_factory.mktemp("six_steps"))
+    assert train.train_and_evaluate(tiny_config(), workdir) == "finished"
+    return workdir
+
+
+def copy_run(workdir, tmp_path):
+    return shutil.copytree(workdir, str(tmp_path / "run"))
+
+
+def test_resume_is_exact(tmp_path, six_steps):
+    straight, resumed = six_steps, str(tmp_path / "resumed")
     assert train.train_and_evaluate(tiny_config(num_steps=3), resumed) == "finished"
     assert train.train_and_evaluate(tiny_config(), resumed) == "finished"
     (a, meta_a), (b, meta_b) = restore_all(straight, tiny_config()), restore_all(resumed, tiny_config())
@@ -92,16 +107,16 @@ def test_loss_falls_on_digits(tmp_path):
     assert last < 0.5 * first, (first, last)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    train.train_and_evaluate(tiny_config(num_steps=4, checkpoint_every=2), str(tmp_path))
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, six_steps):
+    workdir = copy_run(six_steps, tmp_path)
     # Resumed with an absurd learning rate, the parameters overflow at the next step.
     config = tiny_config(num_steps=40, checkpoint_every=2, learning_rate=1e30)
     with pytest.raises(train.NonFiniteLossError, match="non-finite loss") as info:
-        train.train_and_evaluate(config, str(tmp_path))
-    with ckpt_lib.Checkpointer(tmp_path / "checkpoints") as c:
+        train.train_and_evaluate(config, workdir)
+    with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
         steps = c.all_steps()
-    assert steps and max(steps) >= 4, steps
-    items, meta = restore_all(str(tmp_path), config)
+    assert steps and max(steps) >= 6, steps
+    items, meta = restore_all(workdir, config)
     assert f"({meta['step']})" in str(info.value)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(items["params"]))
 
@@ -116,30 +131,35 @@ def test_missing_dataset_fails_before_writing(tmp_path):
     assert not workdir.exists()
 
 
-def test_changed_model_config_is_refused_on_resume(tmp_path):
-    train.train_and_evaluate(tiny_config(num_steps=3), str(tmp_path))
-    config = tiny_config()
+def test_changed_model_config_is_refused_on_resume(tmp_path, six_steps):
+    workdir = copy_run(six_steps, tmp_path)
+    config = tiny_config(num_steps=7)
     config.diffusion.weighting = "constant"
     with pytest.raises(ValueError, match="weighting"):
-        train.train_and_evaluate(config, str(tmp_path))
-    config = tiny_config()
+        train.train_and_evaluate(config, workdir)
+    config = tiny_config(num_steps=7)
     config.training.grad_clip = 0.0
     with pytest.raises(ValueError, match="grad_clip=1.0 .* keep it on"):
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train_and_evaluate(config, workdir)
     config.training.grad_clip = 0.5              # another value of the clip resumes
-    config.training.num_steps = 4
-    assert train.train_and_evaluate(config, str(tmp_path)) == "finished"
+    assert train.train_and_evaluate(config, workdir) == "finished"
 
 
 def run_cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "jdiff.main", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, **kwargs)
+                          timeout=600, env=env_with_compilation_cache(), **kwargs)
 
 
+# configs/digits.py with the network, diffusion and optimiser of tiny_config(): the command line trains and
+# samples with the programs that the tests above (and test_sampling.py) compiled, from the compilation cache.
 TINY_FLAGS = ["--config=configs/digits.py", "--config.data.image_size=8", "--config.model.model_channels=32",
               "--config.model.channel_mult=(1,2)", "--config.model.attention_resolutions=(4,)",
-              "--config.model.num_head_channels=32", "--config.training.batch_size=8",
-              "--config.training.log_every=1", "--config.sampling.respacing=4"]
+              "--config.model.num_head_channels=32", "--config.model.dropout=0.1",
+              "--config.diffusion.num_timesteps=100", "--config.diffusion.variance=learned_range",
+              "--config.diffusion.timestep_sampler=loss_second_moment", "--config.training.batch_size=8",
+              "--config.training.warmup_steps=2", "--config.training.ema_rate=0.9",
+              "--config.training.ema_warmup=False", "--config.training.log_every=1",
+              "--config.sampling.respacing=4"]
 
 
 @pytest.mark.slow
@@ -182,7 +202,7 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "jdiff.main", *TINY_FLAGS, f"--workdir={workdir}",
                                 "--config.training.num_steps=100000", "--config.training.checkpoint_every=100000",
                                 "--config.training.sample_every=0"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, env=env_with_compilation_cache())
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
