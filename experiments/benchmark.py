@@ -65,12 +65,13 @@ def cost_flops(compiled) -> float | None:
 VARIANT_OPTIONS = {
     "onepass": "GroupNorm statistics in one read (model.norm_variance=one_pass)",
     "pallasnorm": "GroupNorm forward of sampling by the Triton kernel (model.norm_implementation=pallas)",
+    "xlanorm": "GroupNorm forward of sampling by XLA (model.norm_implementation=xla; neither: 'auto')",
     "nocmdbuf": "no CUDA-graph command buffers (compiler option xla_gpu_enable_command_buffer='')",
 }  # nocmdbuf changes the train step only; sampling ignores it
 
 
 def apply_variant(config, variant: str) -> dict:
-    """'<bf16|f32>-<auto|xla|cudnn>[-onepass][-pallasnorm][-nocmdbuf]' (see VARIANT_OPTIONS): sets the
+    """'<bf16|f32>-<auto|xla|cudnn>[-option]…' with options from VARIANT_OPTIONS: sets the
     config's compute dtype, attention kernel and GroupNorm variance and kernel, and returns the train-step options
     (``compiler_options``) for :func:`compile_train_step`."""
     dtype, attention, *options = variant.split("-")
@@ -80,7 +81,9 @@ def apply_variant(config, variant: str) -> dict:
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown options {sorted(unknown)} (known: {sorted(VARIANT_OPTIONS)})")
     config.model.norm_variance = "one_pass" if "onepass" in options else "two_pass"
-    config.model.norm_implementation = "pallas" if "pallasnorm" in options else "xla"
+    for option, implementation in (("pallasnorm", "pallas"), ("xlanorm", "xla")):
+        if option in options:
+            config.model.norm_implementation = implementation
     return dict(compiler_options={"xla_gpu_enable_command_buffer": ""} if "nocmdbuf" in options else None)
 
 
@@ -99,17 +102,27 @@ def timing_lock(path: str | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_initial_states: dict = {}  # structure and shapes → initialised train state or sampler parameters
+
+
 def compile_train_step(config, batch: int, *, compiler_options: dict | None = None):
     """The config's jitted train step compiled for ``batch`` images (synthetic, already on the devices):
-    (compiled step, fresh train state, batch, seconds to initialise, seconds to compile)."""
+    (compiled step, fresh train state, batch, seconds to initialise, seconds to compile).
+
+    Variants whose train states have the same structure and shapes (they differ in how the step computes,
+    not in the parameters) share one initialisation, which takes about a minute for the CIFAR-10 UNet; each
+    gets its own copy, as the step donates it."""
     config.training.batch_size = batch
     mesh = sharding.make_mesh()
     model = train.build_model(config)
     tx = train.make_optimizer(config.training)
-    _, shardings = train.abstract_train_state(config, model, tx, mesh)
+    abstract, shardings = train.abstract_train_state(config, model, tx, mesh)
     t0 = time.perf_counter()
-    init = jax.jit(lambda k: train.init_train_state(k, config, model, tx), out_shardings=shardings)
-    state = block(init(train.run_keys(config.seed)[0]))
+    init_key = (str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract)))
+    if init_key not in _initial_states:
+        init = jax.jit(lambda k: train.init_train_state(k, config, model, tx), out_shardings=shardings)
+        _initial_states[init_key] = block(init(train.run_keys(config.seed)[0]))
+    state = block(jax.tree.map(jnp.copy, _initial_states[init_key]))
     init_seconds = time.perf_counter() - t0
     step_fn = train.make_train_step(config, model, tx, train.build_schedule(config), mesh, shardings)
     k = config.training.steps_per_call
@@ -203,13 +216,19 @@ def build_sampler(config, batch: int, steps: int):
     config.sampling.eps_scale_b = 1.017
     mesh = sharding.make_mesh()
     model = train.build_model(config)
-    def init(key):
-        params = model.init({"params": key}, *train.dummy_inputs(config), train=False)["params"]
-        layout = FlatLayout.of(params)  # one draw for all leaves: one RNG op to compile, not hundreds
-        noise = jax.random.normal(jax.random.fold_in(key, 1), (layout.size,), layout.dtype)
-        return layout.unravel(layout.ravel(params) + 0.01 * noise)
+    abstract = jax.eval_shape(lambda k: model.init({"params": k}, *train.dummy_inputs(config), train=False),
+                              jax.random.key(0))
+    cache_key = ("sampler", str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract)))
+    if cache_key not in _initial_states:  # variants of one network share one initialisation (~1 min)
+        def init(key):
+            params = model.init({"params": key}, *train.dummy_inputs(config), train=False)["params"]
+            layout = FlatLayout.of(params)  # one draw for all leaves: one RNG op to compile, not hundreds
+            noise = jax.random.normal(jax.random.fold_in(key, 1), (layout.size,), layout.dtype)
+            return layout.unravel(layout.ravel(params) + 0.01 * noise)
 
-    params = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+        _initial_states[cache_key] = jax.jit(init, out_shardings=sharding.replicated(mesh))(
+            train.run_keys(config.seed)[0])
+    params = _initial_states[cache_key]
     return sampling.make_generate_fn(config, model, mesh), params, jnp.arange(batch, dtype=jnp.int32)
 
 

@@ -68,14 +68,16 @@ def device_kernels(trace: dict) -> list[dict]:
 
 
 def summarize(trace: dict, reps: int, top: int = 25) -> dict:
-    """Kernel time per repetition by category, busy time, span and the largest idle gaps (µs → ms)."""
+    """Kernel time per repetition by category and by operation, busy time, span and the largest idle gaps
+    (µs → ms)."""
     kernels = device_kernels(trace)
     if not kernels:
         raise ValueError("the trace's device timeline has no kernels")
-    busy, count = collections.Counter(), collections.Counter()
+    busy, count, by_op = collections.Counter(), collections.Counter(), collections.Counter()
     for e in kernels:
         busy[category(e["name"])] += e["dur"]
         count[category(e["name"])] += 1
+        by_op[(e.get("args", {}).get("hlo_op", ""), e["name"][:80])] += e["dur"]
     gaps, idle = collections.Counter(), 0.0
     end = kernels[0]["ts"] + kernels[0]["dur"]
     for prev, e in zip(kernels, kernels[1:]):
@@ -100,6 +102,8 @@ def summarize(trace: dict, reps: int, top: int = 25) -> dict:
         idle_ms=idle / per,
         categories=[dict(category=c, ms=t / per, kernels=count[c] / reps) for c, t in busy.most_common(top)],
         largest_gaps=[dict(after=a, before=b, ms=t / per) for (a, b), t in gaps.most_common(8)],
+        # the costliest operations by name, to look up in the optimised HLO (train.hlo.txt.gz)
+        top_operations=[dict(hlo_op=op, kernel=k, ms=t / per) for (op, k), t in by_op.most_common(4 * top)],
         host_ms={name: host[name] / per for name in HOST_EVENTS},
     )
 

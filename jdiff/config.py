@@ -23,7 +23,7 @@ CHOICES = {
     "model.compute_dtype": ("auto", "float32", "bfloat16"),
     "model.attention_implementation": ("auto", "xla", "cudnn"),
     "model.norm_variance": ("two_pass", "one_pass"),
-    "model.norm_implementation": ("xla", "pallas"),
+    "model.norm_implementation": ("auto", "xla", "pallas"),
     "sampling.sampler": ("ddpm", "ddim", "dpm_solver_pp", "unipc", "heun", "euler"),
     "sampling.eps_scaling": ("none", "constant", "linear", "linear_mean"),
 }
@@ -59,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
         compute_dtype="auto",     # bfloat16 on GPU/TPU, float32 on the CPU
         attention_implementation="auto",  # cuDNN flash attention on sm_80+ GPUs in bf16, else XLA; or 'xla'/'cudnn'
         norm_variance="two_pass",     # GroupNorm variance: 'two_pass' as PyTorch, 'one_pass' shifted sums, one read
-        norm_implementation="xla",    # GroupNorm forward when sampling; 'pallas': Triton kernel, one sm_80+ GPU, experimental
+        norm_implementation="auto",   # GroupNorm forward when sampling: Triton kernel on one sm_80+ GPU, else XLA; or 'xla'/'pallas'
     ))
 
     c.diffusion = ml_collections.ConfigDict(dict(

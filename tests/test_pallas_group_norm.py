@@ -129,10 +129,11 @@ def test_normalise_affine_runs_the_kernel_undifferentiated_and_xla_under_grad():
 
 
 def test_norm_implementation_choice_off_the_gpu():
-    """On the CPU 'pallas' is refused with what to do; unknown names are refused."""
+    """On the CPU 'auto' is XLA, 'pallas' is refused with what to do; unknown names are refused."""
     assert jax.default_backend() == "cpu"
     assert norm_implementation("xla") == "xla"
-    with pytest.raises(ValueError, match="one NVIDIA GPU.*use 'xla'"):
+    assert norm_implementation("auto") == "xla"
+    with pytest.raises(ValueError, match="one NVIDIA GPU.*use 'xla' or 'auto'"):
         norm_implementation("pallas")
     with pytest.raises(ValueError, match="not one of"):
-        norm_implementation("auto")
+        norm_implementation("triton")

@@ -41,6 +41,10 @@ def test_summary_of_a_known_trace():
     assert by["matrix product"]["ms"] == pytest.approx(0.020)
     assert s["host_ms"]["GpuExecutable::ExecuteThunks"] == pytest.approx(0.4)
     assert s["host_ms"]["cuGraphLaunch"] == 0
+    top = s["top_operations"][0]
+    assert (top["hlo_op"], top["kernel"], top["ms"]) == ("cudnn-conv.1", "sm90_xmma_fprop_implicit_gemm_bf16",
+                                                         pytest.approx(0.100))
+    assert [o["hlo_op"] for o in s["top_operations"]] == ["cudnn-conv.1", "input_reduce_fusion_12", "custom-call.3"]
     largest = s["largest_gaps"][0]
     assert (largest["after"], largest["before"], largest["ms"]) == ("custom-call.3", "cudnn-conv.1",
                                                                      pytest.approx(0.4))

@@ -42,8 +42,8 @@ class UNet(nn.Module):
     parameters'. ``attention_implementation`` ('auto', 'xla', 'cudnn') picks the attention kernel
     (:func:`~jdiff.models.layers.attention_implementation`).
     ``one_pass_norm`` computes every GroupNorm's statistics from one read of the activations (shifted
-    sums; a speed option, see :mod:`jdiff.models.group_norm`). ``norm_implementation`` ('xla',
-    'pallas') picks the GroupNorm forward of undifferentiated calls
+    sums; a speed option, see :mod:`jdiff.models.group_norm`). ``norm_implementation`` ('auto',
+    'xla', 'pallas') picks the GroupNorm forward of undifferentiated calls
     (:func:`~jdiff.models.group_norm.norm_implementation`).
     """
     image_size: int
@@ -66,7 +66,7 @@ class UNet(nn.Module):
     param_dtype: Dtype = jnp.float32
     attention_implementation: str = "auto"
     one_pass_norm: bool = False
-    norm_implementation: str = "xla"
+    norm_implementation: str = "auto"
 
     def feature_sizes(self) -> tuple[int, ...]:
         """The feature-map size of each level, from ``image_size`` down."""
