@@ -110,8 +110,7 @@ def compile_train_step(config, batch: int, *, compiler_options: dict | None = No
     (compiled step, fresh train state, batch, seconds to initialise, seconds to compile).
 
     Variants whose train states have the same structure and shapes (they differ in how the step computes,
-    not in the parameters) share one initialisation, which takes about a minute for the CIFAR-10 UNet; each
-    gets its own copy, as the step donates it."""
+    not in the parameters) share one initialisation; each gets its own copy, as the step donates it."""
     config.training.batch_size = batch
     mesh = sharding.make_mesh()
     model = train.build_model(config)
@@ -120,8 +119,7 @@ def compile_train_step(config, batch: int, *, compiler_options: dict | None = No
     t0 = time.perf_counter()
     init_key = (str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract)))
     if init_key not in _initial_states:
-        init = jax.jit(lambda k: train.init_train_state(k, config, model, tx), out_shardings=shardings)
-        _initial_states[init_key] = block(init(train.run_keys(config.seed)[0]))
+        _initial_states[init_key] = block(train.initial_train_state(config, model, tx, shardings))
     state = block(jax.tree.map(jnp.copy, _initial_states[init_key]))
     init_seconds = time.perf_counter() - t0
     step_fn = train.make_train_step(config, model, tx, train.build_schedule(config), mesh, shardings)
@@ -219,15 +217,15 @@ def build_sampler(config, batch: int, steps: int):
     abstract = jax.eval_shape(lambda k: model.init({"params": k}, *train.dummy_inputs(config), train=False),
                               jax.random.key(0))
     cache_key = ("sampler", str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract)))
-    if cache_key not in _initial_states:  # variants of one network share one initialisation (~1 min)
+    if cache_key not in _initial_states:  # variants of one network share one initialisation
         def init(key):
             params = model.init({"params": key}, *train.dummy_inputs(config), train=False)["params"]
             layout = FlatLayout.of(params)  # one draw for all leaves: one RNG op to compile, not hundreds
             noise = jax.random.normal(jax.random.fold_in(key, 1), (layout.size,), layout.dtype)
             return layout.unravel(layout.ravel(params) + 0.01 * noise)
 
-        _initial_states[cache_key] = jax.jit(init, out_shardings=sharding.replicated(mesh))(
-            train.run_keys(config.seed)[0])
+        _initial_states[cache_key] = sharding.computed_on_host(init, train.run_keys(config.seed)[0],
+                                                               out_shardings=sharding.replicated(mesh))
     params = _initial_states[cache_key]
     return sampling.make_generate_fn(config, model, mesh), params, jnp.arange(batch, dtype=jnp.int32)
 

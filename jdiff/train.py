@@ -118,6 +118,14 @@ def init_train_state(key: jax.Array, config: ml_collections.ConfigDict, model: m
                       opt_state=tx.init(params), sampler_state=sampler_state, layout=layout)
 
 
+def initial_train_state(config: ml_collections.ConfigDict, model: models.UNet, tx: optax.GradientTransformation,
+                        shardings: Any) -> TrainState:
+    """:func:`init_train_state` from ``run_keys(config.seed)``, computed on the host's CPU (it compiles
+    there in a fraction of the time: :func:`jdiff.sharding.computed_on_host`) and placed in ``shardings``."""
+    init = functools.partial(init_train_state, config=config, model=model, tx=tx)
+    return sharding.computed_on_host(init, run_keys(config.seed)[0], out_shardings=shardings)
+
+
 def loss_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The keyword arguments of :func:`jdiff.losses.diffusion_loss` that the config fixes."""
     d = config.diffusion
@@ -269,9 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                         out_shardings=state_shardings)(items, jnp.asarray(meta["step"], jnp.int32))
         logging.info("resumed from step %d", meta["step"])
     else:
-        init = jax.jit(functools.partial(init_train_state, config=config, model=model, tx=tx),
-                       out_shardings=state_shardings)
-        state = init(run_keys(config.seed)[0])
+        state = initial_train_state(config, model, tx, state_shardings)
     start_step = int(state.step)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:

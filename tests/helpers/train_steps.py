@@ -8,7 +8,6 @@ Set XLA_FLAGS=--xla_force_host_platform_device_count=K before starting it to get
 """
 
 import argparse
-import functools
 import os
 import sys
 
@@ -46,10 +45,7 @@ def main():
     model = train.build_model(config)
     tx = train.make_optimizer(config.training)
     _, shardings = train.abstract_train_state(config, model, tx, mesh)
-    # Built as train.train_and_evaluate builds it: on one device, the same program (compilation-cache entry).
-    init = jax.jit(functools.partial(train.init_train_state, config=config, model=model, tx=tx),
-                   out_shardings=shardings)
-    state = init(train.run_keys(config.seed)[0])
+    state = train.initial_train_state(config, model, tx, shardings)   # as train.train_and_evaluate does
     step_fn = train.make_train_step(config, model, tx, train.build_schedule(config), mesh, shardings)
     dataset = data.load_dataset("digits", image_size=8, channels=1)
     for step in range(args.steps):
