@@ -4,13 +4,20 @@ row chunks and channel blocks per image, SiLU on and off, bf16 and float32 in an
 against the spread (where unshifted one-pass statistics would cancel).
 
 The interpreter proves the kernel's arithmetic and indexing, not that Triton compiles it: that is
-experiments/bench_group_norm.py's check on the GPU."""
+experiments/bench_group_norm.py's check on the GPU. The partitioning rule (each device runs the kernel on its
+share of a sharded batch) is checked on 4 CPU devices in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import xla_flags_with_devices
 from jdiff.models.group_norm import EPS, NUM_GROUPS, norm_implementation, normalise_affine
 from jdiff.models.pallas_group_norm import normalise_affine_pallas, unsupported_reason
 
@@ -133,7 +140,23 @@ def test_norm_implementation_choice_off_the_gpu():
     assert jax.default_backend() == "cpu"
     assert norm_implementation("xla") == "xla"
     assert norm_implementation("auto") == "xla"
-    with pytest.raises(ValueError, match="one NVIDIA GPU.*use 'xla' or 'auto'"):
+    with pytest.raises(ValueError, match="NVIDIA GPUs.*use 'xla' or 'auto'"):
         norm_implementation("pallas")
     with pytest.raises(ValueError, match="not one of"):
         norm_implementation("triton")
+
+
+def test_partitioned_over_a_sharded_batch():
+    """On 4 devices with the batch split, each device runs the kernel on its own images (no collective in
+    the compiled program) and the result is the unsharded one; x split along its channels is still right."""
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "sharded_group_norm.py")
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(4),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(helper)) + "/..",
+                                           os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, helper], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["batch_split_collectives"] == []
+    assert result["batch_split_output_axis"] == "data"
+    assert result["batch_split_max_diff"] == 0.0
+    assert result["channel_split_max_diff"] == 0.0

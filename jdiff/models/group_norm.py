@@ -47,22 +47,22 @@ IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 def norm_implementation(requested: str) -> str:
     """The GroupNorm forward of undifferentiated calls (sampling, evaluation): 'xla' or 'pallas' as
-    requested; 'auto' is 'pallas' when the run has exactly one NVIDIA GPU of compute capability 8.0 or
-    newer and 'xla' otherwise. The kernel made 100-step sampling 7.8% faster on an H200 (docs/benchmarks.md).
-    Training's differentiated calls use XLA either way.
+    requested; 'auto' is 'pallas' on NVIDIA GPUs of compute capability 8.0 or newer and 'xla' elsewhere.
+    The kernel made 100-step sampling 7.8% faster on an H200 (docs/benchmarks.md); over several devices
+    each runs it on its own share of the batch (its partitioning rule). Training's differentiated calls
+    use XLA either way.
 
-    'pallas' is refused (ValueError) elsewhere: the Triton kernel runs only on such a GPU, and as a
-    custom call XLA's SPMD partitioner cannot split it over a sharded batch."""
+    'pallas' is refused (ValueError) elsewhere: the Triton kernel runs only on such GPUs."""
     if requested not in IMPLEMENTATIONS:
         raise ValueError(f"GroupNorm implementation {requested!r} is not one of {IMPLEMENTATIONS}")
-    kernel_runs = nvidia_sm80_or_newer() and jax.device_count() == 1
+    kernel_runs = nvidia_sm80_or_newer()
     if requested == "auto":
         return "pallas" if kernel_runs else "xla"
     if requested == "pallas" and not kernel_runs:
         raise ValueError(
-            "model.norm_implementation='pallas' needs exactly one NVIDIA GPU of compute capability 8.0 or "
-            f"newer (found {jax.device_count()} {jax.default_backend()} device(s)): the Triton kernel runs only "
-            "there and has no rule for splitting a sharded batch; use 'xla' or 'auto'")
+            "model.norm_implementation='pallas' needs NVIDIA GPUs of compute capability 8.0 or newer (found "
+            f"{jax.device_count()} {jax.default_backend()} device(s)): the Triton kernel runs only there; "
+            "use 'xla' or 'auto'")
     return requested
 
 

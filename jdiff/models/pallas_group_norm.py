@@ -28,6 +28,10 @@ mask, sum-reduced over one axis, and the group values broadcast back to their ch
 way (a reshape to (groups, channels-per-group) would need a power-of-two group size, and a one-hot
 matrix product would run in TF32 on Triton's tensor cores).
 
+Over a batch sharded on a mesh, each device runs the kernel on its own images (the partitioning rule
+below: a custom call is opaque to XLA's SPMD partitioner, which would otherwise gather the batch onto
+every device and repeat the whole computation there).
+
 Forward only, for inference and sampling: it defines no derivative, and ``jax.grad`` or ``jax.jvp``
 of it fails inside Pallas's own JVP of the kernel (an AssertionError with jax 0.10.2). Train with
 ``normalise_affine``, whose VJP is hand-written.
@@ -36,12 +40,14 @@ of it fails inside Pallas's own JVP of the kernel (an AssertionError with jax 0.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plt
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS
 
@@ -174,6 +180,63 @@ def _kernel(x_ref, a_ref, b_ref, y_ref, *, block_n: int, per_group: int, channel
                   eviction_policy="evict_first")  # y is not read again here: let it leave L2 before x
 
 
+class _Settings(NamedTuple):
+    """The kernel's static settings, resolved (hashable: the static argument of the partitioned call)."""
+    block_n: int
+    per_group: int
+    channels_per_program: int
+    eps: float
+    silu: bool
+    out_dtype: Any
+    num_warps: int
+    num_stages: int | None
+    interpret: bool
+
+
+def _pallas_call(x: jax.Array, a: jax.Array, b: jax.Array, settings: _Settings) -> jax.Array:
+    """The kernel over the images of x, however many this device holds."""
+    batch, _, channels = x.shape
+    kernel = functools.partial(_kernel, block_n=settings.block_n, per_group=settings.per_group,
+                               channels_per_program=settings.channels_per_program, eps=settings.eps,
+                               silu=settings.silu)
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct(x.shape, settings.out_dtype),
+        grid=(channels // settings.channels_per_program, batch),
+        compiler_params=plt.CompilerParams(num_warps=settings.num_warps, num_stages=settings.num_stages),
+        interpret=settings.interpret,
+        name="group_norm_affine",
+    )(x, a, b)
+
+
+def _split_along_batch(sharding: Any, ndim: int) -> NamedSharding:
+    """A sharding that splits an operand's first (batch) axis as ``sharding`` splits x's, and keeps the
+    other axes whole: each image's statistics need all its positions and the channels of its groups."""
+    if not isinstance(sharding, NamedSharding):
+        raise ValueError(f"the GroupNorm kernel can only be partitioned over a named mesh; x is sharded as "
+                         f"{sharding}: use jax.sharding.NamedSharding, or model.norm_implementation='xla'")
+    spec = tuple(sharding.spec)
+    return NamedSharding(sharding.mesh, P(spec[0] if spec else None, *([None] * (ndim - 1))))
+
+
+def _partition(settings, mesh, arg_shapes, result_shape):
+    x = arg_shapes[0].sharding
+    return (mesh, functools.partial(_pallas_call, settings=settings), _split_along_batch(x, 3),
+            (_split_along_batch(x, 3), _split_along_batch(x, 2), _split_along_batch(x, 2)))
+
+
+def _infer_sharding(settings, mesh, arg_shapes, result_shape):
+    return _split_along_batch(arg_shapes[0].sharding, 3)
+
+
+# The SPMD rule of the kernel (a custom call, which XLA cannot split by itself): over a sharded batch every
+# device runs it on its own images, without collectives. The rule string is Shardy's (JAX's default
+# partitioner); infer_sharding_from_operands serves GSPMD.
+_per_image_partitioned = custom_partitioning(_pallas_call, static_argnums=(3,))
+_per_image_partitioned.def_partition(_partition, infer_sharding_from_operands=_infer_sharding,
+                                     sharding_rule="b n c, b c, b c -> b n c", need_replication_factors=("n", "c"))
+
+
 def normalise_affine_pallas(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS,
                             eps: float = EPS, silu: bool = False, out_dtype: Dtype = jnp.float32,
                             interpret: bool = False, block_n: int | None = None,
@@ -186,7 +249,8 @@ def normalise_affine_pallas(x: jax.Array, a: jax.Array, b: jax.Array, *, groups:
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
     ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
     :func:`default_num_warps`; ``num_stages`` goes to Triton (None: its default). ``interpret`` runs the kernel in Pallas's
-    interpreter (any backend, slow). Raises ValueError for what :func:`unsupported_reason` rejects.
+    interpreter (any backend, slow). Under ``jax.jit`` over a mesh with x split along its batch axis, each
+    device computes its own images. Raises ValueError for what :func:`unsupported_reason` rejects.
     """
     reason = unsupported_reason(x.shape, x.dtype, groups=groups, block_n=block_n,
                                 channels_per_program=channels_per_program)
@@ -197,15 +261,8 @@ def normalise_affine_pallas(x: jax.Array, a: jax.Array, b: jax.Array, *, groups:
         raise ValueError(f"normalise_affine_pallas: a and b must be (B, C) = {(batch, channels)}, "
                          f"got {a.shape} and {b.shape}")
     rows, cpp = _resolve(n, channels, groups, block_n, channels_per_program)
-    if num_warps is None:
-        num_warps = default_num_warps(rows, cpp)
-    kernel = functools.partial(_kernel, block_n=rows, per_group=channels // groups, channels_per_program=cpp,
-                               eps=eps, silu=silu)
-    return pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct(x.shape, out_dtype),
-        grid=(channels // cpp, batch),
-        compiler_params=plt.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-        interpret=interpret,
-        name="group_norm_affine",
-    )(x, a.astype(jnp.float32), b.astype(jnp.float32))
+    settings = _Settings(block_n=rows, per_group=channels // groups, channels_per_program=cpp, eps=eps,
+                         silu=silu, out_dtype=jnp.dtype(out_dtype),
+                         num_warps=default_num_warps(rows, cpp) if num_warps is None else num_warps,
+                         num_stages=num_stages, interpret=interpret)
+    return _per_image_partitioned(x, a.astype(jnp.float32), b.astype(jnp.float32), settings)
