@@ -2,7 +2,7 @@
 
     python experiments/benchmark.py --out results.json [--config configs/cifar10_baseline.py]
         [--train-batch 128] [--sample-batch 512] [--sample-steps 100] [--variants bf16-auto,bf16-xla,f32-xla]
-        [--what train,sample,fid] [--interleave]
+        [--what train,sample,fid,maxbatch] [--interleave] [--memory-limit-gib G]
 
 For every variant (compute dtype × attention kernel × options, see :func:`apply_variant`) it compiles the
 jitted train step of the config's model (synthetic data on the devices, so the input pipeline is not
@@ -11,7 +11,8 @@ warm-up and keeps the median (with ``--interleave``: all variants compiled first
 window by window, with each one's step-time ratio to the first variant's): images/s,
 the step's FLOPs from XLA's cost analysis, the achieved TFLOP/s and peak device memory. Sampling times
 one full ``--sample-steps``-step DDPM run with Epsilon Scaling; FID times the Inception features of
-32×32 uint8 images (random weights: speed does not depend on them). Results go to ``--out`` as JSON with
+32×32 uint8 images (random weights: speed does not depend on them). ``maxbatch`` finds the largest
+training batch that fits in device memory (:func:`largest_train_batch`). Results go to ``--out`` as JSON with
 the device and the versions, and a markdown table is printed.
 """
 
@@ -249,6 +250,73 @@ def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | 
                 peak_memory_gib=peak_memory_gib(), images=images)
 
 
+def executable_bytes(compiled) -> int:
+    """Device memory an executable holds while it runs, from XLA's memory analysis: its arguments and
+    outputs (less the donated buffers its outputs reuse) and its temporaries."""
+    m = compiled.memory_analysis()
+    return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            + m.temp_size_in_bytes)
+
+
+def device_memory_limit() -> int | None:
+    """Bytes the allocator of the first local device may hand out (XLA's ``bytes_limit``), if it says."""
+    return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    """Whether an error is the device allocator's (XLA's RESOURCE_EXHAUSTED), not a bug."""
+    return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+
+
+def largest_batch(probe, limit_bytes: float, base: int, multiple: int) -> dict:
+    """The largest batch, a multiple of ``multiple``, for which ``probe`` fits in ``limit_bytes``.
+
+    ``probe(batch, run)`` compiles for ``batch`` and returns the bytes XLA's memory analysis gives the
+    executable; with ``run`` it also runs it once when they fit, and raises the allocator's error when the
+    device says otherwise. The bytes at ``base`` and ``2·base`` give a fixed part and a part per image;
+    the batch they predict is run to confirm it, and if it does not fit, 10% fewer images are tried, up to
+    three more times."""
+    need = {batch: probe(batch, False) for batch in (base, 2 * base)}
+    per_image = (need[2 * base] - need[base]) / base
+    fixed = need[base] - per_image * base
+    if per_image <= 0 or fixed + per_image * multiple > limit_bytes:
+        raise ValueError(f"cannot fit {multiple} images in {limit_bytes / 2**30:.2f} GiB: the analysis gives "
+                         f"{fixed / 2**30:.2f} GiB fixed and {per_image / 2**20:.2f} MiB per image")
+    predicted = int((limit_bytes - fixed) / per_image) // multiple * multiple
+    result = dict(limit_gib=limit_bytes / 2**30, mib_per_image=per_image / 2**20, fixed_gib=fixed / 2**30,
+                  predicted_batch=predicted, attempts=[], largest_batch=None)
+    batch = predicted
+    for _ in range(4):
+        attempt = dict(batch=batch)
+        try:
+            attempt["executable_gib"] = probe(batch, True) / 2**30
+            attempt["ran"] = attempt["executable_gib"] * 2**30 <= limit_bytes
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            attempt.update(ran=False, error=str(error).splitlines()[0][:300])
+        result["attempts"].append(attempt)
+        if attempt["ran"]:
+            result["largest_batch"] = batch
+            break
+        batch = int(batch * 0.9) // multiple * multiple
+        if batch < multiple:
+            break
+    return result
+
+
+def largest_train_batch(config, limit_bytes: float, base: int, **options) -> dict:
+    """:func:`largest_batch` of the config's train step (global batch, 8 images per device at least)."""
+    def probe(batch, run):
+        compiled, state, data, _, _ = compile_train_step(config, batch, **options)
+        need = executable_bytes(compiled)   # of the partitioned program: per device
+        if run and need <= limit_bytes:
+            block(compiled(state, data))
+        return need
+
+    return largest_batch(probe, limit_bytes, base, 8 * jax.device_count())
+
+
 def bench_fid(batch: int, repeats: int) -> dict:
     from jdiff.evaluation import inception, fid
 
@@ -295,6 +363,9 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=100)
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-limit-gib", type=float, default=None,
+                        help="for --what maxbatch: device memory to fill (default: the allocator's limit, "
+                             "which a CPU does not report)")
     parser.add_argument("--interleave", action="store_true",
                         help="compile every variant's train step first, then time them in turn, window by "
                              "window (the way to compare variants: see docs/benchmarks.md)")
@@ -305,7 +376,7 @@ def main() -> None:
                              "GPU and slows the one timing: start timing after all have compiled")
     args = parser.parse_args()
 
-    results = dict(environment=environment(), train={}, sample={}, fid={})
+    results = dict(environment=environment(), train={}, sample={}, fid={}, largest_batch={})
     what = args.what.split(",")
 
     def save():
@@ -356,6 +427,16 @@ def main() -> None:
                               pixels_differing_by_a_uint8_level=float(np.mean(difference > 1 / 127.5)))
             results["sample"][key] = result
             print("sample", key, results["sample"][key], flush=True)
+            save()
+    if "maxbatch" in what:
+        limit = args.memory_limit_gib * 2**30 if args.memory_limit_gib else device_memory_limit()
+        if not limit:
+            parser.error("--what maxbatch: the device does not report its memory limit; give --memory-limit-gib")
+        for variant in variants:
+            config, options, _ = train_config(variant)
+            key = f"{variant}-k{args.steps_per_call}-drop{config.model.dropout:g}"
+            results["largest_batch"][key] = largest_train_batch(config, int(limit), args.train_batch, **options)
+            print("largest batch", key, results["largest_batch"][key], flush=True)
             save()
     if "fid" in what:
         results["fid"][f"b{args.fid_batch}"] = bench_fid(args.fid_batch, args.repeats)
