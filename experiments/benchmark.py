@@ -72,9 +72,9 @@ VARIANT_OPTIONS = {
 
 
 def apply_variant(config, variant: str) -> dict:
-    """'<bf16|f32>-<auto|xla|cudnn>[-option]…' with options from VARIANT_OPTIONS: sets the
-    config's compute dtype, attention kernel and GroupNorm variance and kernel, and returns the train-step options
-    (``compiler_options``) for :func:`compile_train_step`."""
+    """'<bf16|f32>-<auto|xla|cudnn>[-option]…' with options from VARIANT_OPTIONS: sets the config's
+    compute dtype, attention kernel and GroupNorm variance and kernel, and returns the train-step
+    options (``compiler_options``) for :func:`compile_train_step`."""
     dtype, attention, *options = variant.split("-")
     config.model.compute_dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
     config.model.attention_implementation = attention
@@ -431,11 +431,13 @@ def main() -> None:
     if "maxbatch" in what:
         limit = args.memory_limit_gib * 2**30 if args.memory_limit_gib else device_memory_limit()
         if not limit:
-            parser.error("--what maxbatch: the device does not report its memory limit; give --memory-limit-gib")
+            parser.error("--what maxbatch: the device does not report its memory limit; "
+                         "give --memory-limit-gib")
         for variant in variants:
             config, options, _ = train_config(variant)
             key = f"{variant}-k{args.steps_per_call}-drop{config.model.dropout:g}"
-            results["largest_batch"][key] = largest_train_batch(config, int(limit), args.train_batch, **options)
+            results["largest_batch"][key] = largest_train_batch(config, int(limit), args.train_batch,
+                                                                **options)
             print("largest batch", key, results["largest_batch"][key], flush=True)
             save()
     if "fid" in what:

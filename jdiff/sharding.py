@@ -99,8 +99,8 @@ def check_batch_divides(global_batch_size: int, mesh: Mesh) -> None:
 
 def computed_on_host(fn: Callable[..., Any], *args: Any, out_shardings: Any) -> Any:
     """``fn(*args)`` compiled for and run on the host's CPU, its outputs placed in ``out_shardings`` (a
-    tree of shardings, or a prefix of the outputs' tree as for ``jax.jit``). For initialisations: every process computes the same values and supplies its own
-    shards.
+    tree of shardings, or a prefix of the outputs' tree as for ``jax.jit``). For initialisations: every
+    process computes the same values and supplies its own shards.
 
     Why on the host: XLA compiles each of the few hundred parameter initialisers of a UNet as its own
     kernel, which took 74 s for the CIFAR-10 UNet on an H200 against 11 s for its host CPU

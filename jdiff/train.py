@@ -118,8 +118,8 @@ def init_train_state(key: jax.Array, config: ml_collections.ConfigDict, model: m
                       opt_state=tx.init(params), sampler_state=sampler_state, layout=layout)
 
 
-def initial_train_state(config: ml_collections.ConfigDict, model: models.UNet, tx: optax.GradientTransformation,
-                        shardings: Any) -> TrainState:
+def initial_train_state(config: ml_collections.ConfigDict, model: models.UNet,
+                        tx: optax.GradientTransformation, shardings: Any) -> TrainState:
     """:func:`init_train_state` from ``run_keys(config.seed)``, computed on the host's CPU (it compiles
     there in a fraction of the time: :func:`jdiff.sharding.computed_on_host`) and placed in ``shardings``."""
     init = functools.partial(init_train_state, config=config, model=model, tx=tx)

@@ -234,7 +234,8 @@ def _infer_sharding(settings, mesh, arg_shapes, result_shape):
 # partitioner); infer_sharding_from_operands serves GSPMD.
 _per_image_partitioned = custom_partitioning(_pallas_call, static_argnums=(3,))
 _per_image_partitioned.def_partition(_partition, infer_sharding_from_operands=_infer_sharding,
-                                     sharding_rule="b n c, b c, b c -> b n c", need_replication_factors=("n", "c"))
+                                     sharding_rule="b n c, b c, b c -> b n c",
+                                     need_replication_factors=("n", "c"))
 
 
 def normalise_affine_pallas(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS,
