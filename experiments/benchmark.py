@@ -1,7 +1,8 @@
 """Benchmarks on whatever devices are present: the train step, sampling, and FID feature extraction.
 
     python experiments/benchmark.py --out results.json [--config configs/cifar10_baseline.py]
-        [--train-batch 128] [--sample-batch 512] [--sample-steps 100] [--variants bf16-auto,bf16-xla,f32-xla]
+        [--train-batch 128] [--sample-batch 512] [--sample-steps 100] [--samplers ddpm,ddim]
+        [--variants bf16-auto,bf16-xla,f32-xla]
         [--what train,sample,fid,maxbatch] [--interleave] [--memory-limit-gib G]
 
 For every variant (compute dtype × attention kernel × options, see :func:`apply_variant`) it compiles the
@@ -10,7 +11,7 @@ measured), reports the compile time, then times ``--repeats`` windows of ``--ste
 warm-up and keeps the median (with ``--interleave``: all variants compiled first, then timed in turn,
 window by window, with each one's step-time ratio to the first variant's): images/s,
 the step's FLOPs from XLA's cost analysis, the achieved TFLOP/s and peak device memory. Sampling times
-one full ``--sample-steps``-step DDPM run with Epsilon Scaling; FID times the Inception features of
+one full ``--sample-steps``-step run with Epsilon Scaling of each of ``--samplers`` (DDPM by default); FID times the Inception features of
 32×32 uint8 images (random weights: speed does not depend on them). ``maxbatch`` finds the largest
 training batch that fits in device memory (:func:`largest_train_batch`). Results go to ``--out`` as JSON with
 the device and the versions, and a markdown table is printed.
@@ -203,13 +204,15 @@ def bench_train_interleaved(runs: dict[str, TrainRun], repeats: int) -> dict[str
     return results
 
 
-def build_sampler(config, batch: int, steps: int):
-    """A jitted ``steps``-step DDPM sampler with Epsilon Scaling (λ = 1.017) for the config's model with
+def build_sampler(config, batch: int, steps: int, sampler: str = "ddpm"):
+    """A jitted ``steps``-step sampler (``sampling.sampler``: DDPM by default) with Epsilon Scaling
+    (λ = 1.017) for the config's model with
     fresh parameters plus noise of 0.01 (ADM initialises its output convolutions to zero, so a fresh
     network predicts ε = 0 and every kernel would give the same images): (generate_fn, params, indices
     of ``batch`` images)."""
     from jdiff import sampling
 
+    config.sampling.sampler = sampler
     config.sampling.respacing = str(steps)
     config.sampling.eps_scaling = "constant"
     config.sampling.eps_scale_b = 1.017
@@ -231,9 +234,10 @@ def build_sampler(config, batch: int, steps: int):
     return sampling.make_generate_fn(config, model, mesh), params, jnp.arange(batch, dtype=jnp.int32)
 
 
-def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | None = None) -> dict:
+def bench_sample(config, batch: int, steps: int, repeats: int, lock_path: str | None = None,
+                 sampler: str = "ddpm") -> dict:
     """Times the sampler; returns the timings and the images (``"images"``, to compare variants)."""
-    generate_fn, params, indices = build_sampler(config, batch, steps)
+    generate_fn, params, indices = build_sampler(config, batch, steps, sampler)
     times = []
     with timing_lock(lock_path):      # the first call compiles (seconds) and runs: held under the lock too
         t0 = time.perf_counter()
@@ -361,6 +365,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sample-batch", type=int, default=512)
     parser.add_argument("--sample-steps", type=int, default=100)
+    parser.add_argument("--samplers", default="ddpm", help="sampling.sampler values to time, e.g. ddpm,ddim,heun")
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit-gib", type=float, default=None,
@@ -393,7 +398,7 @@ def main() -> None:
         return config, options, key
 
     variants = args.variants.split(",")
-    first_images = None
+    first_images = {}  # per sampler: the first variant's images
     if "train" in what and args.interleave:
         runs = {}
         for variant in variants:
@@ -411,17 +416,17 @@ def main() -> None:
                                                   args.timing_lock, **options)
             print("train", key, results["train"][key], flush=True)
             save()
-        if "sample" in what:
+        for sampler in (args.samplers.split(",") if "sample" in what else []):
             config = load_config(args.config)
             apply_variant(config, variant)
-            key = f"{variant}-b{args.sample_batch}-n{args.sample_steps}"
+            key = f"{variant}-{sampler}-b{args.sample_batch}-n{args.sample_steps}"
             result = bench_sample(config, args.sample_batch, args.sample_steps, max(1, args.repeats - 1),
-                                  args.timing_lock)
+                                  args.timing_lock, sampler)
             images = result.pop("images")
-            if first_images is None:
-                first_images = images
+            if sampler not in first_images:
+                first_images[sampler] = images
             else:  # same parameters and noise: how far another kernel moves the samples, in [-1, 1] units
-                difference = np.abs(images.astype(np.float64) - first_images)
+                difference = np.abs(images.astype(np.float64) - first_images[sampler])
                 result.update(images_max_abs_diff_to_first=float(difference.max()),
                               images_mean_abs_diff_to_first=float(difference.mean()),
                               pixels_differing_by_a_uint8_level=float(np.mean(difference > 1 / 127.5)))
