@@ -223,7 +223,8 @@ def build_sampler(config, batch: int, steps: int, sampler: str = "ddpm"):
     cache_key = ("sampler", str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract)))
     if cache_key not in _initial_states:  # variants of one network share one initialisation
         def init(key):
-            params = model.init({"params": key}, *train.dummy_inputs(config), train=False)["params"]
+            params = train.for_host_initialisation(model).init(
+                {"params": key}, *train.dummy_inputs(config), train=False)["params"]
             layout = FlatLayout.of(params)  # one draw for all leaves: one RNG op to compile, not hundreds
             noise = jax.random.normal(jax.random.fold_in(key, 1), (layout.size,), layout.dtype)
             return layout.unravel(layout.ravel(params) + 0.01 * noise)

@@ -118,11 +118,18 @@ def init_train_state(key: jax.Array, config: ml_collections.ConfigDict, model: m
                       opt_state=tx.init(params), sampler_state=sampler_state, layout=layout)
 
 
+def for_host_initialisation(model: models.UNet) -> models.UNet:
+    """The same network computed with XLA's kernels only. Parameters do not depend on which kernels
+    compute the network, and the host's CPU cannot compile the GPU-only ones (the Triton GroupNorm, cuDNN
+    attention), which an initialisation there would otherwise trace."""
+    return model.clone(attention_implementation="xla", norm_implementation="xla")
+
+
 def initial_train_state(config: ml_collections.ConfigDict, model: models.UNet,
                         tx: optax.GradientTransformation, shardings: Any) -> TrainState:
     """:func:`init_train_state` from ``run_keys(config.seed)``, computed on the host's CPU (it compiles
     there in a fraction of the time: :func:`jdiff.sharding.computed_on_host`) and placed in ``shardings``."""
-    init = functools.partial(init_train_state, config=config, model=model, tx=tx)
+    init = functools.partial(init_train_state, config=config, model=for_host_initialisation(model), tx=tx)
     return sharding.computed_on_host(init, run_keys(config.seed)[0], out_shardings=shardings)
 
 

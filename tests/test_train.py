@@ -15,7 +15,7 @@ import pytest
 from conftest import env_with_compilation_cache
 from jdiff import checkpoint as ckpt_lib
 from jdiff import config as config_lib
-from jdiff import train
+from jdiff import sharding, train
 from jdiff.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +76,20 @@ def six_steps(tmp_path_factory):
 
 def copy_run(workdir, tmp_path):
     return shutil.copytree(workdir, str(tmp_path / "run"))
+
+
+def test_initial_state_of_a_network_set_up_for_gpu_kernels():
+    """The host initialises a network configured for the GPU-only kernels (refused here, on the CPU) with
+    XLA's, to the same parameters: the kernels change how the network is computed, not its parameters."""
+    config = tiny_config()
+    model, tx = train.build_model(config), train.make_optimizer(config.training)
+    _, shardings = train.abstract_train_state(config, model, tx, sharding.make_mesh())
+    gpu_model = model.clone(attention_implementation="cudnn", norm_implementation="pallas")
+    with pytest.raises(ValueError, match="NVIDIA GPUs"):
+        jax.eval_shape(lambda k: gpu_model.init(k, *train.dummy_inputs(config), train=False), jax.random.key(0))
+    state = train.initial_train_state(config, gpu_model, tx, shardings)
+    np.testing.assert_array_equal(np.asarray(state.params),
+                                  np.asarray(train.initial_train_state(config, model, tx, shardings).params))
 
 
 def test_resume_is_exact(tmp_path, six_steps):
