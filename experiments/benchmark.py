@@ -104,7 +104,12 @@ def timing_lock(path: str | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-_initial_states: dict = {}  # structure and shapes → initialised train state or sampler parameters
+_initial_states: dict = {}  # (kind, structure and shapes) → initialised train state or sampler parameters
+
+
+def initial_state_key(kind: str, abstract) -> tuple[str, str, str]:
+    """The key of :data:`_initial_states` for a tree of shapes: variants that build the same tree share it."""
+    return kind, str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract))
 
 
 def compile_train_step(config, batch: int, *, compiler_options: dict | None = None):
@@ -119,7 +124,7 @@ def compile_train_step(config, batch: int, *, compiler_options: dict | None = No
     tx = train.make_optimizer(config.training)
     abstract, shardings = train.abstract_train_state(config, model, tx, mesh)
     t0 = time.perf_counter()
-    init_key = (str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract)))
+    init_key = initial_state_key("train", abstract)
     if init_key not in _initial_states:
         _initial_states[init_key] = block(train.initial_train_state(config, model, tx, shardings))
     state = block(jax.tree.map(jnp.copy, _initial_states[init_key]))
@@ -220,7 +225,7 @@ def build_sampler(config, batch: int, steps: int, sampler: str = "ddpm"):
     model = train.build_model(config)
     abstract = jax.eval_shape(lambda k: model.init({"params": k}, *train.dummy_inputs(config), train=False),
                               jax.random.key(0))
-    cache_key = ("sampler", str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract)))
+    cache_key = initial_state_key("sampler", abstract)
     if cache_key not in _initial_states:  # variants of one network share one initialisation
         def init(key):
             params = train.for_host_initialisation(model).init(
@@ -294,8 +299,8 @@ def largest_batch(probe, limit_bytes: float, base: int, multiple: int) -> dict:
     for _ in range(4):
         attempt = dict(batch=batch)
         try:
-            attempt["executable_gib"] = probe(batch, True) / 2**30
-            attempt["ran"] = attempt["executable_gib"] * 2**30 <= limit_bytes
+            need = probe(batch, True)
+            attempt.update(executable_gib=need / 2**30, ran=need <= limit_bytes)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
