@@ -1,21 +1,27 @@
-"""Micro-benchmark of the UNet's GroupNorm (+ scale-shift + SiLU) forward: XLA against the Pallas kernel.
+"""Micro-benchmark of the UNet's GroupNorm (+ scale-shift + SiLU): XLA against the Pallas kernels.
 
     python experiments/bench_group_norm.py --out results.json [--block-n 8,16,32,64] [--num-warps 4,8]
-        [--widths 32,64,128] [--repeats 7]
+        [--widths 32,64,128] [--repeats 7] [--batch 512]
+    python experiments/bench_group_norm.py --out results.json --direction training --batch 128
     python experiments/bench_group_norm.py --smoke --out /tmp/smoke.json    # CPU: interpreter, tiny shapes
 
-For each activation shape of the ADM CIFAR-10 UNet at sampling batch 512 in bf16 (SHAPES) it times
+For each activation shape of the ADM CIFAR-10 UNet in bf16 (POSITIONS_CHANNELS, at ``--batch`` images:
+512 as the sampler, 128 as a training step) it times
 (a) ``normalise_affine(..., silu=True, one_pass=False)`` jitted by XLA, (b) the same with
 ``one_pass=True``, and (c) ``normalise_affine_pallas`` for every setting of the sweep (block_n
 positions per tile × num_warps × padded channel width per program, the settings the kernel rejects or
 whose tile is outside [--min-tile, --max-tile] elements skipped), all with bf16 output. Before timing,
 each kernel setting's float32 output is checked against (a)'s (max abs difference; a setting over
---tolerance is reported and not timed).
+--tolerance is reported and not timed). ``--direction training`` times instead the forward and backward
+of one norm as a train step runs them (the gradients of ½Σy², :func:`gradients`): XLA two-pass,
+one-pass, and the forward and backward kernels with their default settings, whose float32 gradients
+are compared with (a)'s (largest max abs difference relative to the gradient's largest value).
 
 Timing: one jitted call runs the function on ``calls`` distinct inputs (so every call reads x from
 DRAM, not L2, and host dispatch is paid once per ``calls``), chained by optimisation barriers so XLA
 neither merges nor reorders them; ms per call is the median over ``--repeats`` timed calls after a
-warm-up, divided by ``calls``. GB/s counts the ideal traffic, one read of x and one write of y. Results
+warm-up, divided by ``calls``. GB/s counts the ideal traffic: one read of x and one write of y (in
+training also a read of x and dy and a write of dx). Results
 go to ``--out`` as JSON with the device and the versions; a markdown table is printed.
 """
 
@@ -36,10 +42,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine  # noqa: E402
-from jdiff.models.pallas_group_norm import normalise_affine_pallas, unsupported_reason  # noqa: E402
+from jdiff.models import pallas_group_norm  # noqa: E402
+from jdiff.models.pallas_group_norm import unsupported_reason  # noqa: E402
 
-SHAPES = [(512, 1024, 128), (512, 1024, 256), (512, 1024, 384), (512, 256, 256), (512, 256, 512),
-          (512, 64, 256), (512, 64, 512), (512, 16, 512)]  # (B, N = H·W, C) at 32², 16², 8², 4²
+POSITIONS_CHANNELS = [(1024, 128), (1024, 256), (1024, 384), (256, 256), (256, 512), (64, 256), (64, 512),
+                      (16, 512)]  # (N = H·W, C) at 32², 16², 8², 4²
 SMOKE_SHAPES = [(2, 16, 128), (2, 16, 384)]
 DTYPE = jnp.bfloat16
 INPUT_BYTES_PER_TIMING = 2 * 2**30  # distinct inputs per timed call: enough to dwarf L2 and dispatch
@@ -103,8 +110,8 @@ def xla(one_pass: bool, out_dtype):
 
 
 def pallas(setting: dict, out_dtype, interpret: bool):
-    return lambda x, a, b: normalise_affine_pallas(x, a, b, silu=True, out_dtype=out_dtype,
-                                                   interpret=interpret, **setting)
+    return lambda x, a, b: pallas_group_norm.forward(x, a, b, silu=True, out_dtype=out_dtype,
+                                                     interpret=interpret, **setting)[0]
 
 
 def max_abs_diff(fn, reference, x, a, b) -> float:
@@ -129,11 +136,30 @@ def settings(shape, args) -> list[dict]:
     return out
 
 
+def gradients(implementation: str, one_pass: bool, out_dtype):
+    """(dx, da, db) of ½Σy² for y = normalise_affine(x, a, b) with SiLU: one norm's forward and backward
+    in a training step (dy = y)."""
+    def loss(x, a, b):
+        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, one_pass, out_dtype, implementation)
+        return 0.5 * jnp.sum(jnp.square(y.astype(jnp.float32)))
+    return jax.grad(loss, argnums=(0, 1, 2))
+
+
+def max_relative_diff(fn, reference, x, a, b) -> float:
+    """The largest of max |fn − reference| / max |reference| over the outputs (dx, da, db)."""
+    got = jax.jit(fn)(x, a, b)
+    return max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(got, reference))
+
+
 def bench_shape(shape, args) -> dict:
-    nbytes = 2 * np.prod(shape) * jnp.dtype(DTYPE).itemsize  # read x once, write y (bf16) once
-    calls = 1 if args.smoke else int(np.clip(INPUT_BYTES_PER_TIMING // (nbytes // 2), 2, 64))
+    """Forward: XLA two-pass, one-pass and the kernel's sweep. Training: the forward and backward (the
+    kernel with its default settings, as the UNet runs it)."""
+    training = args.direction == "training"
+    # ideal traffic: read x, write y; in training also read x and dy, write dx
+    nbytes = (5 if training else 2) * np.prod(shape) * jnp.dtype(DTYPE).itemsize
+    tensor_bytes = np.prod(shape) * jnp.dtype(DTYPE).itemsize
+    calls = 1 if args.smoke else int(np.clip(INPUT_BYTES_PER_TIMING // tensor_bytes, 2, 64))
     xs, a, b = inputs(shape, calls)
-    reference = jax.jit(xla(False, jnp.float32))(xs[0], a, b)
 
     def timed(label, fn, **extra) -> dict:
         seconds = time_per_call(fn, xs, a, b, args.repeats)
@@ -141,10 +167,21 @@ def bench_shape(shape, args) -> dict:
         print(f"  {label} {json.dumps(row)}", flush=True)
         return row
 
-    print(f"shape (B, N, C) = {shape}, {calls} calls per timing", flush=True)
+    print(f"shape (B, N, C) = {shape}, {args.direction}, {calls} calls per timing", flush=True)
+    result = dict(shape=list(shape), direction=args.direction, bytes=int(nbytes), calls_per_timing=calls)
+    kernel = "pallas_interpret" if args.smoke else "pallas"
+    if training:
+        x32 = xs[0].astype(jnp.float32)
+        reference = jax.jit(gradients("xla", False, jnp.float32))(x32, a, b)
+        return dict(result,
+                    xla_two_pass=timed("XLA two-pass", gradients("xla", False, DTYPE)),
+                    xla_one_pass=timed("XLA one-pass", gradients("xla", True, DTYPE), max_rel_diff_f32=(
+                        max_relative_diff(gradients("xla", True, jnp.float32), reference, x32, a, b))),
+                    pallas=[timed("Pallas", gradients(kernel, False, DTYPE), ok=True, max_rel_diff_f32=(
+                        max_relative_diff(gradients(kernel, False, jnp.float32), reference, x32, a, b)))])
+    reference = jax.jit(xla(False, jnp.float32))(xs[0], a, b)
     one_pass_diff = max_abs_diff(xla(True, jnp.float32), reference, xs[0], a, b)
-    result = dict(shape=list(shape), bytes=int(nbytes), calls_per_timing=calls,
-                  xla_two_pass=timed("XLA two-pass", xla(False, DTYPE)),
+    result.update(xla_two_pass=timed("XLA two-pass", xla(False, DTYPE)),
                   xla_one_pass=timed("XLA one-pass", xla(True, DTYPE), max_abs_diff_f32=one_pass_diff),
                   pallas=[])
     for setting in settings(shape, args):
@@ -161,7 +198,8 @@ def bench_shape(shape, args) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = ["| B, N, C | XLA two-pass ms (GB/s) | XLA one-pass ms (GB/s) | Pallas best ms (GB/s) "
-             "| best setting (block_n, channels/program, warps) | speed-up vs two-pass | its max abs diff "
+             "| best setting (block_n, channels/program, warps) | speed-up vs two-pass "
+             "| its max abs diff (training: relative) "
              "| settings wrong |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -170,9 +208,11 @@ def table(results: list[dict]) -> str:
         wrong = f"{len(r['pallas']) - len(ok)} of {len(r['pallas'])}"
         if ok:
             best = min(ok, key=lambda p: p["ms"])
-            pallas_cells = (f"{best['ms']:.3f} ({best['gbps']:.0f})",
-                            f"{best['block_n']}, {best['channels_per_program']}, {best['num_warps']}",
-                            f"{two['ms'] / best['ms']:.2f}×", f"{best['max_abs_diff_f32']:.1e}", wrong)
+            setting = (f"{best['block_n']}, {best['channels_per_program']}, {best['num_warps']}"
+                       if "block_n" in best else "defaults")
+            diff = best.get("max_abs_diff_f32", best.get("max_rel_diff_f32"))
+            pallas_cells = (f"{best['ms']:.3f} ({best['gbps']:.0f})", setting, f"{two['ms'] / best['ms']:.2f}×",
+                            f"{diff:.1e}", wrong)
         else:
             pallas_cells = ("-", "-", "-", "-", wrong)
         lines.append(f"| {', '.join(map(str, r['shape']))} | {two['ms']:.3f} ({two['gbps']:.0f}) | "
@@ -195,6 +235,9 @@ def main(argv=None):
     parser.add_argument("--min-tile", type=int, default=1024,
                         help="fewest elements (block_n × width) per tile")
     parser.add_argument("--max-tile", type=int, default=4096, help="most elements (block_n × width) per tile")
+    parser.add_argument("--direction", choices=("forward", "training"), default="forward",
+                        help="the forward alone (with the kernel's sweep), or forward and backward as in training")
+    parser.add_argument("--batch", type=int, default=512, help="images per call (B)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest max abs difference of a correct setting's float32 output")
@@ -202,7 +245,7 @@ def main(argv=None):
     if args.smoke:
         args.repeats, args.min_tile = 1, 1
         args.block_n, args.num_warps, args.widths = [8, 16], [4], [32, 128]
-    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    shapes = SMOKE_SHAPES if args.smoke else [(args.batch, n, c) for n, c in POSITIONS_CHANNELS]
     meta = dict(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform, jax=jax.__version__,
                 jaxlib=jaxlib.__version__, dtype=jnp.dtype(DTYPE).name, smoke=args.smoke,
                 sweep=dict(block_n=args.block_n, num_warps=args.num_warps, widths=args.widths,

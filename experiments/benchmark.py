@@ -66,8 +66,8 @@ def cost_flops(compiled) -> float | None:
 
 VARIANT_OPTIONS = {
     "onepass": "GroupNorm statistics in one read (model.norm_variance=one_pass)",
-    "pallasnorm": "GroupNorm forward of sampling by the Triton kernel (model.norm_implementation=pallas)",
-    "xlanorm": "GroupNorm forward of sampling by XLA (model.norm_implementation=xla; neither: 'auto')",
+    "pallasnorm": "GroupNorms by the Triton kernels (model.norm_implementation=pallas)",
+    "xlanorm": "GroupNorms by XLA (model.norm_implementation=xla; neither: 'auto')",
     "nocmdbuf": "no CUDA-graph command buffers (compiler option xla_gpu_enable_command_buffer='')",
 }  # nocmdbuf changes the train step only; sampling ignores it
 
@@ -318,8 +318,11 @@ def largest_batch(probe, limit_bytes: float, base: int, multiple: int) -> dict:
 def largest_train_batch(config, limit_bytes: float, base: int, **options) -> dict:
     """:func:`largest_batch` of the config's train step (global batch, 8 images per device at least)."""
     def probe(batch, run):
+        start = time.perf_counter()
         compiled, state, data, _, _ = compile_train_step(config, batch, **options)
         need = executable_bytes(compiled)   # of the partitioned program: per device
+        print(f"maxbatch: batch {batch} needs {need / 2**30:.2f} GiB per device (compiled in "
+              f"{time.perf_counter() - start:.0f} s)", flush=True)
         if run and need <= limit_bytes:
             block(compiled(state, data))
         return need

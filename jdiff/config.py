@@ -59,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
         compute_dtype="auto",     # bfloat16 on GPU/TPU, float32 on the CPU
         attention_implementation="auto",  # cuDNN flash attention on sm_80+ GPUs in bf16, else XLA; or 'xla'/'cudnn'
         norm_variance="two_pass",     # GroupNorm variance: 'two_pass' as PyTorch, 'one_pass' shifted sums, one read
-        norm_implementation="auto",   # sampling's GroupNorm: Triton kernel on sm_80+ GPUs, else XLA; 'xla'/'pallas'
+        norm_implementation="auto",   # GroupNorms by Triton kernels on sm_80+ GPUs, else XLA; 'xla'/'pallas'
     ))
 
     c.diffusion = ml_collections.ConfigDict(dict(

@@ -1,5 +1,6 @@
-"""The fused GroupNorm (+ scale-shift + SiLU) and its hand-written VJP, against autodiff of the textbook
-formula in float64, across input dtypes, shapes and options; and against flax.linen.GroupNorm."""
+"""The fused GroupNorm (+ scale-shift + SiLU) and its hand-written VJP, in XLA and as the Pallas kernels (in
+Pallas's interpreter), against autodiff of the textbook formula in float64, across input dtypes, shapes and
+options; and against flax.linen.GroupNorm."""
 
 import flax.linen as nn
 import jax
@@ -48,20 +49,21 @@ def rel(x, y):
 @pytest.mark.parametrize("shape", [(2, 16, 64), (3, 5, 96), (1, 64, 32)])
 @pytest.mark.parametrize("silu", [True, False])
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 2e-6)])
-def test_forward_and_gradients_match_autodiff_of_the_formula(shape, silu, dtype, tol):
+@pytest.mark.parametrize("implementation", ["xla", "pallas_interpret"])
+def test_forward_and_gradients_match_autodiff_of_the_formula(shape, silu, dtype, tol, implementation):
     x, a, b, dy = inputs(shape, dtype, seed=sum(shape))
     # the reference sees the same (rounded) input, in float64
     x64, a64, b64 = (v.astype(jnp.float64) for v in (x, a, b))
 
     def fused(x, a, b):
-        return jnp.vdot(normalise_affine(x, a, b, NUM_GROUPS, EPS, silu, False, jnp.float32),
+        return jnp.vdot(normalise_affine(x, a, b, NUM_GROUPS, EPS, silu, False, jnp.float32, implementation),
                         dy.astype(np.float32))
 
     def ref(x, a, b):
         return jnp.vdot(reference(x, a, b, silu), dy)
 
-    y = jax.jit(normalise_affine, static_argnums=(3, 4, 5, 6, 7))(x, a, b, NUM_GROUPS, EPS, silu, False,
-                                                                  jnp.dtype(jnp.float32))
+    y = jax.jit(normalise_affine, static_argnums=(3, 4, 5, 6, 7, 8))(x, a, b, NUM_GROUPS, EPS, silu, False,
+                                                                     jnp.dtype(jnp.float32), implementation)
     assert y.dtype == jnp.float32
     assert rel(y, reference(x64, a64, b64, silu)) < tol
     grads = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(x, a, b)

@@ -1,11 +1,13 @@
-"""The Pallas GroupNorm kernel, run in Pallas's interpreter on the CPU, against ``normalise_affine`` and an
-independent float64 NumPy computation: channel widths that are and are not powers of two, one and several
-row chunks and channel blocks per image, SiLU on and off, bf16 and float32 in and out, and a large mean
-against the spread (where unshifted one-pass statistics would cancel).
+"""The Pallas GroupNorm kernels, run in Pallas's interpreter on the CPU: the forward against ``normalise_affine``
+and an independent float64 NumPy computation, the backward against XLA's hand-written VJP (itself checked
+against float64 autodiff in test_group_norm.py, which also runs both kernels through that check): channel
+widths that are and are not powers of two, one and several row chunks and channel blocks per image, SiLU
+on and off, bf16 and float32 in and out, and a large mean against the spread (where unshifted one-pass
+statistics would cancel).
 
-The interpreter proves the kernel's arithmetic and indexing, not that Triton compiles it: that is
-experiments/bench_group_norm.py's check on the GPU. The partitioning rule (each device runs the kernel on its
-share of a sharded batch) is checked on 4 CPU devices in a subprocess."""
+The interpreter proves the kernels' arithmetic and indexing, not that Triton compiles them: that is
+experiments/bench_group_norm.py's check on the GPU. The partitioning rule (each device runs the kernels on
+its share of a sharded batch) is checked on 4 CPU devices in a subprocess."""
 
 import json
 import os
@@ -19,18 +21,30 @@ import pytest
 
 from conftest import xla_flags_with_devices
 from jdiff.models.group_norm import EPS, NUM_GROUPS, norm_implementation, normalise_affine
-from jdiff.models.pallas_group_norm import normalise_affine_pallas, unsupported_reason
+from jdiff.models import pallas_group_norm
+from jdiff.models.pallas_group_norm import unsupported_reason
 
 
-def reference(x, a, b, groups, silu):
-    """y = [SiLU]((x − μ)/√(σ² + ε)·a + b) in float64 NumPy, two-pass statistics per image and group."""
+def reference(x, a, b, groups, silu, with_statistics=False):
+    """y = [SiLU]((x − μ)/√(σ² + ε)·a + b) in float64 NumPy, two-pass statistics per image and group
+    (and μ, (σ² + ε)^(−1/2) on each group's channels, (B, C))."""
     x, a, b = (np.asarray(v, np.float64) for v in (x, a, b))
     batch, n, channels = x.shape
     g = x.reshape(batch, n, groups, channels // groups)
     mean = g.mean(axis=(1, 3), keepdims=True)
     var = np.square(g - mean).mean(axis=(1, 3), keepdims=True)
     z = ((g - mean) / np.sqrt(var + EPS)).reshape(x.shape) * a[:, None, :] + b[:, None, :]
-    return z / (1.0 + np.exp(-z)) if silu else z
+    y = z / (1.0 + np.exp(-z)) if silu else z
+    if not with_statistics:
+        return y
+    per_channel = [np.broadcast_to(v, (batch, 1, groups, channels // groups)).reshape(batch, channels)
+                   for v in (mean, 1.0 / np.sqrt(var + EPS))]
+    return y, *per_channel
+
+
+def forward(*args, **kwargs):
+    """The kernel's y alone."""
+    return pallas_group_norm.forward(*args, **kwargs)[0]
 
 
 def inputs(shape, dtype, seed, mean=0.0):
@@ -62,11 +76,15 @@ CASES = [  # (B, N, C), input dtype, silu, kernel settings (none: the defaults)
 def test_float32_output_matches_normalise_affine_and_float64(shape, dtype, silu, settings):
     x, a, b = inputs(shape, dtype, seed=sum(shape))
     groups = settings.get("groups", NUM_GROUPS)
-    y = normalise_affine_pallas(x, a, b, eps=EPS, silu=silu, out_dtype=jnp.float32, interpret=True,
-                                **settings)
-    assert y.dtype == jnp.float32 and y.shape == x.shape
+    y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=EPS, silu=silu, out_dtype=jnp.float32,
+                                              interpret=True, **settings)
+    assert y.dtype == mean.dtype == rstd.dtype == jnp.float32
+    assert y.shape == x.shape and mean.shape == rstd.shape == a.shape
     # float32 arithmetic on the same (rounded) inputs: a few float32 roundings of values of order 1–10
-    np.testing.assert_allclose(as64(y), reference(x, a, b, groups, silu), rtol=1e-5, atol=1e-5)
+    y64, mean64, rstd64 = reference(x, a, b, groups, silu, with_statistics=True)
+    np.testing.assert_allclose(as64(y), y64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(as64(mean), mean64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(as64(rstd), rstd64, rtol=1e-5, atol=0)
     expected = normalise_affine(x, a, b, groups, EPS, silu, False, jnp.float32)
     np.testing.assert_allclose(as64(y), as64(expected), rtol=1e-5, atol=1e-5)
 
@@ -74,7 +92,7 @@ def test_float32_output_matches_normalise_affine_and_float64(shape, dtype, silu,
 def test_bfloat16_output_is_the_rounded_result():
     shape = (3, 16, 128)
     x, a, b = inputs(shape, jnp.bfloat16, seed=1)
-    y = normalise_affine_pallas(x, a, b, silu=True, out_dtype=jnp.bfloat16, interpret=True)
+    y = forward(x, a, b, silu=True, out_dtype=jnp.bfloat16, interpret=True)
     assert y.dtype == jnp.bfloat16
     exact = reference(x, a, b, NUM_GROUPS, True)
     np.testing.assert_allclose(as64(y), exact, rtol=2**-8, atol=1e-6)  # half a bf16 ulp is 2^-9 relative
@@ -88,7 +106,7 @@ def test_shifted_statistics_survive_a_large_mean(channels):
     an ulp of 0.06); with the first row as shift the error is that of x − μ in float32 (ulp of 1000 ≈ 6e-5)
     over σ."""
     x, a, b = inputs((2, 64, channels), jnp.float32, seed=channels, mean=1000.0)
-    y = normalise_affine_pallas(x, a, b, out_dtype=jnp.float32, interpret=True, block_n=16)
+    y = forward(x, a, b, out_dtype=jnp.float32, interpret=True, block_n=16)
     np.testing.assert_allclose(as64(y), reference(x, a, b, NUM_GROUPS, False), rtol=0, atol=3e-4)
 
 
@@ -105,7 +123,10 @@ def test_unsupported_settings_raise(shape, settings, message):
     x = jnp.zeros(shape, jnp.float32)
     a = jnp.ones((shape[0], shape[-1]), jnp.float32)
     with pytest.raises(ValueError, match=message):
-        normalise_affine_pallas(x, a, a, interpret=True, **settings)
+        pallas_group_norm.forward(x, a, a, interpret=True, **settings)
+    if len(shape) == 3:
+        with pytest.raises(ValueError, match=message):
+            pallas_group_norm.backward(x, x, a, a, a, a, interpret=True, **settings)
 
 
 def test_default_settings_fit_the_unet_shapes():
@@ -116,9 +137,28 @@ def test_default_settings_fit_the_unet_shapes():
     assert unsupported_reason((2, 48, 128), jnp.float32) is None  # N not a power of two: smaller chunks
 
 
-def test_normalise_affine_runs_the_kernel_undifferentiated_and_xla_under_grad():
-    """implementation='pallas_interpret' (the kernel in the interpreter) gives XLA's output, and its
-    gradient is the hand-written VJP's (the kernel has no derivative: training is unaffected)."""
+@pytest.mark.parametrize("shape,dtype,silu,settings", CASES)
+def test_backward_matches_the_xla_vjp(shape, dtype, silu, settings):
+    """dx, da, db of the backward kernel, from the forward kernel's statistics, against XLA's hand-written VJP
+    of the same loss (whose statistics are two-pass: both are float32 roundings of the exact gradient)."""
+    x, a, b = inputs(shape, dtype, seed=sum(shape) + 1)
+    groups = settings.get("groups", NUM_GROUPS)
+    dy = jnp.asarray(np.random.default_rng(sum(shape)).normal(size=shape), dtype)
+    _, mean, rstd = pallas_group_norm.forward(x, a, b, eps=EPS, silu=silu, interpret=True, **settings)
+    dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=silu, interpret=True, **settings)
+    _, vjp = jax.vjp(lambda x, a, b: normalise_affine(x, a, b, groups, EPS, silu, False, dtype, "xla"), x, a, b)
+    expected = vjp(dy)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    assert da.dtype == db.dtype == jnp.float32 and da.shape == db.shape == a.shape
+    for got, want in zip((dx, da, db), expected):
+        scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+        # dx in bf16: one rounding of values up to `scale` (2^-8 relative), from float32 results that differ
+        tolerance = scale * (2**-7 if dtype == jnp.bfloat16 and got is dx else 2e-5)
+        np.testing.assert_allclose(as64(got), as64(want), rtol=0, atol=tolerance)
+
+
+def test_normalise_affine_uses_the_kernels_undifferentiated_and_under_grad():
+    """implementation='pallas_interpret' gives XLA's output and, through the custom VJP, XLA's gradients."""
     x, a, b = inputs((2, 16, 128), jnp.float32, seed=7)
     args = (NUM_GROUPS, EPS, True, False, jnp.float32)
     np.testing.assert_allclose(normalise_affine(x, a, b, *args, "pallas_interpret"),
@@ -130,7 +170,9 @@ def test_normalise_affine_runs_the_kernel_undifferentiated_and_xla_under_grad():
     kernel_grads = jax.grad(loss("pallas_interpret"), argnums=(0, 1, 2))(x, a, b)
     xla_grads = jax.grad(loss("xla"), argnums=(0, 1, 2))(x, a, b)
     for kernel_grad, xla_grad in zip(kernel_grads, xla_grads):
-        np.testing.assert_array_equal(kernel_grad, xla_grad)
+        np.testing.assert_allclose(kernel_grad, xla_grad, rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss("pallas_interpret")))(x, a, b))
+    assert "group_norm_forward" in jaxpr and "group_norm_backward" in jaxpr
     with pytest.raises(ValueError, match="implementation"):
         normalise_affine(x, a, b, *args, "triton")
 
@@ -147,8 +189,9 @@ def test_norm_implementation_choice_off_the_gpu():
 
 
 def test_partitioned_over_a_sharded_batch():
-    """On 4 devices with the batch split, each device runs the kernel on its own images (no collective in
-    the compiled program) and the result is the unsharded one; x split along its channels is still right."""
+    """On 4 devices with the batch split, each device runs the forward kernel on its own images (no collective
+    in the compiled program) and the result is the unsharded one; x split along its channels is still right;
+    the gradients through both kernels equal the unsharded ones and dx stays split."""
     helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "sharded_group_norm.py")
     env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(4),
                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(helper)) + "/..",
@@ -160,3 +203,7 @@ def test_partitioned_over_a_sharded_batch():
     assert result["batch_split_output_axis"] == "data"
     assert result["batch_split_max_diff"] == 0.0
     assert result["channel_split_max_diff"] == 0.0
+    # under jax.grad: dx stays split; the one collective sums da, db over the batch, as the test's loss asks
+    assert result["gradients_dx_axis"] == "data"
+    assert result["gradients_collectives"] == ["all-reduce"]
+    assert result["gradients_max_diff"] < 1e-4  # float32 sums over the batch in another order

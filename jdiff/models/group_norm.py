@@ -20,11 +20,12 @@ which is the exact gradient (the two group means come from the per-channel sums,
 over the activations is needed). Statistics and arithmetic are float32 whatever the input dtype; the
 output and the input gradient are cast to the requested dtypes.
 
-``implementation='pallas'`` computes the forward of an undifferentiated call (sampling, evaluation)
-with the Triton kernel of :mod:`jdiff.models.pallas_group_norm` (one-pass shifted statistics, whatever
-``one_pass`` says), 1.1–1.6× faster than XLA's reduction and apply passes on the UNet's shapes (H200,
-batch 512); under ``jax.grad`` the forward and backward above run in XLA as always (the kernel has no
-derivative). 'auto' (the default) is 'pallas' where it runs, see :func:`norm_implementation`.
+``implementation='pallas'`` computes the forward and the backward above with the two Triton kernels of
+:mod:`jdiff.models.pallas_group_norm` (one-pass shifted statistics, whatever ``one_pass`` says; its
+backward reads the per-channel statistics its forward saved). On the UNet's shapes (H200) the forward
+is 1.1–1.6× faster than XLA's reduction and apply passes, and forward plus backward 0.84–1.6×
+(docs/benchmarks.md); a bf16 train step is 6.9% faster with them, 100-step sampling 7.8%. 'auto' (the
+default) is 'pallas' where it runs, see :func:`norm_implementation`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
 
 def norm_implementation(requested: str) -> str:
-    """The GroupNorm forward of undifferentiated calls (sampling, evaluation): 'xla' or 'pallas' as
+    """Who computes the GroupNorms, forward and backward: 'xla' or 'pallas' (jdiff's Triton kernels) as
     requested; 'auto' is 'pallas' on NVIDIA GPUs of compute capability 8.0 or newer and 'xla' elsewhere.
-    The kernel made 100-step sampling 7.8% faster on an H200 (docs/benchmarks.md); over several devices
-    each runs it on its own share of the batch (its partitioning rule). Training's differentiated calls
-    use XLA either way.
+    The kernels made 100-step sampling 7.8% and a bf16 train step 6.9% faster on an H200
+    (docs/benchmarks.md); over several devices each runs them on its own share of the batch (their
+    partitioning rule).
 
     'pallas' is refused (ValueError) elsewhere: the Triton kernel runs only on such GPUs."""
     if requested not in IMPLEMENTATIONS:
@@ -115,32 +116,51 @@ def _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype):
     return y.astype(out_dtype), (mean, rstd)
 
 
+_KERNELS = ("pallas", "pallas_interpret")
+
+
+def _check_implementation(implementation: str) -> None:
+    if implementation != "xla" and implementation not in _KERNELS:
+        raise ValueError(f"normalise_affine: implementation {implementation!r} is not 'xla', 'pallas' or "
+                         "'pallas_interpret'")
+
+
+def _kernel_settings(groups, silu, implementation) -> dict[str, Any]:
+    return dict(groups=groups, silu=silu, interpret=implementation == "pallas_interpret")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM_GROUPS, eps: float = EPS,
                      silu: bool = False, one_pass: bool = False, out_dtype: Dtype = jnp.float32,
                      implementation: str = "xla") -> jax.Array:
     """y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32 (see the module docstring).
 
-    ``implementation``: 'xla', or 'pallas' / 'pallas_interpret' (the Triton kernel, or the same kernel
-    in Pallas's interpreter on any backend, for tests) for undifferentiated calls."""
-    if implementation == "xla":
-        return _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype)[0]
-    if implementation not in ("pallas", "pallas_interpret"):
-        raise ValueError(f"normalise_affine: implementation {implementation!r} is not 'xla', 'pallas' or "
-                         "'pallas_interpret'")
-    from jdiff.models.pallas_group_norm import normalise_affine_pallas  # Pallas only where it is asked for
-
-    return normalise_affine_pallas(x, a, b, groups=groups, eps=eps, silu=silu, out_dtype=out_dtype,
-                                   interpret=implementation == "pallas_interpret")
+    ``implementation``: 'xla', or 'pallas' / 'pallas_interpret': the Triton kernels of
+    :mod:`jdiff.models.pallas_group_norm` for the forward and the backward (or the same kernels in
+    Pallas's interpreter on any backend, for tests)."""
+    return _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation)[0]
 
 
 def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation):
-    y, (mean, rstd) = _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype)
+    _check_implementation(implementation)
+    if implementation == "xla":
+        y, (mean, rstd) = _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype)
+    else:
+        from jdiff.models import pallas_group_norm  # Pallas only where it is asked for
+
+        # mean and rstd come per channel (B, C), as the backward kernel reads them
+        y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=eps, out_dtype=out_dtype,
+                                                  **_kernel_settings(groups, silu, implementation))
     return y, (x, a, b, mean, rstd)
 
 
 def _backward(groups, eps, silu, one_pass, out_dtype, implementation, residuals, dy):
     x, a, b, mean, rstd = residuals
+    if implementation != "xla":
+        from jdiff.models import pallas_group_norm
+
+        return pallas_group_norm.backward(x, dy, a, b, mean, rstd,
+                                          **_kernel_settings(groups, silu, implementation))
     _, n, channels = x.shape
     xhat = _standardise(x, mean, rstd)
     dz = dy.astype(jnp.float32)

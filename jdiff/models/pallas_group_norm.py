@@ -1,18 +1,24 @@
-"""The forward of :func:`jdiff.models.group_norm.normalise_affine` as one Pallas (Triton) kernel.
+"""The forward and the backward of :func:`jdiff.models.group_norm.normalise_affine`, each one Pallas (Triton)
+kernel.
 
-Computes the same y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32, x̂ standardised over the
-N positions and C/G channels of each group (the math is in group_norm.py's docstring), with the
+The forward computes the same y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32, x̂ standardised
+over the N positions and C/G channels of each group (the math is in group_norm.py's docstring), with the
 statistics of ``_group_stats(one_pass=True)``: per channel the sums of x − K and (x − K)² with the shift
 K = the channel's value at the first position (so the sums do not cancel when the mean is large
 against the spread), then the exact combination of a group's channels (Chan et al.: M2_g = Σ_c M2_c +
-N·Σ_c (μ_c − μ_g)²). Arithmetic is float32; y is written in ``out_dtype``.
+N·Σ_c (μ_c − μ_g)²). Arithmetic is float32; y is written in ``out_dtype``, and each channel's group mean
+and (σ² + ε)^(−1/2) as (B, C) float32 for the backward. The backward has the same shape: pass 1 sums
+da = Σ_n dz·x̂ and db = Σ_n dz per channel, pass 2 writes dx = r·(a·dz − m1 − x̂·m2), recomputing x̂
+and dz from x and dy (read twice, the second time mostly from L2) instead of storing them.
 
 Why: XLA computes the GroupNorm of the UNet as a statistics reduction (two reads of x for the two-pass
 variance) and then an element-wise apply (a read and a write), 7.3 ms of a 27 ms sampling step (batch
 512, bf16) that is bound by memory traffic. Here one program owns all N positions of a block of whole
 groups of one image: pass 1 streams its slab from DRAM and accumulates the statistics, pass 2 streams
 it again, applies the normalisation and writes y. When the slab is still in L2 for pass 2, that is
-one read of x from DRAM instead of two or three. Pass 2 walks the chunks in reverse order, so that
+one read of x from DRAM instead of two or three. In training XLA's backward is a two-stage
+reduction for da, db and an element-wise pass for dx that also writes dz in float32; the backward kernel
+is one kernel per norm. Pass 2 walks the chunks in reverse order, so that
 it starts with those pass 1 read last (the likeliest still in L2), and the load/store eviction hints
 ask L2 to keep x and not y.
 
@@ -28,19 +34,18 @@ mask, sum-reduced over one axis, and the group values broadcast back to their ch
 way (a reshape to (groups, channels-per-group) would need a power-of-two group size, and a one-hot
 matrix product would run in TF32 on Triton's tensor cores).
 
-Over a batch sharded on a mesh, each device runs the kernel on its own images (the partitioning rule
+Over a batch sharded on a mesh, each device runs the kernels on its own images (the partitioning rule
 below: a custom call is opaque to XLA's SPMD partitioner, which would otherwise gather the batch onto
 every device and repeat the whole computation there).
 
-Forward only, for inference and sampling: it defines no derivative, and ``jax.grad`` or ``jax.jvp``
-of it fails inside Pallas's own JVP of the kernel (an AssertionError with jax 0.10.2). Train with
-``normalise_affine``, whose VJP is hand-written.
+The kernels define no derivative of their own (``jax.grad`` of :func:`forward` fails inside Pallas's
+JVP of the kernel): ``normalise_affine``'s custom VJP pairs them.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -120,93 +125,184 @@ def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, *, groups: int = 
     return None
 
 
-def _kernel(x_ref, a_ref, b_ref, y_ref, *, block_n: int, per_group: int, channels_per_program: int,
-            eps: float, silu: bool):
-    n = x_ref.shape[1]
-    width = _next_power_of_2(channels_per_program)
-    chunks = n // block_n
+class _Program(NamedTuple):
+    """What one program of either kernel owns: all N positions of a block of channels of one image, as
+    ``width`` lanes (a power of two) from the block's first channel; lanes past its ``channels_per_program``
+    channels are masked (they load as 0 and are not stored)."""
+    image: Any
+    cols: Any
+    lanes: Any  # (width,) bool, or None when every lane is a channel of the program
+    width: int
+    block_n: int
+    chunks: int
+
+    @staticmethod
+    def here(n: int, block_n: int, channels_per_program: int) -> "_Program":
+        width = _next_power_of_2(channels_per_program)
+        lanes = None if width == channels_per_program else jnp.arange(width) < channels_per_program
+        return _Program(image=pl.program_id(1), cols=pl.ds(pl.program_id(0) * channels_per_program, width),
+                        lanes=lanes, width=width, block_n=block_n, chunks=n // block_n)
+
+    def _rows(self, i):
+        # int32 like the program ids, also when jax_enable_x64 makes the loop counter int64
+        return pl.ds(jnp.asarray(i, jnp.int32) * self.block_n, self.block_n)
+
+    def load_tile(self, ref, i, eviction_policy: str) -> jax.Array:
+        """Positions [i·block_n, (i + 1)·block_n) of the program's lanes of a (B, N, C) operand, float32."""
+        mask = None if self.lanes is None else self.lanes[None, :]
+        return plt.load(ref.at[self.image, self._rows(i), self.cols], mask=mask,
+                        other=None if mask is None else 0.0, eviction_policy=eviction_policy).astype(jnp.float32)
+
+    def store_tile(self, ref, i, value: jax.Array) -> None:
+        # Not read again by this program: let it leave L2 before the inputs that pass 2 reads again.
+        plt.store(ref.at[self.image, self._rows(i), self.cols], value.astype(ref.dtype),
+                  mask=None if self.lanes is None else self.lanes[None, :], eviction_policy="evict_first")
+
+    def load_channels(self, ref, row=None) -> jax.Array:
+        """The program's lanes of a (B, C) operand, or of position ``row`` of a (B, N, C) one, float32."""
+        at = ref.at[self.image, self.cols] if row is None else ref.at[self.image, row, self.cols]
+        return plt.load(at, mask=self.lanes, other=None if self.lanes is None else 0.0).astype(jnp.float32)
+
+    def store_channels(self, ref, value: jax.Array) -> None:
+        plt.store(ref.at[self.image, self.cols], value.astype(ref.dtype), mask=self.lanes)
+
+    def sum_over_positions(self, tiles: Callable[[Any], tuple[jax.Array, ...]], count: int):
+        """Per lane, the sums over all N positions of the ``count`` (block_n, width) tiles that ``tiles(i)``
+        returns for chunk i. Whole-tile accumulators, reduced over positions once after the loop, keep the
+        loop free of cross-thread reductions."""
+        zeros = jnp.zeros((self.block_n, self.width), jnp.float32)
+        sums = jax.lax.fori_loop(0, self.chunks, lambda i, acc: tuple(s + t for s, t in zip(acc, tiles(i))),
+                                 (zeros,) * count)
+        return tuple(s.sum(0) for s in sums)
+
+    def reversed_chunks(self, body: Callable[[Any], None]) -> None:
+        """body(i) for the chunks in reverse order: those pass 1 read last are the likeliest still in L2."""
+        pl.loop(0, self.chunks)(lambda j: body(self.chunks - 1 - j))
+
+
+def _group_reductions(program: _Program, channels_per_program: int, per_group: int):
+    """(group_sum, to_lanes): per-lane values (width,) → the sums over each group's channels (groups,), and
+    per-group values → each on its group's lanes (lanes past the program's groups: 0).
+
+    Both reduce a (width, groups) membership mask over one axis: a reshape to (groups, channels per group)
+    would need a power-of-two group size, and a one-hot matrix product would run in TF32 on Triton's tensor
+    cores."""
     groups_here = _next_power_of_2(channels_per_program // per_group)
-    image = pl.program_id(1)
-    cols = pl.ds(pl.program_id(0) * channels_per_program, width)
-    lanes = None if width == channels_per_program else jnp.arange(width) < channels_per_program
-    tile_mask = None if lanes is None else lanes[None, :]
-    zero = None if lanes is None else 0.0  # masked lanes read as 0 (x − K = 0 there, since K = 0 too)
-
-    def tile(i, eviction_policy):
-        ref = x_ref.at[image, pl.ds(i * block_n, block_n), cols]
-        return plt.load(ref, mask=tile_mask, other=zero, eviction_policy=eviction_policy).astype(jnp.float32)
-
-    def per_channel(ref):
-        return plt.load(ref.at[image, cols], mask=lanes, other=zero)
-
-    first_row = jnp.int32(0)  # an array, not a Python int: the interpreter's load takes no int index
-    shift = plt.load(x_ref.at[image, first_row, cols], mask=lanes, other=zero).astype(jnp.float32)
-
-    def accumulate(i, sums):
-        d = tile(i, "evict_last") - shift  # keep x in L2 for pass 2
-        return sums[0] + d, sums[1] + d * d
-
-    # Whole-tile accumulators, reduced over positions once after the loop, keep the loop free of
-    # cross-thread reductions.
-    zeros = jnp.zeros((block_n, width), jnp.float32)
-    s1, s2 = jax.lax.fori_loop(0, chunks, accumulate, (zeros, zeros))
-    s1, s2 = s1.sum(0), s2.sum(0)
-    mean_c = shift + s1 / n
-    m2_c = jnp.maximum(s2 - s1 * s1 / n, 0.0)
-
-    # member[c, g]: lane c holds a channel of the program's group g (lanes past its groups: none).
-    lane = jax.lax.broadcasted_iota(jnp.int32, (width, groups_here), 0)
-    first = jax.lax.broadcasted_iota(jnp.int32, (width, groups_here), 1) * per_group
+    lane = jax.lax.broadcasted_iota(jnp.int32, (program.width, groups_here), 0)
+    first = jax.lax.broadcasted_iota(jnp.int32, (program.width, groups_here), 1) * per_group
     member = (lane >= first) & (lane < first + per_group)
 
-    def group_sum(v):  # (width,) → (groups_here,)
+    def group_sum(v):
         return jnp.sum(jnp.where(member, v[:, None], 0.0), axis=0)
 
-    def to_lanes(v):  # (groups_here,) → (width,), each group's value on its channels
+    def to_lanes(v):
         return jnp.sum(jnp.where(member, v[None, :], 0.0), axis=1)
 
+    return group_sum, to_lanes
+
+
+def _forward_kernel(x_ref, a_ref, b_ref, y_ref, mean_ref, rstd_ref, *, block_n: int, per_group: int,
+                    channels_per_program: int, eps: float, silu: bool):
+    n = x_ref.shape[1]
+    program = _Program.here(n, block_n, channels_per_program)
+    # an array, not a Python int, as the row: the interpreter's load takes no int index
+    shift = program.load_channels(x_ref, row=jnp.int32(0))
+
+    def centred(i):
+        d = program.load_tile(x_ref, i, "evict_last") - shift  # keep x in L2 for pass 2
+        return d, d * d
+
+    s1, s2 = program.sum_over_positions(centred, 2)
+    mean_c = shift + s1 / n
+    m2_c = jnp.maximum(s2 - s1 * s1 / n, 0.0)
+    group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
     mean = to_lanes(group_sum(mean_c) / per_group)
     m2 = group_sum(m2_c + n * jnp.square(mean_c - mean))
     rstd = to_lanes(jax.lax.rsqrt(m2 / (n * per_group) + eps))
-    scale = rstd * per_channel(a_ref)
-    bias = per_channel(b_ref)
+    program.store_channels(mean_ref, mean)
+    program.store_channels(rstd_ref, rstd)
+    scale = rstd * program.load_channels(a_ref)
+    bias = program.load_channels(b_ref)
 
-    @pl.loop(0, chunks)
-    def apply(j):
-        i = chunks - 1 - j  # the chunks pass 1 read last are the likeliest still in L2
-        z = (tile(i, "evict_first") - mean) * scale + bias
-        y = jax.nn.silu(z) if silu else z
-        plt.store(y_ref.at[image, pl.ds(i * block_n, block_n), cols], y.astype(y_ref.dtype), mask=tile_mask,
-                  eviction_policy="evict_first")  # y is not read again here: let it leave L2 before x
+    def apply(i):
+        z = (program.load_tile(x_ref, i, "evict_first") - mean) * scale + bias
+        program.store_tile(y_ref, i, jax.nn.silu(z) if silu else z)
+
+    program.reversed_chunks(apply)
+
+
+def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, dx_ref, da_ref, db_ref, *, block_n: int,
+                     per_group: int, channels_per_program: int, eps: float, silu: bool):
+    del eps  # in the saved rstd
+    n = x_ref.shape[1]
+    program = _Program.here(n, block_n, channels_per_program)
+    mean, rstd = program.load_channels(mean_ref), program.load_channels(rstd_ref)
+    a, b = program.load_channels(a_ref), program.load_channels(b_ref)
+
+    def dz_and_xhat(i, eviction_policy):
+        xhat = (program.load_tile(x_ref, i, eviction_policy) - mean) * rstd
+        dz = program.load_tile(dy_ref, i, eviction_policy)
+        if silu:
+            z = xhat * a + b
+            sig = jax.nn.sigmoid(z)
+            dz = dz * sig * (1.0 + z * (1.0 - sig))
+        return dz, xhat
+
+    def products(i):
+        dz, xhat = dz_and_xhat(i, "evict_last")  # keep x and dy in L2 for pass 2
+        return dz * xhat, dz
+
+    da, db = program.sum_over_positions(products, 2)
+    program.store_channels(da_ref, da)
+    program.store_channels(db_ref, db)
+    group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
+    m1 = to_lanes(group_sum(a * db)) / (n * per_group)
+    m2 = to_lanes(group_sum(a * da)) / (n * per_group)
+
+    def input_gradient(i):
+        dz, xhat = dz_and_xhat(i, "evict_first")
+        program.store_tile(dx_ref, i, rstd * (a * dz - m1 - xhat * m2))
+
+    program.reversed_chunks(input_gradient)
 
 
 class _Settings(NamedTuple):
-    """The kernel's static settings, resolved (hashable: the static argument of the partitioned call)."""
+    """The kernels' static settings, resolved (hashable: the static argument of the partitioned calls)."""
     block_n: int
     per_group: int
     channels_per_program: int
     eps: float
     silu: bool
-    out_dtype: Any
+    out_dtype: Any  # y's dtype in the forward, dx's in the backward
     num_warps: int
     num_stages: int | None
     interpret: bool
 
 
-def _pallas_call(x: jax.Array, a: jax.Array, b: jax.Array, settings: _Settings) -> jax.Array:
-    """The kernel over the images of x, however many this device holds."""
-    batch, _, channels = x.shape
-    kernel = functools.partial(_kernel, block_n=settings.block_n, per_group=settings.per_group,
+def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """``kernel`` over the images of operands[0] (B, N, C), however many this device holds: its outputs
+    are one (B, N, C) array in ``settings.out_dtype`` and two (B, C) float32 arrays."""
+    batch, _, channels = operands[0].shape
+    per_channel = jax.ShapeDtypeStruct((batch, channels), jnp.float32)
+    kernel = functools.partial(kernel, block_n=settings.block_n, per_group=settings.per_group,
                                channels_per_program=settings.channels_per_program, eps=settings.eps,
                                silu=settings.silu)
     return pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct(x.shape, settings.out_dtype),
+        out_shape=(jax.ShapeDtypeStruct(operands[0].shape, settings.out_dtype), per_channel, per_channel),
         grid=(channels // settings.channels_per_program, batch),
         compiler_params=plt.CompilerParams(num_warps=settings.num_warps, num_stages=settings.num_stages),
         interpret=settings.interpret,
-        name="group_norm_affine",
-    )(x, a, b)
+        name=name,
+    )(*operands)
+
+
+def _forward_call(x, a, b, settings):
+    return _launch(_forward_kernel, "group_norm_forward", settings, (x, a, b))
+
+
+def _backward_call(x, dy, a, b, mean, rstd, settings):
+    return _launch(_backward_kernel, "group_norm_backward", settings, (x, dy, a, b, mean, rstd))
 
 
 def _split_along_batch(sharding: Any, ndim: int) -> NamedSharding:
@@ -219,51 +315,90 @@ def _split_along_batch(sharding: Any, ndim: int) -> NamedSharding:
     return NamedSharding(sharding.mesh, P(spec[0] if spec else None, *([None] * (ndim - 1))))
 
 
-def _partition(settings, mesh, arg_shapes, result_shape):
-    x = arg_shapes[0].sharding
-    return (mesh, functools.partial(_pallas_call, settings=settings), _split_along_batch(x, 3),
-            (_split_along_batch(x, 3), _split_along_batch(x, 2), _split_along_batch(x, 2)))
+def _partitioned_per_image(call, sharding_rule: str):
+    """``call(*arrays, settings)`` with an SPMD rule (a custom call is opaque to XLA's partitioner, which would
+    otherwise gather the batch onto every device and repeat the whole computation there): over a batch
+    split on a mesh, every device runs it on its own images, without collectives. ``sharding_rule`` is
+    Shardy's (JAX's default partitioner); the inference from x's sharding serves GSPMD."""
+    arity = sharding_rule.split("->")[0].count(",") + 1
+
+    def batch_split(x_sharding, shapes):
+        return tuple(_split_along_batch(x_sharding, len(s.shape)) for s in shapes)
+
+    def partition(settings, mesh, arg_shapes, result_shape):
+        x = arg_shapes[0].sharding
+        return (mesh, functools.partial(call, settings=settings), batch_split(x, result_shape),
+                batch_split(x, arg_shapes))
+
+    def infer_sharding(settings, mesh, arg_shapes, result_shape):
+        return batch_split(arg_shapes[0].sharding, result_shape)
+
+    partitioned = custom_partitioning(call, static_argnums=(arity,))
+    partitioned.def_partition(partition, infer_sharding_from_operands=infer_sharding,
+                              sharding_rule=sharding_rule, need_replication_factors=("n", "c"))
+    return partitioned
 
 
-def _infer_sharding(settings, mesh, arg_shapes, result_shape):
-    return _split_along_batch(arg_shapes[0].sharding, 3)
+_forward_per_image = _partitioned_per_image(_forward_call, "b n c, b c, b c -> b n c, b c, b c")
+_backward_per_image = _partitioned_per_image(_backward_call,
+                                             "b n c, b n c, b c, b c, b c, b c -> b n c, b c, b c")
 
 
-# The SPMD rule of the kernel (a custom call, which XLA cannot split by itself): over a sharded batch every
-# device runs it on its own images, without collectives. The rule string is Shardy's (JAX's default
-# partitioner); infer_sharding_from_operands serves GSPMD.
-_per_image_partitioned = custom_partitioning(_pallas_call, static_argnums=(3,))
-_per_image_partitioned.def_partition(_partition, infer_sharding_from_operands=_infer_sharding,
-                                     sharding_rule="b n c, b c, b c -> b n c",
-                                     need_replication_factors=("n", "c"))
-
-
-def normalise_affine_pallas(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS,
-                            eps: float = EPS, silu: bool = False, out_dtype: Dtype = jnp.float32,
-                            interpret: bool = False, block_n: int | None = None,
-                            channels_per_program: int | None = None, num_warps: int | None = None,
-                            num_stages: int | None = None) -> jax.Array:
-    """y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32, as ``normalise_affine(x, a, b,
-    groups, eps, silu, one_pass=True, out_dtype)`` computes it, in one Pallas Triton kernel (forward
-    only: no VJP).
-
-    ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
-    ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
-    :func:`default_num_warps`; ``num_stages`` goes to Triton (None: its default). ``interpret`` runs the kernel in Pallas's
-    interpreter (any backend, slow). Under ``jax.jit`` over a mesh with x split along its batch axis, each
-    device computes its own images. Raises ValueError for what :func:`unsupported_reason` rejects.
-    """
+def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Array], *, groups: int, eps: float,
+                      silu: bool, out_dtype: Dtype, interpret: bool, block_n: int | None,
+                      channels_per_program: int | None, num_warps: int | None,
+                      num_stages: int | None) -> _Settings:
     reason = unsupported_reason(x.shape, x.dtype, groups=groups, block_n=block_n,
                                 channels_per_program=channels_per_program)
     if reason:
-        raise ValueError(f"normalise_affine_pallas: {reason}")
+        raise ValueError(f"{caller}: {reason}")
     batch, n, channels = x.shape
-    if a.shape != (batch, channels) or b.shape != (batch, channels):
-        raise ValueError(f"normalise_affine_pallas: a and b must be (B, C) = {(batch, channels)}, "
-                         f"got {a.shape} and {b.shape}")
+    for name, value in per_channel.items():
+        if value.shape != (batch, channels):
+            raise ValueError(f"{caller}: {name} must be (B, C) = {(batch, channels)}, got {value.shape}")
     rows, cpp = _resolve(n, channels, groups, block_n, channels_per_program)
-    settings = _Settings(block_n=rows, per_group=channels // groups, channels_per_program=cpp, eps=eps,
-                         silu=silu, out_dtype=jnp.dtype(out_dtype),
-                         num_warps=default_num_warps(rows, cpp) if num_warps is None else num_warps,
-                         num_stages=num_stages, interpret=interpret)
-    return _per_image_partitioned(x, a.astype(jnp.float32), b.astype(jnp.float32), settings)
+    return _Settings(block_n=rows, per_group=channels // groups, channels_per_program=cpp, eps=eps, silu=silu,
+                     out_dtype=jnp.dtype(out_dtype),
+                     num_warps=default_num_warps(rows, cpp) if num_warps is None else num_warps,
+                     num_stages=num_stages, interpret=interpret)
+
+
+def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
+            silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False,
+            block_n: int | None = None, channels_per_program: int | None = None, num_warps: int | None = None,
+            num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32, as ``normalise_affine(x,
+    a, b, groups, eps, silu, one_pass=True, out_dtype)`` computes it, in one Pallas Triton kernel; mean and
+    rstd = (σ² + ε)^(−1/2) (B, C) float32 are each channel's group statistics, for :func:`backward`.
+
+    ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
+    ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
+    :func:`default_num_warps`; ``num_stages`` goes to Triton (None: its default). ``interpret`` runs the
+    kernel in Pallas's interpreter (any backend, slow). Under ``jax.jit`` over a mesh with x split along
+    its batch axis, each device computes its own images. Raises ValueError for what
+    :func:`unsupported_reason` rejects. No derivative is defined (``jax.grad`` of it fails inside Pallas):
+    :func:`jdiff.models.group_norm.normalise_affine` pairs it with :func:`backward`.
+    """
+    settings = _checked_settings("pallas_group_norm.forward", x, dict(a=a, b=b), groups=groups, eps=eps,
+                                 silu=silu, out_dtype=out_dtype, interpret=interpret, block_n=block_n,
+                                 channels_per_program=channels_per_program, num_warps=num_warps,
+                                 num_stages=num_stages)
+    return _forward_per_image(x, a.astype(jnp.float32), b.astype(jnp.float32), settings)
+
+
+def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.Array, rstd: jax.Array, *,
+             groups: int = NUM_GROUPS, silu: bool = False, interpret: bool = False, block_n: int | None = None,
+             channels_per_program: int | None = None, num_warps: int | None = None,
+             num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(dx, da, db), the gradients of Σ dy·y for y = :func:`forward`'s output, from its mean and rstd, in one
+    kernel (group_norm.py's docstring has the equations): pass 1 sums da_bc = Σ_n dz·x̂ and db_bc = Σ_n dz,
+    pass 2 writes dx = r·(a·dz − m1 − x̂·m2) in x's dtype; da, db are (B, C) float32. Settings as
+    :func:`forward`'s (same defaults)."""
+    settings = _checked_settings("pallas_group_norm.backward", x, dict(a=a, b=b, mean=mean, rstd=rstd),
+                                 groups=groups, eps=0.0, silu=silu, out_dtype=x.dtype, interpret=interpret,
+                                 block_n=block_n, channels_per_program=channels_per_program,
+                                 num_warps=num_warps, num_stages=num_stages)
+    if dy.shape != x.shape:
+        raise ValueError(f"pallas_group_norm.backward: dy must have x's shape {x.shape}, got {dy.shape}")
+    f32 = (v.astype(jnp.float32) for v in (a, b, mean, rstd))
+    return _backward_per_image(x, dy, *f32, settings)

@@ -43,7 +43,7 @@ class UNet(nn.Module):
     (:func:`~jdiff.models.layers.attention_implementation`).
     ``one_pass_norm`` computes every GroupNorm's statistics from one read of the activations (shifted
     sums; a speed option, see :mod:`jdiff.models.group_norm`). ``norm_implementation`` ('auto',
-    'xla', 'pallas') picks the GroupNorm forward of undifferentiated calls
+    'xla', 'pallas') picks who computes the GroupNorms, XLA or jdiff's Triton kernels
     (:func:`~jdiff.models.group_norm.norm_implementation`).
     """
     image_size: int

@@ -1,6 +1,7 @@
-"""Run with 4 CPU devices by tests/test_pallas_group_norm.py: the GroupNorm kernel (Pallas interpreter) under
-jax.jit over a batch split on the mesh, inside a lax.scan as in the sampler, against the unsharded call;
-prints a JSON line with the differences and whether the compiled program moves data between devices."""
+"""Run with 4 CPU devices by tests/test_pallas_group_norm.py: the GroupNorm kernels (Pallas interpreter) under
+jax.jit over a batch split on the mesh — the forward inside a lax.scan as in the sampler, and the forward
+and backward under jax.grad as in a train step — against the unsharded calls; prints a JSON line with the
+differences and whether the compiled programs move data between devices."""
 
 import json
 
@@ -10,13 +11,32 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jdiff import sharding
-from jdiff.models.pallas_group_norm import normalise_affine_pallas
+from jdiff.models import pallas_group_norm
+from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine
 
 
 def steps(x, a, b):
     def body(h, _):
-        return normalise_affine_pallas(h, a, b, silu=True, out_dtype=h.dtype, interpret=True), None
+        return pallas_group_norm.forward(h, a, b, silu=True, out_dtype=h.dtype, interpret=True)[0], None
     return jax.lax.scan(body, x, None, length=2)[0]
+
+
+def gradients(x, a, b):
+    """(dx, da, db) of a loss of the kernel's output; only the batch-summed da, db need a collective."""
+    def loss(x, a, b):
+        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, "pallas_interpret")
+        return jnp.sum(jnp.sin(y))
+    dx, da, db = jax.grad(loss, argnums=(0, 1, 2))(x, a, b)
+    return dx, da.sum(0), db.sum(0)
+
+
+def collectives(compiled_text):
+    return [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in compiled_text]
+
+
+def max_diff(got, expected):
+    return max(float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(e, np.float32))))
+               for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)))
 
 
 assert jax.device_count() == 4, jax.devices()
@@ -25,18 +45,21 @@ keys = jax.random.split(jax.random.key(0), 3)
 x = (3.0 + jax.random.normal(keys[0], (8, 64, 96))).astype(jnp.bfloat16)   # C = 96: groups of 3 channels
 a = 1.0 + 0.1 * jax.random.normal(keys[1], (8, 96))
 b = 0.1 * jax.random.normal(keys[2], (8, 96))
-reference = np.asarray(jax.jit(steps)(x, a, b), np.float32)
+reference = jax.jit(steps)(x, a, b)
+reference_grads = jax.jit(gradients)(x, a, b)
 
 by_batch = sharding.batch_sharding(mesh)
 split = jax.jit(steps, in_shardings=(by_batch, by_batch, by_batch), out_shardings=by_batch)
 out = split(x, a, b)
-hlo = split.lower(x, a, b).compile().as_text()
+split_grads = jax.jit(gradients, in_shardings=(by_batch, by_batch, by_batch))
 # x split along its channels: the rule must gather them (a group's statistics need all its channels)
 by_channel = jax.jit(steps, in_shardings=(NamedSharding(mesh, P(None, None, "data")), None, None))
 print(json.dumps(dict(
-    batch_split_max_diff=float(np.max(np.abs(np.asarray(out, np.float32) - reference))),
+    batch_split_max_diff=max_diff(out, reference),
     batch_split_output_axis=str(out.sharding.spec[0]),
-    batch_split_collectives=[op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute")
-                             if op in hlo],
-    channel_split_max_diff=float(np.max(np.abs(np.asarray(by_channel(x, a, b), np.float32) - reference))),
+    batch_split_collectives=collectives(split.lower(x, a, b).compile().as_text()),
+    channel_split_max_diff=max_diff(by_channel(x, a, b), reference),
+    gradients_max_diff=max_diff(split_grads(x, a, b), reference_grads),
+    gradients_dx_axis=str(split_grads(x, a, b)[0].sharding.spec[0]),
+    gradients_collectives=collectives(split_grads.lower(x, a, b).compile().as_text()),
 )))
