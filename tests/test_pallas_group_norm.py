@@ -207,3 +207,19 @@ def test_partitioned_over_a_sharded_batch():
     assert result["gradients_dx_axis"] == "data"
     assert result["gradients_collectives"] == ["all-reduce"]
     assert result["gradients_max_diff"] < 1e-4  # float32 sums over the batch in another order
+
+
+@pytest.mark.parametrize("direction", ["forward", "training"])
+def test_benchmark_script_smoke(tmp_path, direction):
+    """experiments/bench_group_norm.py runs end to end (kernels in the interpreter) and every setting it
+    times agrees with XLA's two-pass result."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    import bench_group_norm
+
+    out = tmp_path / "gn.json"
+    bench_group_norm.main(["--smoke", "--direction", direction, "--out", str(out)])
+    result = json.loads(out.read_text())["results"][0]
+    assert result["direction"] == direction and result["shape"] == [2, 16, 384]
+    rows = result["pallas"]
+    assert len(rows) == (2 if direction == "training" else 1)  # (the defaults and) the one swept setting
+    assert all(row["ok"] and row["max_diff_f32"] < 1e-5 and row["ms"] > 0 for row in rows)

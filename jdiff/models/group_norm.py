@@ -24,7 +24,7 @@ output and the input gradient are cast to the requested dtypes.
 :mod:`jdiff.models.pallas_group_norm` (one-pass shifted statistics, whatever ``one_pass`` says; its
 backward reads the per-channel statistics its forward saved). On the UNet's shapes (H200) the forward
 is 1.1–1.6× faster than XLA's reduction and apply passes, and forward plus backward 0.84–1.6×
-(docs/benchmarks.md); a bf16 train step is 6.9% faster with them, 100-step sampling 7.8%. 'auto' (the
+(docs/benchmarks.md); a bf16 train step is 6.7% faster with them, 100-step sampling 7.8%. 'auto' (the
 default) is 'pallas' where it runs, see :func:`norm_implementation`.
 """
 
@@ -49,7 +49,7 @@ IMPLEMENTATIONS = ("auto", "xla", "pallas")
 def norm_implementation(requested: str) -> str:
     """Who computes the GroupNorms, forward and backward: 'xla' or 'pallas' (jdiff's Triton kernels) as
     requested; 'auto' is 'pallas' on NVIDIA GPUs of compute capability 8.0 or newer and 'xla' elsewhere.
-    The kernels made 100-step sampling 7.8% and a bf16 train step 6.9% faster on an H200
+    The kernels made 100-step sampling 7.8% and a bf16 train step 6.7% faster on an H200
     (docs/benchmarks.md); over several devices each runs them on its own share of the batch (their
     partitioning rule).
 
