@@ -143,20 +143,24 @@ class _Program(NamedTuple):
         return _Program(image=pl.program_id(1), cols=pl.ds(pl.program_id(0) * channels_per_program, width),
                         lanes=lanes, width=width, block_n=block_n, chunks=n // block_n)
 
+    @property
+    def _tile_mask(self):
+        return None if self.lanes is None else self.lanes[None, :]
+
     def _rows(self, i):
         # int32 like the program ids, also when jax_enable_x64 makes the loop counter int64
         return pl.ds(jnp.asarray(i, jnp.int32) * self.block_n, self.block_n)
 
     def load_tile(self, ref, i, eviction_policy: str) -> jax.Array:
         """Positions [i·block_n, (i + 1)·block_n) of the program's lanes of a (B, N, C) operand, float32."""
-        mask = None if self.lanes is None else self.lanes[None, :]
-        return plt.load(ref.at[self.image, self._rows(i), self.cols], mask=mask,
-                        other=None if mask is None else 0.0, eviction_policy=eviction_policy).astype(jnp.float32)
+        return plt.load(ref.at[self.image, self._rows(i), self.cols], mask=self._tile_mask,
+                        other=None if self.lanes is None else 0.0,
+                        eviction_policy=eviction_policy).astype(jnp.float32)
 
     def store_tile(self, ref, i, value: jax.Array) -> None:
         # Not read again by this program: let it leave L2 before the inputs that pass 2 reads again.
         plt.store(ref.at[self.image, self._rows(i), self.cols], value.astype(ref.dtype),
-                  mask=None if self.lanes is None else self.lanes[None, :], eviction_policy="evict_first")
+                  mask=self._tile_mask, eviction_policy="evict_first")
 
     def load_channels(self, ref, row=None) -> jax.Array:
         """The program's lanes of a (B, C) operand, or of position ``row`` of a (B, N, C) one, float32."""

@@ -52,6 +52,7 @@ by_batch = sharding.batch_sharding(mesh)
 split = jax.jit(steps, in_shardings=(by_batch, by_batch, by_batch), out_shardings=by_batch)
 out = split(x, a, b)
 split_grads = jax.jit(gradients, in_shardings=(by_batch, by_batch, by_batch))
+grads = split_grads(x, a, b)
 # x split along its channels: the rule must gather them (a group's statistics need all its channels)
 by_channel = jax.jit(steps, in_shardings=(NamedSharding(mesh, P(None, None, "data")), None, None))
 print(json.dumps(dict(
@@ -59,7 +60,7 @@ print(json.dumps(dict(
     batch_split_output_axis=str(out.sharding.spec[0]),
     batch_split_collectives=collectives(split.lower(x, a, b).compile().as_text()),
     channel_split_max_diff=max_diff(by_channel(x, a, b), reference),
-    gradients_max_diff=max_diff(split_grads(x, a, b), reference_grads),
-    gradients_dx_axis=str(split_grads(x, a, b)[0].sharding.spec[0]),
+    gradients_max_diff=max_diff(grads, reference_grads),
+    gradients_dx_axis=str(grads[0].sharding.spec[0]),
     gradients_collectives=collectives(split_grads.lower(x, a, b).compile().as_text()),
 )))
