@@ -81,27 +81,28 @@ def inputs(shape: tuple[int, int, int], count: int, seed: int = 0):
 
 
 def chained(fn):
-    """A jitted function running ``fn(x, a, b)`` on each x of a list, one after the other."""
+    """A jitted function running ``fn(x, *params)`` on each x of a list, one after the other."""
     fn = jax.jit(fn)  # lowered (and the kernel compiled) once, however many calls
 
-    def run(xs, a, b):
-        ys = [fn(xs[0], a, b)]
+    def run(xs, *params):
+        ys = [fn(xs[0], *params)]
         for x in xs[1:]:
             # x becomes available only once the previous call's output exists: the calls stay separate
             x, _ = jax.lax.optimization_barrier((x, ys[-1]))
-            ys.append(fn(x, a, b))
+            ys.append(fn(x, *params))
         return ys
     return jax.jit(run)
 
 
-def time_per_call(fn, xs, a, b, repeats: int) -> float:
-    """Median seconds per call of ``fn`` over ``repeats`` runs of ``chained(fn)`` on xs, after a warm-up."""
+def time_per_call(fn, xs, params: tuple, repeats: int) -> float:
+    """Median seconds per call of ``fn(x, *params)`` over ``repeats`` runs of ``chained(fn)`` on xs, after a
+    warm-up."""
     run = chained(fn)
-    jax.block_until_ready(run(xs, a, b))
+    jax.block_until_ready(run(xs, *params))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(run(xs, a, b))
+        jax.block_until_ready(run(xs, *params))
         times.append((time.perf_counter() - start) / len(xs))
     return statistics.median(times)
 
@@ -174,7 +175,7 @@ def bench_shape(shape, args) -> dict:
     xs, a, b = inputs(shape, calls)
 
     def timed(label, fn, **extra) -> dict:
-        seconds = time_per_call(fn, xs, a, b, args.repeats)
+        seconds = time_per_call(fn, xs, (a, b), args.repeats)
         row = dict(extra, ms=seconds * 1e3, gbps=nbytes / seconds / 1e9)
         print(f"  {label} {json.dumps(row)}", flush=True)
         return row

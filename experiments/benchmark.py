@@ -68,6 +68,7 @@ VARIANT_OPTIONS = {
     "onepass": "GroupNorm statistics in one read (model.norm_variance=one_pass)",
     "pallasnorm": "GroupNorms by the Triton kernels (model.norm_implementation=pallas)",
     "xlanorm": "GroupNorms by XLA (model.norm_implementation=xla; neither: 'auto')",
+    "hwioflat": "conv kernels in flax's HWIO order in the flat train state (default on GPUs: OHWI)",
     "nocmdbuf": "no CUDA-graph command buffers (compiler option xla_gpu_enable_command_buffer='')",
 }  # nocmdbuf changes the train step only; sampling ignores it
 
@@ -75,7 +76,7 @@ VARIANT_OPTIONS = {
 def apply_variant(config, variant: str) -> dict:
     """'<bf16|f32>-<auto|xla|cudnn>[-option]…' with options from VARIANT_OPTIONS: sets the config's
     compute dtype, attention kernel and GroupNorm variance and kernel, and returns the train-step
-    options (``compiler_options``) for :func:`compile_train_step`."""
+    options (``compiler_options``, ``conv_order``) for :func:`compile_train_step`."""
     dtype, attention, *options = variant.split("-")
     config.model.compute_dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
     config.model.attention_implementation = attention
@@ -86,7 +87,8 @@ def apply_variant(config, variant: str) -> dict:
     for option, implementation in (("pallasnorm", "pallas"), ("xlanorm", "xla")):
         if option in options:
             config.model.norm_implementation = implementation
-    return dict(compiler_options={"xla_gpu_enable_command_buffer": ""} if "nocmdbuf" in options else None)
+    return dict(compiler_options={"xla_gpu_enable_command_buffer": ""} if "nocmdbuf" in options else None,
+                conv_order="HWIO" if "hwioflat" in options else None)
 
 
 @contextlib.contextmanager
@@ -112,7 +114,7 @@ def initial_state_key(kind: str, abstract) -> tuple[str, str, str]:
     return kind, str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract))
 
 
-def compile_train_step(config, batch: int, *, compiler_options: dict | None = None):
+def compile_train_step(config, batch: int, *, compiler_options: dict | None = None, conv_order: str | None = None):
     """The config's jitted train step compiled for ``batch`` images (synthetic, already on the devices):
     (compiled step, fresh train state, batch, seconds to initialise, seconds to compile).
 
@@ -122,11 +124,11 @@ def compile_train_step(config, batch: int, *, compiler_options: dict | None = No
     mesh = sharding.make_mesh()
     model = train.build_model(config)
     tx = train.make_optimizer(config.training)
-    abstract, shardings = train.abstract_train_state(config, model, tx, mesh)
+    abstract, shardings = train.abstract_train_state(config, model, tx, mesh, conv_order)
     t0 = time.perf_counter()
     init_key = initial_state_key("train", abstract)
     if init_key not in _initial_states:
-        _initial_states[init_key] = block(train.initial_train_state(config, model, tx, shardings))
+        _initial_states[init_key] = block(train.initial_train_state(config, model, tx, shardings, conv_order))
     state = block(jax.tree.map(jnp.copy, _initial_states[init_key]))
     init_seconds = time.perf_counter() - t0
     step_fn = train.make_train_step(config, model, tx, train.build_schedule(config), mesh, shardings)
@@ -174,6 +176,8 @@ class TrainRun:
                       init_seconds=self.init_seconds, peak_memory_gib=peak_memory_gib(),
                       loss=float(self.metrics["loss"]), spread=(max(self.times) - min(self.times)) / step_seconds,
                       windows_ms=[t * 1e3 for t in self.times])
+        # layout changes XLA makes between the state and the kernels (e.g. conv kernels for cuDNN)
+        result["hlo_transposes"] = self.compiled.as_text().count(" transpose(")
         flops = cost_flops(self.compiled)
         if flops:
             per_step = flops / self.k

@@ -25,7 +25,7 @@ from jdiff import config as config_lib
 from jdiff import data as data_lib
 from jdiff import losses, models, schedules, sharding, timestep_sampling
 from jdiff.metrics import MetricsWriter, ProgressReporter
-from jdiff.flat_params import FlatLayout
+from jdiff.flat_params import FlatLayout, preferred_conv_order
 from jdiff.train_state import TrainState
 
 
@@ -106,11 +106,12 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[jax
 
 
 def init_train_state(key: jax.Array, config: ml_collections.ConfigDict, model: models.UNet,
-                     tx: optax.GradientTransformation) -> TrainState:
+                     tx: optax.GradientTransformation, conv_order: str | None = None) -> TrainState:
     """Fresh parameters (EMA = parameters), optimiser state and timestep-sampler history, the
-    parameters as one flat vector padded to a multiple of the device count (:mod:`jdiff.flat_params`)."""
+    parameters as one flat vector padded to a multiple of the device count, convolution kernels in
+    ``conv_order`` (default: :func:`~jdiff.flat_params.preferred_conv_order`; :mod:`jdiff.flat_params`)."""
     tree = model.init({"params": key}, *dummy_inputs(config), train=False)["params"]
-    layout = FlatLayout.of(tree, multiple=jax.device_count())
+    layout = FlatLayout.of(tree, multiple=jax.device_count(), conv_order=conv_order or preferred_conv_order())
     params = layout.ravel(tree)
     sampler_state = (timestep_sampling.init_loss_second_moment(config.diffusion.num_timesteps)
                      if config.diffusion.timestep_sampler == "loss_second_moment" else None)
@@ -126,10 +127,13 @@ def for_host_initialisation(model: models.UNet) -> models.UNet:
 
 
 def initial_train_state(config: ml_collections.ConfigDict, model: models.UNet,
-                        tx: optax.GradientTransformation, shardings: Any) -> TrainState:
+                        tx: optax.GradientTransformation, shardings: Any,
+                        conv_order: str | None = None) -> TrainState:
     """:func:`init_train_state` from ``run_keys(config.seed)``, computed on the host's CPU (it compiles
     there in a fraction of the time: :func:`jdiff.sharding.computed_on_host`) and placed in ``shardings``."""
-    init = functools.partial(init_train_state, config=config, model=for_host_initialisation(model), tx=tx)
+    # the order is resolved here, for the devices' backend: init_train_state runs on the host's CPU
+    init = functools.partial(init_train_state, config=config, model=for_host_initialisation(model), tx=tx,
+                             conv_order=conv_order or preferred_conv_order())
     return sharding.computed_on_host(init, run_keys(config.seed)[0], out_shardings=shardings)
 
 
@@ -209,10 +213,11 @@ def make_train_step(config: ml_collections.ConfigDict, model: models.UNet, tx: o
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, model: models.UNet,
-                         tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+                         tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                         conv_order: str | None = None) -> tuple[TrainState, Any]:
     """The train state's shapes and dtypes (no computation), and the shardings it lives in."""
-    shapes = jax.eval_shape(functools.partial(init_train_state, config=config, model=model, tx=tx),
-                            jax.random.key(0))
+    shapes = jax.eval_shape(functools.partial(init_train_state, config=config, model=model, tx=tx,
+                                              conv_order=conv_order), jax.random.key(0))
     shardings = sharding.tree_shardings(shapes, mesh, config.training.shard_params)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return abstract, shardings

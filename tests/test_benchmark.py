@@ -1,8 +1,13 @@
-"""experiments/benchmark.py's search for the largest batch that fits, with probes whose memory is known."""
+"""experiments/benchmark.py's search for the largest batch that fits, with probes whose memory is known;
+experiments/bench_conv.py's alternative convolution and a smoke run of it."""
 
+import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
@@ -51,3 +56,44 @@ def test_nothing_fits_is_an_error_and_bugs_are_not_memory():
 
     with pytest.raises(TypeError, match="a bug"):
         benchmark.largest_batch(broken, 2 * GIB, base=128, multiple=8)
+
+
+@pytest.mark.parametrize("kernel, stride, channels", [(3, 1, 5), (3, 2, 4), (1, 1, 6)])
+def test_patch_matmul_conv_equals_lax_conv(kernel, stride, channels):
+    """bench_conv.py's alternative (im2col + one matrix product) computes lax.conv_general_dilated's
+    result, forward and gradients, so that its timings compare like with like."""
+    from jax import lax
+
+    from bench_conv import patch_matmul_conv
+
+    key_x, key_w = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(key_x, (2, 9, 7, channels))
+    w = jax.random.normal(key_w, (kernel, kernel, channels, 3))
+    pad = ((kernel // 2,) * 2,) * 2
+    numbers = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (stride, stride), pad, dimension_numbers=numbers,
+                                                 precision="highest")))
+
+    reference = lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=numbers, precision="highest")
+    ours = patch_matmul_conv(x, w, (stride, stride), pad, dimension_numbers=numbers, precision="highest")
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(loss(patch_matmul_conv), (0, 1))(x, w),
+                    jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_benchmark_script_smoke(tmp_path):
+    """experiments/bench_conv.py finds the UNet's convolutions and times both implementations, which agree."""
+    import bench_conv
+
+    out = tmp_path / "conv.json"
+    bench_conv.main(["--smoke", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 2 and all(row["count"] >= 1 for row in rows)
+    for row in rows:
+        assert row["input"][0] == 2 and len(row["kernel"]) == 4
+        for implementation in ("xla", "matmul"):
+            assert row[implementation]["ms"] > 0 and row[implementation]["max_relative_diff_f32"] < 1e-4

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jdiff.flat_params import FlatLayout
+from jdiff.flat_params import FlatLayout, preferred_conv_order
 
 
 def params_tree(seed=0):
@@ -18,23 +18,34 @@ def params_tree(seed=0):
             "dense": [jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)]}
 
 
+@pytest.mark.parametrize("conv_order", ["HWIO", "OHWI"])
 @pytest.mark.parametrize("multiple", [1, 4, 7])
-def test_ravel_unravel_round_trip_and_padding(multiple):
+def test_ravel_unravel_round_trip_and_padding(multiple, conv_order):
     tree = params_tree()
-    layout = FlatLayout.of(tree, multiple=multiple)
+    layout = FlatLayout.of(tree, multiple=multiple, conv_order=conv_order)
     assert layout.num_params == 3 * 3 * 2 * 4 + 4 + 4 + 15
     assert layout.size % multiple == 0 and 0 <= layout.size - layout.num_params < multiple
     flat = layout.ravel(tree)
     assert flat.shape == (layout.size,) and flat.dtype == jnp.float32
-    # Leaves in jax.tree order, each in C order, then zeros.
-    expected = np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])
-    np.testing.assert_array_equal(flat[:layout.num_params], expected)
+    # Leaves in jax.tree order, each in C order (the 4-D conv kernel, HWIO in the tree, output axis first
+    # for OHWI), then zeros.
+    stored = [np.transpose(leaf, (3, 0, 1, 2)) if conv_order == "OHWI" and leaf.ndim == 4 else leaf
+              for leaf in jax.tree.leaves(tree)]
+    np.testing.assert_array_equal(flat[:layout.num_params], np.concatenate([np.ravel(leaf) for leaf in stored]))
     np.testing.assert_array_equal(flat[layout.num_params:], 0.0)
     back = jax.jit(layout.unravel)(flat)
     assert jax.tree.structure(back) == jax.tree.structure(tree)
     jax.tree.map(np.testing.assert_array_equal, back, tree)
     # The layout is static metadata: equal for equal trees, usable as a jit static value.
-    assert FlatLayout.of(params_tree(1), multiple) == layout and hash(FlatLayout.of(params_tree(1), multiple)) == hash(layout)
+    same = FlatLayout.of(params_tree(1), multiple, conv_order)
+    assert same == layout and hash(same) == hash(layout)
+    assert FlatLayout.of(tree, multiple, {"HWIO": "OHWI", "OHWI": "HWIO"}[conv_order]) != layout
+
+
+def test_preferred_conv_order_is_cudnns_on_gpus_only(monkeypatch):
+    assert preferred_conv_order() == "HWIO"  # this CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert preferred_conv_order() == "OHWI"
 
 
 def test_layout_of_abstract_tree_equals_that_of_arrays():
@@ -51,12 +62,15 @@ def test_bad_input_is_refused():
         layout.ravel(dict(tree, norm={"scale": jnp.zeros(5)}))
     with pytest.raises(ValueError, match="flat vector"):
         layout.unravel(jnp.zeros(layout.size + 1))
+    with pytest.raises(ValueError, match="conv_order"):
+        FlatLayout.of(tree, conv_order="OIHW")
 
 
+@pytest.mark.parametrize("conv_order", ["HWIO", "OHWI"])
 @pytest.mark.parametrize("clip", [0.0, 0.5])
-def test_adamw_and_ema_on_the_flat_vector_equal_the_tree_version(clip):
+def test_adamw_and_ema_on_the_flat_vector_equal_the_tree_version(clip, conv_order):
     tree = params_tree()
-    layout = FlatLayout.of(tree, multiple=8)          # with padding, which must stay zero
+    layout = FlatLayout.of(tree, multiple=8, conv_order=conv_order)  # with padding, which must stay zero
     tx = optax.chain(*([optax.clip_by_global_norm(clip)] if clip else []),
                      optax.adamw(1e-2, weight_decay=0.1))
     tree_state, flat_state = tx.init(tree), tx.init(layout.ravel(tree))
@@ -84,13 +98,14 @@ def test_adamw_and_ema_on_the_flat_vector_equal_the_tree_version(clip):
     jax.tree.map(np.testing.assert_array_equal, again, flat_state)
 
 
-def test_gradient_through_unravel_is_one_concatenation():
+@pytest.mark.parametrize("conv_order", ["HWIO", "OHWI"])
+def test_gradient_through_unravel_is_one_concatenation(conv_order):
     """The backward pass of the train step gets the flat gradient as ONE concatenation of the leaves'
     gradients. Per-leaf slices would transpose to a full-length pad each, summed: on the ADM CIFAR-10
     UNet ~580 pads and adds of 57 M numbers in the lowered step: the slice version ran 43.0 ms per step on
     an H200 where the split version (as ``jax.flatten_util.ravel_pytree``'s) had run 28.9 ms."""
     tree = params_tree()
-    layout = FlatLayout.of(tree, multiple=8)
+    layout = FlatLayout.of(tree, multiple=8, conv_order=conv_order)
 
     def loss(flat):
         return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(layout.unravel(flat)))

@@ -92,6 +92,27 @@ def test_initial_state_of_a_network_set_up_for_gpu_kernels():
                                   np.asarray(train.initial_train_state(config, model, tx, shardings).params))
 
 
+def test_conv_kernels_stored_output_first_train_identically():
+    """The flat state's storage order of the conv kernels (OHWI on GPUs, for cuDNN) changes where numbers
+    live in the vectors, not the training: two steps from the same initialisation give the same trees."""
+    config = tiny_config()
+    model, tx, mesh = train.build_model(config), train.make_optimizer(config.training), sharding.make_mesh()
+    step_data = {"images": jax.random.uniform(jax.random.key(3), (config.training.batch_size, 8, 8, 1),
+                                              minval=-1.0, maxval=1.0)}
+    results, vectors = {}, {}
+    for order in ("HWIO", "OHWI"):
+        _, shardings = train.abstract_train_state(config, model, tx, mesh, order)
+        state = train.initial_train_state(config, model, tx, shardings, order)
+        assert state.layout.conv_order == order
+        step_fn = train.make_train_step(config, model, tx, train.build_schedule(config), mesh, shardings)
+        for _ in range(2):
+            state, metrics = step_fn(state, step_data)
+        vectors[order] = np.asarray(state.params)
+        results[order] = jax.device_get((state.checkpoint_items(), metrics["loss"]))
+    assert not np.array_equal(vectors["HWIO"], vectors["OHWI"])  # the same numbers, stored differently
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), results["HWIO"], results["OHWI"])
+
+
 def test_resume_is_exact(tmp_path, six_steps):
     straight, resumed = six_steps, str(tmp_path / "resumed")
     assert train.train_and_evaluate(tiny_config(num_steps=3), resumed) == "finished"
