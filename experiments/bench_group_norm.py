@@ -2,7 +2,7 @@
 
     python experiments/bench_group_norm.py --out results.json [--block-n 8,16,32,64] [--num-warps 4,8]
         [--widths 32,64,128] [--repeats 7] [--batch 512]
-    python experiments/bench_group_norm.py --out results.json --direction training --batch 128
+    python experiments/bench_group_norm.py --out results.json --direction training --batch 128 [--dropout 0.3]
     python experiments/bench_group_norm.py --smoke --out /tmp/smoke.json    # CPU: interpreter, tiny shapes
 
 For each activation shape of the ADM CIFAR-10 UNet in bf16 (POSITIONS_CHANNELS, at ``--batch`` images:
@@ -16,7 +16,8 @@ each kernel setting's float32 output is checked against (a)'s (max abs differenc
 of one norm as a train step runs them (the gradients of ½Σy², :func:`gradients`): XLA two-pass,
 one-pass, the forward and backward kernels at their defaults, and the backward kernel over the sweep's
 settings (:func:`kernel_gradients`); float32 gradients are compared with (a)'s (there the difference is
-the largest max abs difference relative to each gradient's largest value).
+the largest max abs difference relative to each gradient's largest value). ``--dropout`` applies the
+ResBlocks' dropout inside the norm (the same seeds for every implementation, so the comparisons hold).
 
 Timing: one jitted call runs the function on ``calls`` distinct inputs (so every call reads x from
 DRAM, not L2, and host dispatch is paid once per ``calls``), chained by optimisation barriers so XLA
@@ -42,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine  # noqa: E402
+from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, normalise_affine  # noqa: E402
 from jdiff.models import pallas_group_norm  # noqa: E402
 from jdiff.models.pallas_group_norm import unsupported_reason  # noqa: E402
 
@@ -107,13 +108,14 @@ def time_per_call(fn, xs, params: tuple, repeats: int) -> float:
     return statistics.median(times)
 
 
-def xla(one_pass: bool, out_dtype):
-    return lambda x, a, b: normalise_affine(x, a, b, NUM_GROUPS, EPS, True, one_pass, out_dtype)
+def xla(one_pass: bool, out_dtype, drop: dict):
+    return lambda x, a, b: normalise_affine(x, a, b, NUM_GROUPS, EPS, True, one_pass, out_dtype, "xla",
+                                            drop.get("dropout", 0.0), drop.get("seeds"))
 
 
-def pallas(setting: dict, out_dtype, interpret: bool):
+def pallas(setting: dict, out_dtype, interpret: bool, drop: dict):
     return lambda x, a, b: pallas_group_norm.forward(x, a, b, silu=True, out_dtype=out_dtype,
-                                                     interpret=interpret, **setting)[0]
+                                                     interpret=interpret, **drop, **setting)[0]
 
 
 def max_abs_diff(fn, reference, x, a, b) -> float:
@@ -138,11 +140,12 @@ def settings(shape, args) -> list[dict]:
     return out
 
 
-def gradients(implementation: str, one_pass: bool, out_dtype):
-    """(dx, da, db) of ½Σy² for y = normalise_affine(x, a, b) with SiLU: one norm's forward and backward
-    in a training step (dy = y)."""
+def gradients(implementation: str, one_pass: bool, out_dtype, drop: dict):
+    """(dx, da, db) of ½Σy² for y = normalise_affine(x, a, b) with SiLU (and ``drop``'s dropout): one norm's
+    forward and backward in a training step (dy = y)."""
     def loss(x, a, b):
-        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, one_pass, out_dtype, implementation)
+        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, one_pass, out_dtype, implementation,
+                             drop.get("dropout", 0.0), drop.get("seeds"))
         return 0.5 * jnp.sum(jnp.square(y.astype(jnp.float32)))
     return jax.grad(loss, argnums=(0, 1, 2))
 
@@ -153,13 +156,15 @@ def max_relative_diff(fn, reference, x, a, b) -> float:
     return max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(got, reference))
 
 
-def kernel_gradients(setting: dict, out_dtype, interpret: bool):
+def kernel_gradients(setting: dict, out_dtype, interpret: bool, drop: dict):
     """What ``gradients('pallas', ...)`` runs through normalise_affine's VJP, called directly so that the
     backward kernel's settings can be swept: the forward kernel at its defaults, then the backward with
     ``setting`` and dy = y (½Σy²'s cotangent)."""
     def run(x, a, b):
-        y, mean, rstd = pallas_group_norm.forward(x, a, b, silu=True, out_dtype=out_dtype, interpret=interpret)
-        return pallas_group_norm.backward(x, y, a, b, mean, rstd, silu=True, interpret=interpret, **setting)
+        y, mean, rstd = pallas_group_norm.forward(x, a, b, silu=True, out_dtype=out_dtype, interpret=interpret,
+                                                  **drop)
+        return pallas_group_norm.backward(x, y, a, b, mean, rstd, silu=True, interpret=interpret, **drop,
+                                          **setting)
     return run
 
 
@@ -173,6 +178,7 @@ def bench_shape(shape, args) -> dict:
     tensor_bytes = np.prod(shape) * jnp.dtype(DTYPE).itemsize
     calls = 1 if args.smoke else int(np.clip(INPUT_BYTES_PER_TIMING // tensor_bytes, 2, 64))
     xs, a, b = inputs(shape, calls)
+    drop = dict(dropout=args.dropout, seeds=dropout_seeds(jax.random.key(1), shape[0], shape[2])) if args.dropout else {}
 
     def timed(label, fn, **extra) -> dict:
         seconds = time_per_call(fn, xs, (a, b), args.repeats)
@@ -181,32 +187,33 @@ def bench_shape(shape, args) -> dict:
         return row
 
     print(f"shape (B, N, C) = {shape}, {args.direction}, {calls} calls per timing", flush=True)
-    result = dict(shape=list(shape), direction=args.direction, bytes=int(nbytes), calls_per_timing=calls,
-                  pallas=[])
+    result = dict(shape=list(shape), direction=args.direction, dropout=args.dropout, bytes=int(nbytes),
+                  calls_per_timing=calls, pallas=[])
     if training:
         x = xs[0].astype(jnp.float32)
-        reference = jax.jit(gradients("xla", False, jnp.float32))(x, a, b)
+        reference = jax.jit(gradients("xla", False, jnp.float32, drop))(x, a, b)
         kernel = "pallas_interpret" if args.smoke else "pallas"
-        result.update(xla_two_pass=timed("XLA two-pass", gradients("xla", False, DTYPE)),
-                      xla_one_pass=timed("XLA one-pass", gradients("xla", True, DTYPE), max_diff_f32=(
-                          max_relative_diff(gradients("xla", True, jnp.float32), reference, x, a, b))))
-        result["pallas"].append(timed("Pallas defaults", gradients(kernel, False, DTYPE), ok=True, max_diff_f32=(
-            max_relative_diff(gradients(kernel, False, jnp.float32), reference, x, a, b))))
+        result.update(xla_two_pass=timed("XLA two-pass", gradients("xla", False, DTYPE, drop)),
+                      xla_one_pass=timed("XLA one-pass", gradients("xla", True, DTYPE, drop), max_diff_f32=(
+                          max_relative_diff(gradients("xla", True, jnp.float32, drop), reference, x, a, b))))
+        result["pallas"].append(timed("Pallas defaults", gradients(kernel, False, DTYPE, drop), ok=True,
+                                      max_diff_f32=max_relative_diff(gradients(kernel, False, jnp.float32, drop),
+                                                                     reference, x, a, b)))
         candidate, difference = kernel_gradients, max_relative_diff
     else:
         x = xs[0]
-        reference = jax.jit(xla(False, jnp.float32))(x, a, b)
-        result.update(xla_two_pass=timed("XLA two-pass", xla(False, DTYPE)),
-                      xla_one_pass=timed("XLA one-pass", xla(True, DTYPE), max_diff_f32=(
-                          max_abs_diff(xla(True, jnp.float32), reference, x, a, b))))
+        reference = jax.jit(xla(False, jnp.float32, drop))(x, a, b)
+        result.update(xla_two_pass=timed("XLA two-pass", xla(False, DTYPE, drop)),
+                      xla_one_pass=timed("XLA one-pass", xla(True, DTYPE, drop), max_diff_f32=(
+                          max_abs_diff(xla(True, jnp.float32, drop), reference, x, a, b))))
         candidate, difference = pallas, max_abs_diff
     for setting in settings(shape, args):
-        diff = difference(candidate(setting, jnp.float32, args.smoke), reference, x, a, b)
+        diff = difference(candidate(setting, jnp.float32, args.smoke, drop), reference, x, a, b)
         if not diff <= args.tolerance:  # also NaN
             row = dict(setting, max_diff_f32=diff, ok=False)
             print(f"  Pallas {json.dumps(row)}: WRONG, not timed", flush=True)
         else:
-            row = timed("Pallas", candidate(setting, DTYPE, args.smoke), **setting, max_diff_f32=diff, ok=True)
+            row = timed("Pallas", candidate(setting, DTYPE, args.smoke, drop), **setting, max_diff_f32=diff, ok=True)
         result["pallas"].append(row)
     return result
 
@@ -254,6 +261,10 @@ def main(argv=None):
                         help="the forward alone (with the kernel's sweep), or forward and backward as in training")
     parser.add_argument("--batch", type=int, default=512, help="images per call (B)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout rate of the norm's output, as in the ResBlocks in training (same seeds for "
+                             "XLA and the kernels, so their outputs and gradients are compared as without)")
+    parser.add_argument("--shapes", type=int, default=0, help="time only the first this many shapes (0: all)")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest max difference of a correct setting's float32 output (training: relative)")
     args = parser.parse_args(argv)
@@ -261,6 +272,7 @@ def main(argv=None):
         args.repeats, args.min_tile = 1, 1
         args.block_n, args.num_warps, args.widths = [8], [4], [32]
     shapes = SMOKE_SHAPES if args.smoke else [(args.batch, n, c) for n, c in POSITIONS_CHANNELS]
+    shapes = shapes[:args.shapes] if args.shapes else shapes
     meta = dict(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform, jax=jax.__version__,
                 jaxlib=jaxlib.__version__, dtype=jnp.dtype(DTYPE).name, smoke=args.smoke,
                 sweep=dict(block_n=args.block_n, num_warps=args.num_warps, widths=args.widths,

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdiff.models.group_norm import EPS, NUM_GROUPS, GroupNorm, normalise_affine
+from jdiff.models.group_norm import (EPS, NUM_GROUPS, GroupNorm, dropout_keep, dropout_keep_scale, dropout_seeds,
+                                     dropout_threshold, normalise_affine)
 
 
 
@@ -74,6 +75,74 @@ def test_forward_and_gradients_match_autodiff_of_the_formula(shape, silu, dtype,
     assert rel(grads[0], grads_ref[0]) < grad_tol
     assert rel(grads[1], grads_ref[1]) < 1e-5
     assert rel(grads[2], grads_ref[2]) < 1e-5
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+def test_dropout_mask_keeps_the_right_fraction_independently(rate):
+    """The hash mask keeps 1 − rate of the elements (binomial tolerance, 5σ), the same fraction in every
+    image and channel, without correlation between neighbouring positions or channels; 1/p is exact."""
+    batch, n, channels = 4, 1024, 64
+    s0, s1 = dropout_seeds(jax.random.key(7), batch, channels)
+    keep = np.asarray(dropout_keep(jnp.arange(n)[None, :, None], s0[:, None, :], s1[:, None, :],
+                                   dropout_threshold(rate)))
+    p = 1.0 - dropout_threshold(rate) / 2**24
+    assert abs(p - (1.0 - rate)) < 2**-24 and dropout_keep_scale(rate) == pytest.approx(1.0 / p, rel=1e-12)
+    total = keep.size
+    assert abs(keep.mean() - p) < 5 * np.sqrt(p * (1 - p) / total)
+    per_column = keep.mean(axis=1)                   # (B, C): each image's channel over its positions
+    assert np.all(np.abs(per_column - p) < 5 * np.sqrt(p * (1 - p) / n))
+    centred = keep - p
+    for a, b in ((centred[:, 1:], centred[:, :-1]), (centred[..., 1:], centred[..., :-1]),
+                 (centred[1:], centred[:-1])):        # next position, next channel, next image
+        correlation = np.mean(a * b) / (p * (1 - p))
+        assert abs(correlation) < 5 / np.sqrt(a.size)
+    assert np.all(np.asarray(dropout_keep(jnp.arange(n), s0[0, 0], s1[0, 0], dropout_threshold(0.0))))
+    with pytest.raises(ValueError, match="dropout rate"):
+        dropout_threshold(1.0)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas_interpret"])
+def test_dropout_forward_and_gradients_match_autodiff_with_the_same_mask(implementation):
+    """With dropout, y = where(keep, SiLU(z)/p, 0) and its gradients equal float64 autodiff of that formula
+    with the mask of dropout_keep; XLA and the kernels drop the same elements."""
+    rate, shape = 0.3, (2, 16, 64)
+    x, a, b, dy = inputs(shape, jnp.float32, seed=3)
+    seeds = dropout_seeds(jax.random.key(1), shape[0], shape[2])
+    keep = dropout_keep(jnp.arange(shape[1])[None, :, None], seeds[0][:, None, :], seeds[1][:, None, :],
+                        dropout_threshold(rate))
+
+    def ours(x, a, b):
+        return normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate, seeds)
+
+    def ref(x, a, b):
+        return jnp.where(keep, reference(x, a, b, True) * dropout_keep_scale(rate), 0.0)
+
+    x64, a64, b64 = (v.astype(jnp.float64) for v in (x, a, b))
+    y = jax.jit(ours)(x, a, b)
+    np.testing.assert_array_equal(np.asarray(y) == 0, ~np.asarray(keep) | (np.asarray(ref(x64, a64, b64)) == 0))
+    assert rel(y, ref(x64, a64, b64)) < 2e-6
+    grads = jax.jit(jax.grad(lambda *v: jnp.vdot(ours(*v), dy.astype(np.float32)), argnums=(0, 1, 2)))(x, a, b)
+    grads_ref = jax.grad(lambda *v: jnp.vdot(ref(*v), dy), argnums=(0, 1, 2))(x64, a64, b64)
+    for got, want in zip(grads, grads_ref):
+        assert rel(got, want) < 1e-5
+    with pytest.raises(ValueError, match="needs seeds"):
+        normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate)
+
+
+def test_group_norm_module_dropout_uses_the_dropout_rng():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 64))
+    norm = GroupNorm()
+    params = norm.init(jax.random.key(1), x)
+    y = {k: norm.apply(params, x, silu=True, dropout=0.5, rngs={"dropout": jax.random.key(k)}) for k in (2, 3)}
+    np.testing.assert_array_equal(y[2], norm.apply(params, x, silu=True, dropout=0.5,
+                                                   rngs={"dropout": jax.random.key(2)}))
+    assert not np.array_equal(np.asarray(y[2]) == 0, np.asarray(y[3]) == 0)
+    undropped = norm.apply(params, x, silu=True)
+    kept = np.asarray(y[2]) != 0
+    np.testing.assert_allclose(np.asarray(y[2])[kept], 2.0 * np.asarray(undropped)[kept], rtol=1e-6)
+    assert 0.4 < 1 - kept.mean() < 0.6
+    with pytest.raises(Exception, match="dropout"):  # flax: no 'dropout' RNG stream given
+        norm.apply(params, x, dropout=0.5)
 
 
 def test_output_dtype_and_one_pass_statistics():

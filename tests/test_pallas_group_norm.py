@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import xla_flags_with_devices
-from jdiff.models.group_norm import EPS, NUM_GROUPS, norm_implementation, normalise_affine
+from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, norm_implementation, normalise_affine
 from jdiff.models import pallas_group_norm
 from jdiff.models.pallas_group_norm import unsupported_reason
 
@@ -157,6 +157,36 @@ def test_backward_matches_the_xla_vjp(shape, dtype, silu, settings):
         np.testing.assert_allclose(as64(got), as64(want), rtol=0, atol=tolerance)
 
 
+@pytest.mark.parametrize("shape,dtype,silu,settings", CASES[1:4] + CASES[6:])
+def test_dropout_in_the_kernels_drops_what_xla_drops(shape, dtype, silu, settings):
+    """With dropout the kernels compute the mask of group_norm.dropout_keep for their tiles (chunks of
+    positions, channel blocks with masked lanes): y and the backward's dx, da, db match XLA's with the same
+    seeds, zeros in the same places."""
+    rate = 0.3
+    x, a, b = inputs(shape, dtype, seed=sum(shape) + 2)
+    groups = settings.get("groups", NUM_GROUPS)
+    seeds = dropout_seeds(jax.random.key(sum(shape)), shape[0], shape[2])
+    dy = jnp.asarray(np.random.default_rng(sum(shape)).normal(size=shape), dtype)
+    y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=EPS, silu=silu, interpret=True, dropout=rate,
+                                              seeds=seeds, **settings)
+    expected, vjp = jax.vjp(lambda x, a, b: normalise_affine(x, a, b, groups, EPS, silu, False, jnp.float32, "xla",
+                                                             rate, seeds), x, a, b)
+    np.testing.assert_array_equal(np.asarray(y) == 0, np.asarray(expected) == 0)
+    assert 0.2 < float(jnp.mean(y == 0)) < 0.4
+    np.testing.assert_allclose(as64(y), as64(expected), rtol=1e-5, atol=1e-5)
+    got = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=silu, interpret=True, dropout=rate, seeds=seeds,
+                                     **settings)
+    for g, want in zip(got, vjp(dy.astype(jnp.float32))):
+        scale = float(jnp.max(jnp.abs(want)))
+        tolerance = scale * (2**-7 if dtype == jnp.bfloat16 and g is got[0] else 2e-5)
+        np.testing.assert_allclose(as64(g), as64(want), rtol=0, atol=tolerance)
+    with pytest.raises(ValueError, match="needs seeds"):
+        pallas_group_norm.forward(x, a, b, interpret=True, dropout=rate, **settings)
+    with pytest.raises(ValueError, match=r"seed0 must be \(B, C\)"):
+        pallas_group_norm.backward(x, dy, a, b, mean, rstd, interpret=True, dropout=rate,
+                                   seeds=(seeds[0][:1], seeds[1]), **settings)
+
+
 def test_normalise_affine_uses_the_kernels_undifferentiated_and_under_grad():
     """implementation='pallas_interpret' gives XLA's output and, through the custom VJP, XLA's gradients."""
     x, a, b = inputs((2, 16, 128), jnp.float32, seed=7)
@@ -209,17 +239,17 @@ def test_partitioned_over_a_sharded_batch():
     assert result["gradients_max_diff"] < 1e-4  # float32 sums over the batch in another order
 
 
-@pytest.mark.parametrize("direction", ["forward", "training"])
-def test_benchmark_script_smoke(tmp_path, direction):
+@pytest.mark.parametrize("direction,dropout", [("forward", 0.0), ("training", 0.0), ("training", 0.3)])
+def test_benchmark_script_smoke(tmp_path, direction, dropout):
     """experiments/bench_group_norm.py runs end to end (kernels in the interpreter) and every setting it
-    times agrees with XLA's two-pass result."""
+    times agrees with XLA's two-pass result (with dropout: with XLA's on the same mask)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
     import bench_group_norm
 
     out = tmp_path / "gn.json"
-    bench_group_norm.main(["--smoke", "--direction", direction, "--out", str(out)])
+    bench_group_norm.main(["--smoke", "--direction", direction, "--dropout", str(dropout), "--out", str(out)])
     result = json.loads(out.read_text())["results"][0]
-    assert result["direction"] == direction and result["shape"] == [2, 16, 384]
+    assert result["direction"] == direction and result["shape"] == [2, 16, 384] and result["dropout"] == dropout
     rows = result["pallas"]
     assert len(rows) == (2 if direction == "training" else 1)  # (the defaults and) the one swept setting
     assert all(row["ok"] and row["max_diff_f32"] < 1e-5 and row["ms"] > 0 for row in rows)

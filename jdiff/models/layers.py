@@ -137,7 +137,7 @@ class ResBlock(nn.Module):
     h = conv(SiLU(GN(x))) [with x, h resampled after the SiLU when ``up``/``down``];
     scale-shift norm: h = GN(h)·(1 + s) + b with (s, b) = Linear(SiLU(emb)), else GN(h + Linear(SiLU(emb)));
     out = skip(x) + conv₀(Dropout(SiLU(h))), conv₀ zero-initialised; skip is a 1×1 conv when the width
-    changes.
+    changes. The dropout (in training) is the GroupNorm's own (:mod:`jdiff.models.group_norm`).
     """
     out_channels: int
     dropout: float = 0.0
@@ -164,11 +164,14 @@ class ResBlock(nn.Module):
         emb_width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
         emb_out = dense(nn.silu(emb), emb_width, name="emb_layers_1", param_dtype=self.param_dtype)
         out_norm = GroupNorm(name="out_layers_0", **norm_kw)
+        # dropout of the norm's output is applied inside the norm (group_norm.py: one pass less each way)
+        dropout = self.dropout if train else 0.0
         if self.use_scale_shift_norm:
-            h = out_norm(h, scale_shift=tuple(jnp.split(emb_out, 2, axis=-1)), silu=True, out_dtype=self.dtype)
+            h = out_norm(h, scale_shift=tuple(jnp.split(emb_out, 2, axis=-1)), silu=True, out_dtype=self.dtype,
+                         dropout=dropout)
         else:
-            h = out_norm(h.astype(jnp.float32) + emb_out[:, None, None, :], silu=True, out_dtype=self.dtype)
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+            h = out_norm(h.astype(jnp.float32) + emb_out[:, None, None, :], silu=True, out_dtype=self.dtype,
+                         dropout=dropout)
         h = conv2d(h, self.out_channels, name="out_layers_3", zero_init=True, **kw)
 
         if x.shape[-1] != self.out_channels:

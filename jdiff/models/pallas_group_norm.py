@@ -54,7 +54,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plt
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jdiff.models.group_norm import EPS, NUM_GROUPS
+from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_keep, dropout_keep_scale, dropout_threshold
 
 Dtype = Any
 
@@ -162,10 +162,23 @@ class _Program(NamedTuple):
         plt.store(ref.at[self.image, self._rows(i), self.cols], value.astype(ref.dtype),
                   mask=self._tile_mask, eviction_policy="evict_first")
 
-    def load_channels(self, ref, row=None) -> jax.Array:
-        """The program's lanes of a (B, C) operand, or of position ``row`` of a (B, N, C) one, float32."""
+    def load_channels(self, ref, row=None, dtype=jnp.float32) -> jax.Array:
+        """The program's lanes of a (B, C) operand, or of position ``row`` of a (B, N, C) one, as ``dtype``."""
         at = ref.at[self.image, self.cols] if row is None else ref.at[self.image, row, self.cols]
-        return plt.load(at, mask=self.lanes, other=None if self.lanes is None else 0.0).astype(jnp.float32)
+        return plt.load(at, mask=self.lanes, other=None if self.lanes is None else 0).astype(dtype)
+
+    def dropout(self, seed_refs, threshold: int, scale: float):
+        """``drop(i, v)``: the (block_n, width) tile v of chunk i with dropout's mask (group_norm.dropout_keep
+        of its positions and the program's channels' seeds) and 1/p applied; identity without seeds."""
+        if not seed_refs:
+            return lambda i, v: v
+        seed0, seed1 = (self.load_channels(ref, dtype=jnp.int32)[None, :] for ref in seed_refs)
+
+        def drop(i, v):
+            position = jnp.asarray(i, jnp.int32) * self.block_n + jax.lax.broadcasted_iota(
+                jnp.int32, (self.block_n, 1), 0)
+            return jnp.where(dropout_keep(position, seed0, seed1, threshold), v * scale, 0.0)
+        return drop
 
     def store_channels(self, ref, value: jax.Array) -> None:
         plt.store(ref.at[self.image, self.cols], value.astype(ref.dtype), mask=self.lanes)
@@ -205,8 +218,9 @@ def _group_reductions(program: _Program, channels_per_program: int, per_group: i
     return group_sum, to_lanes
 
 
-def _forward_kernel(x_ref, a_ref, b_ref, y_ref, mean_ref, rstd_ref, *, block_n: int, per_group: int,
-                    channels_per_program: int, eps: float, silu: bool):
+def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, channels_per_program: int,
+                    eps: float, silu: bool, dropout_threshold: int, dropout_scale: float):
+    *seed_refs, y_ref, mean_ref, rstd_ref = refs  # the seeds only with dropout
     n = x_ref.shape[1]
     program = _Program.here(n, block_n, channels_per_program)
     # an array, not a Python int, as the row: the interpreter's load takes no int index
@@ -227,25 +241,29 @@ def _forward_kernel(x_ref, a_ref, b_ref, y_ref, mean_ref, rstd_ref, *, block_n: 
     program.store_channels(rstd_ref, rstd)
     scale = rstd * program.load_channels(a_ref)
     bias = program.load_channels(b_ref)
+    drop = program.dropout(seed_refs, dropout_threshold, dropout_scale)
 
     def apply(i):
         z = (program.load_tile(x_ref, i, "evict_first") - mean) * scale + bias
-        program.store_tile(y_ref, i, jax.nn.silu(z) if silu else z)
+        program.store_tile(y_ref, i, drop(i, jax.nn.silu(z) if silu else z))
 
     program.reversed_chunks(apply)
 
 
-def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, dx_ref, da_ref, db_ref, *, block_n: int,
-                     per_group: int, channels_per_program: int, eps: float, silu: bool):
+def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, block_n: int, per_group: int,
+                     channels_per_program: int, eps: float, silu: bool, dropout_threshold: int,
+                     dropout_scale: float):
     del eps  # in the saved rstd
+    *seed_refs, dx_ref, da_ref, db_ref = refs  # the seeds only with dropout
     n = x_ref.shape[1]
     program = _Program.here(n, block_n, channels_per_program)
     mean, rstd = program.load_channels(mean_ref), program.load_channels(rstd_ref)
     a, b = program.load_channels(a_ref), program.load_channels(b_ref)
+    drop = program.dropout(seed_refs, dropout_threshold, dropout_scale)  # the forward's mask, recomputed
 
     def dz_and_xhat(i, eviction_policy):
         xhat = (program.load_tile(x_ref, i, eviction_policy) - mean) * rstd
-        dz = program.load_tile(dy_ref, i, eviction_policy)
+        dz = drop(i, program.load_tile(dy_ref, i, eviction_policy))
         if silu:
             z = xhat * a + b
             sig = jax.nn.sigmoid(z)
@@ -278,6 +296,7 @@ class _Settings(NamedTuple):
     eps: float
     silu: bool
     out_dtype: Any  # y's dtype in the forward, dx's in the backward
+    dropout: float  # the rate; the kernels then take two (B, C) int32 seed operands more
     num_warps: int
     num_stages: int | None
     interpret: bool
@@ -290,7 +309,8 @@ def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, .
     per_channel = jax.ShapeDtypeStruct((batch, channels), jnp.float32)
     kernel = functools.partial(kernel, block_n=settings.block_n, per_group=settings.per_group,
                                channels_per_program=settings.channels_per_program, eps=settings.eps,
-                               silu=settings.silu)
+                               silu=settings.silu, dropout_threshold=dropout_threshold(settings.dropout),
+                               dropout_scale=dropout_keep_scale(settings.dropout))
     return pl.pallas_call(
         kernel,
         out_shape=(jax.ShapeDtypeStruct(operands[0].shape, settings.out_dtype), per_channel, per_channel),
@@ -301,12 +321,16 @@ def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, .
     )(*operands)
 
 
-def _forward_call(x, a, b, settings):
-    return _launch(_forward_kernel, "group_norm_forward", settings, (x, a, b))
+def _forward_call(*operands_and_settings):
+    """(x, a, b[, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
+    *operands, settings = operands_and_settings
+    return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands))
 
 
-def _backward_call(x, dy, a, b, mean, rstd, settings):
-    return _launch(_backward_kernel, "group_norm_backward", settings, (x, dy, a, b, mean, rstd))
+def _backward_call(*operands_and_settings):
+    """(x, dy, a, b, mean, rstd[, seed0, seed1], settings) → the backward kernel's (dx, da, db)."""
+    *operands, settings = operands_and_settings
+    return _launch(_backward_kernel, "group_norm_backward", settings, tuple(operands))
 
 
 def _split_along_batch(sharding: Any, ndim: int) -> NamedSharding:
@@ -331,7 +355,7 @@ def _partitioned_per_image(call, sharding_rule: str):
 
     def partition(settings, mesh, arg_shapes, result_shape):
         x = arg_shapes[0].sharding
-        return (mesh, functools.partial(call, settings=settings), batch_split(x, result_shape),
+        return (mesh, lambda *operands: call(*operands, settings), batch_split(x, result_shape),
                 batch_split(x, arg_shapes))
 
     def infer_sharding(settings, mesh, arg_shapes, result_shape):
@@ -343,37 +367,51 @@ def _partitioned_per_image(call, sharding_rule: str):
     return partitioned
 
 
-_forward_per_image = _partitioned_per_image(_forward_call, "b n c, b c, b c -> b n c, b c, b c")
-_backward_per_image = _partitioned_per_image(_backward_call,
-                                             "b n c, b n c, b c, b c, b c, b c -> b n c, b c, b c")
+_OUTPUTS = " -> b n c, b c, b c"
+_SEEDS = ", b c, b c"
+_forward_per_image = {seeded: _partitioned_per_image(_forward_call, "b n c, b c, b c" + _SEEDS * seeded + _OUTPUTS)
+                      for seeded in (False, True)}
+_backward_per_image = {seeded: _partitioned_per_image(
+    _backward_call, "b n c, b n c, b c, b c, b c, b c" + _SEEDS * seeded + _OUTPUTS) for seeded in (False, True)}
 
 
 def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Array], *, groups: int, eps: float,
-                      silu: bool, out_dtype: Dtype, interpret: bool, block_n: int | None,
-                      channels_per_program: int | None, num_warps: int | None,
+                      silu: bool, out_dtype: Dtype, interpret: bool, dropout: float, seeds,
+                      block_n: int | None, channels_per_program: int | None, num_warps: int | None,
                       num_stages: int | None) -> _Settings:
     reason = unsupported_reason(x.shape, x.dtype, groups=groups, block_n=block_n,
                                 channels_per_program=channels_per_program)
     if reason:
         raise ValueError(f"{caller}: {reason}")
+    dropout_threshold(dropout)  # the rate's range
+    if dropout:
+        if seeds is None or len(seeds) != 2:
+            raise ValueError(f"{caller}: dropout > 0 needs seeds=(seed0, seed1), (B, C) int32 each")
+        per_channel = dict(per_channel, seed0=seeds[0], seed1=seeds[1])
     batch, n, channels = x.shape
     for name, value in per_channel.items():
         if value.shape != (batch, channels):
             raise ValueError(f"{caller}: {name} must be (B, C) = {(batch, channels)}, got {value.shape}")
     rows, cpp = _resolve(n, channels, groups, block_n, channels_per_program)
     return _Settings(block_n=rows, per_group=channels // groups, channels_per_program=cpp, eps=eps, silu=silu,
-                     out_dtype=jnp.dtype(out_dtype),
+                     out_dtype=jnp.dtype(out_dtype), dropout=float(dropout),
                      num_warps=default_num_warps(rows, cpp) if num_warps is None else num_warps,
                      num_stages=num_stages, interpret=interpret)
 
 
+def _seed_operands(settings: _Settings, seeds) -> tuple[jax.Array, ...]:
+    return tuple(s.astype(jnp.int32) for s in seeds) if settings.dropout else ()
+
+
 def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
-            silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False,
-            block_n: int | None = None, channels_per_program: int | None = None, num_warps: int | None = None,
+            silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False, dropout: float = 0.0,
+            seeds: tuple[jax.Array, jax.Array] | None = None, block_n: int | None = None,
+            channels_per_program: int | None = None, num_warps: int | None = None,
             num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32, as ``normalise_affine(x,
-    a, b, groups, eps, silu, one_pass=True, out_dtype)`` computes it, in one Pallas Triton kernel; mean and
-    rstd = (σ² + ε)^(−1/2) (B, C) float32 are each channel's group statistics, for :func:`backward`.
+    a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds)`` computes it (the same
+    dropout mask), in one Pallas Triton kernel; mean and rstd = (σ² + ε)^(−1/2) (B, C) float32 are each
+    channel's group statistics, for :func:`backward`.
 
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
     ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
@@ -384,25 +422,28 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     :func:`jdiff.models.group_norm.normalise_affine` pairs it with :func:`backward`.
     """
     settings = _checked_settings("pallas_group_norm.forward", x, dict(a=a, b=b), groups=groups, eps=eps,
-                                 silu=silu, out_dtype=out_dtype, interpret=interpret, block_n=block_n,
-                                 channels_per_program=channels_per_program, num_warps=num_warps,
-                                 num_stages=num_stages)
-    return _forward_per_image(x, a.astype(jnp.float32), b.astype(jnp.float32), settings)
+                                 silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout, seeds=seeds,
+                                 block_n=block_n, channels_per_program=channels_per_program,
+                                 num_warps=num_warps, num_stages=num_stages)
+    return _forward_per_image[bool(settings.dropout)](x, a.astype(jnp.float32), b.astype(jnp.float32),
+                                                      *_seed_operands(settings, seeds), settings)
 
 
 def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.Array, rstd: jax.Array, *,
-             groups: int = NUM_GROUPS, silu: bool = False, interpret: bool = False, block_n: int | None = None,
+             groups: int = NUM_GROUPS, silu: bool = False, interpret: bool = False, dropout: float = 0.0,
+             seeds: tuple[jax.Array, jax.Array] | None = None, block_n: int | None = None,
              channels_per_program: int | None = None, num_warps: int | None = None,
              num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(dx, da, db), the gradients of Σ dy·y for y = :func:`forward`'s output, from its mean and rstd, in one
-    kernel (group_norm.py's docstring has the equations): pass 1 sums da_bc = Σ_n dz·x̂ and db_bc = Σ_n dz,
-    pass 2 writes dx = r·(a·dz − m1 − x̂·m2) in x's dtype; da, db are (B, C) float32. Settings as
-    :func:`forward`'s (same defaults)."""
+    """(dx, da, db), the gradients of Σ dy·y for y = :func:`forward`'s output, from its mean and rstd (and
+    its dropout mask, recomputed from the same seeds), in one kernel (group_norm.py's docstring has the
+    equations): pass 1 sums da_bc = Σ_n dz·x̂ and db_bc = Σ_n dz, pass 2 writes dx = r·(a·dz − m1 − x̂·m2)
+    in x's dtype; da, db are (B, C) float32. Settings as :func:`forward`'s (same defaults)."""
     settings = _checked_settings("pallas_group_norm.backward", x, dict(a=a, b=b, mean=mean, rstd=rstd),
                                  groups=groups, eps=0.0, silu=silu, out_dtype=x.dtype, interpret=interpret,
-                                 block_n=block_n, channels_per_program=channels_per_program,
-                                 num_warps=num_warps, num_stages=num_stages)
+                                 dropout=dropout, seeds=seeds, block_n=block_n,
+                                 channels_per_program=channels_per_program, num_warps=num_warps,
+                                 num_stages=num_stages)
     if dy.shape != x.shape:
         raise ValueError(f"pallas_group_norm.backward: dy must have x's shape {x.shape}, got {dy.shape}")
     f32 = (v.astype(jnp.float32) for v in (a, b, mean, rstd))
-    return _backward_per_image(x, dy, *f32, settings)
+    return _backward_per_image[bool(settings.dropout)](x, dy, *f32, *_seed_operands(settings, seeds), settings)

@@ -1,6 +1,6 @@
 """Run with 4 CPU devices by tests/test_pallas_group_norm.py: the GroupNorm kernels (Pallas interpreter) under
 jax.jit over a batch split on the mesh — the forward inside a lax.scan as in the sampler, and the forward
-and backward under jax.grad as in a train step — against the unsharded calls; prints a JSON line with the
+and backward (with dropout) under jax.grad as in a train step — against the unsharded calls; prints a JSON line with the
 differences and whether the compiled programs move data between devices."""
 
 import json
@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jdiff import sharding
 from jdiff.models import pallas_group_norm
-from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine
+from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, normalise_affine
 
 
 def steps(x, a, b):
@@ -22,9 +22,12 @@ def steps(x, a, b):
 
 
 def gradients(x, a, b):
-    """(dx, da, db) of a loss of the kernel's output; only the batch-summed da, db need a collective."""
+    """(dx, da, db) of a loss of the kernels' output with dropout (seeded kernels, as in training); only the
+    batch-summed da, db need a collective."""
+    seeds = dropout_seeds(jax.random.key(5), *a.shape)
+
     def loss(x, a, b):
-        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, "pallas_interpret")
+        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, "pallas_interpret", 0.3, seeds)
         return jnp.sum(jnp.sin(y))
     dx, da, db = jax.grad(loss, argnums=(0, 1, 2))(x, a, b)
     return dx, da.sum(0), db.sum(0)
