@@ -103,8 +103,11 @@ def _mix(h: jax.Array) -> jax.Array:
 
 def dropout_keep(position: jax.Array, seed0: jax.Array, seed1: jax.Array, threshold: int) -> jax.Array:
     """Whether the element at ``position`` (its index n over H·W) of a channel with seeds (seed0, seed1) is
-    kept: mix(mix(n ⊕ s0) + s1) >> 8 ≥ threshold, element-wise with broadcasting (int32 operands)."""
-    h = _mix(_mix(position.astype(jnp.int32) ^ seed0) + seed1)
+    kept: mix((n ⊕ s0) + s1) >> 8 ≥ threshold, element-wise with broadcasting (int32 operands). For one
+    channel n ↦ (n ⊕ s0) + s1 is a bijection and ``_mix`` another, so its N positions get N distinct
+    well-mixed words; two channels' inputs coincide only where their random seeds make them (for N ≤ 1024
+    a chance of ~2·10⁻⁴ per pair of channels, at scattered positions)."""
+    h = _mix((position.astype(jnp.int32) ^ seed0) + seed1)
     return jax.lax.shift_right_logical(h, jnp.int32(32 - _HASH_BITS)) >= threshold
 
 
