@@ -83,9 +83,9 @@ class FlatLayout:
         if shapes != self.shapes:
             wrong = next(i for i, (a, b) in enumerate(zip(shapes, self.shapes)) if a != b)
             raise ValueError(f"parameter {wrong} has shape {shapes[wrong]}, the layout expects {self.shapes[wrong]}")
-        vector = jnp.concatenate([
-            jnp.ravel(jnp.transpose(leaf, _OHWI_FROM_HWIO) if self._stored(shape) else leaf).astype(self.dtype)
-            for leaf, shape in zip(leaves, shapes)])
+        stored = [jnp.transpose(leaf, _OHWI_FROM_HWIO) if self._stored(shape) else leaf
+                  for leaf, shape in zip(leaves, shapes)]
+        vector = jnp.concatenate([jnp.ravel(leaf).astype(self.dtype) for leaf in stored])
         return jnp.pad(vector, (0, self.size - self.num_params))
 
     def unravel(self, vector: jax.Array) -> Any:

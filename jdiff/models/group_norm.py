@@ -220,8 +220,8 @@ def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dr
         from jdiff.models import pallas_group_norm  # Pallas only where it is asked for
 
         # mean and rstd come per channel (B, C), as the backward kernel reads them
-        y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=eps, out_dtype=out_dtype,
-                                                  **_kernel_settings(groups, silu, implementation, dropout, seeds))
+        settings = _kernel_settings(groups, silu, implementation, dropout, seeds)
+        y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=eps, out_dtype=out_dtype, **settings)
     return y, (x, a, b, mean, rstd, seeds)
 
 

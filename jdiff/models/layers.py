@@ -167,8 +167,8 @@ class ResBlock(nn.Module):
         # dropout of the norm's output is applied inside the norm (group_norm.py: one pass less each way)
         dropout = self.dropout if train else 0.0
         if self.use_scale_shift_norm:
-            h = out_norm(h, scale_shift=tuple(jnp.split(emb_out, 2, axis=-1)), silu=True, out_dtype=self.dtype,
-                         dropout=dropout)
+            h = out_norm(h, scale_shift=tuple(jnp.split(emb_out, 2, axis=-1)), silu=True,
+                         out_dtype=self.dtype, dropout=dropout)
         else:
             h = out_norm(h.astype(jnp.float32) + emb_out[:, None, None, :], silu=True, out_dtype=self.dtype,
                          dropout=dropout)

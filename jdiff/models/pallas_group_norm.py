@@ -163,7 +163,7 @@ class _Program(NamedTuple):
                   mask=self._tile_mask, eviction_policy="evict_first")
 
     def load_channels(self, ref, row=None, dtype=jnp.float32) -> jax.Array:
-        """The program's lanes of a (B, C) operand, or of position ``row`` of a (B, N, C) one, as ``dtype``."""
+        """The program's lanes of a (B, C) operand, or of position ``row`` of a (B, N, C) one, as dtype."""
         at = ref.at[self.image, self.cols] if row is None else ref.at[self.image, row, self.cols]
         return plt.load(at, mask=self.lanes, other=None if self.lanes is None else 0).astype(dtype)
 
@@ -369,14 +369,17 @@ def _partitioned_per_image(call, sharding_rule: str):
 
 _OUTPUTS = " -> b n c, b c, b c"
 _SEEDS = ", b c, b c"
-_forward_per_image = {seeded: _partitioned_per_image(_forward_call, "b n c, b c, b c" + _SEEDS * seeded + _OUTPUTS)
-                      for seeded in (False, True)}
-_backward_per_image = {seeded: _partitioned_per_image(
-    _backward_call, "b n c, b n c, b c, b c, b c, b c" + _SEEDS * seeded + _OUTPUTS) for seeded in (False, True)}
+_forward_per_image = {
+    seeded: _partitioned_per_image(_forward_call, "b n c, b c, b c" + _SEEDS * seeded + _OUTPUTS)
+    for seeded in (False, True)}
+_backward_per_image = {
+    seeded: _partitioned_per_image(_backward_call,
+                                   "b n c, b n c, b c, b c, b c, b c" + _SEEDS * seeded + _OUTPUTS)
+    for seeded in (False, True)}
 
 
-def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Array], *, groups: int, eps: float,
-                      silu: bool, out_dtype: Dtype, interpret: bool, dropout: float, seeds,
+def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Array], *, groups: int,
+                      eps: float, silu: bool, out_dtype: Dtype, interpret: bool, dropout: float, seeds,
                       block_n: int | None, channels_per_program: int | None, num_warps: int | None,
                       num_stages: int | None) -> _Settings:
     reason = unsupported_reason(x.shape, x.dtype, groups=groups, block_n=block_n,
@@ -422,8 +425,8 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     :func:`jdiff.models.group_norm.normalise_affine` pairs it with :func:`backward`.
     """
     settings = _checked_settings("pallas_group_norm.forward", x, dict(a=a, b=b), groups=groups, eps=eps,
-                                 silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout, seeds=seeds,
-                                 block_n=block_n, channels_per_program=channels_per_program,
+                                 silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout,
+                                 seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
                                  num_warps=num_warps, num_stages=num_stages)
     return _forward_per_image[bool(settings.dropout)](x, a.astype(jnp.float32), b.astype(jnp.float32),
                                                       *_seed_operands(settings, seeds), settings)
@@ -446,4 +449,5 @@ def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.
     if dy.shape != x.shape:
         raise ValueError(f"pallas_group_norm.backward: dy must have x's shape {x.shape}, got {dy.shape}")
     f32 = (v.astype(jnp.float32) for v in (a, b, mean, rstd))
-    return _backward_per_image[bool(settings.dropout)](x, dy, *f32, *_seed_operands(settings, seeds), settings)
+    seed_operands = _seed_operands(settings, seeds)
+    return _backward_per_image[bool(settings.dropout)](x, dy, *f32, *seed_operands, settings)
