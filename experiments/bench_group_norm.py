@@ -173,12 +173,13 @@ def bench_shape(shape, args) -> dict:
     training``) the forward and backward, the sweep's settings applied to the backward kernel, plus the
     kernels at their defaults through normalise_affine as the UNet runs them."""
     training = args.direction == "training"
-    # ideal traffic: read x, write y; in training also read x and dy, write dx
-    nbytes = (5 if training else 2) * np.prod(shape) * jnp.dtype(DTYPE).itemsize
     tensor_bytes = np.prod(shape) * jnp.dtype(DTYPE).itemsize
+    nbytes = (5 if training else 2) * tensor_bytes  # read x, write y; in training also read x, dy, write dx
     calls = 1 if args.smoke else int(np.clip(INPUT_BYTES_PER_TIMING // tensor_bytes, 2, 64))
     xs, a, b = inputs(shape, calls)
-    drop = dict(dropout=args.dropout, seeds=dropout_seeds(jax.random.key(1), shape[0], shape[2])) if args.dropout else {}
+    drop = {}
+    if args.dropout:
+        drop = dict(dropout=args.dropout, seeds=dropout_seeds(jax.random.key(1), shape[0], shape[2]))
 
     def timed(label, fn, **extra) -> dict:
         seconds = time_per_call(fn, xs, (a, b), args.repeats)

@@ -190,11 +190,18 @@ def _kernel_settings(groups, silu, implementation, dropout, seeds) -> dict[str, 
                 seeds=seeds)
 
 
-def _check_dropout(dropout: float, seeds) -> None:
+def check_dropout(caller: str, dropout: float, seeds, batch: int, channels: int) -> None:
+    """Raises ValueError unless ``dropout`` is a rate in [0, 1) and, when it is > 0, ``seeds`` are the
+    pair (seed0, seed1) of (B, C) arrays that :func:`dropout_seeds` gives (XLA's path and the kernels')."""
     dropout_threshold(dropout)
-    if dropout and (seeds is None or len(seeds) != 2):
-        raise ValueError("normalise_affine: dropout > 0 needs seeds, the pair (seed0, seed1) of (B, C) int32 "
-                         "arrays of dropout_seeds")
+    if not dropout:
+        return
+    if seeds is None or len(seeds) != 2:
+        raise ValueError(f"{caller}: dropout > 0 needs seeds=(seed0, seed1), (B, C) int32 arrays of "
+                         "dropout_seeds")
+    for name, seed in zip(("seed0", "seed1"), seeds):
+        if seed.shape != (batch, channels):
+            raise ValueError(f"{caller}: {name} must be (B, C) = {(batch, channels)}, got {seed.shape}")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9))
@@ -213,7 +220,7 @@ def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM
 
 def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds):
     _check_implementation(implementation)
-    _check_dropout(dropout, seeds)
+    check_dropout("normalise_affine", dropout, seeds, x.shape[0], x.shape[-1])
     if implementation == "xla":
         y, (mean, rstd) = _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype, dropout, seeds)
     else:

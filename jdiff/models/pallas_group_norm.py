@@ -56,7 +56,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plt
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_keep, dropout_keep_scale, dropout_threshold
+from jdiff.models.group_norm import (EPS, NUM_GROUPS, check_dropout, dropout_keep, dropout_keep_scale,
+                                     dropout_threshold)
 
 Dtype = Any
 
@@ -388,12 +389,8 @@ def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Arra
                                 channels_per_program=channels_per_program)
     if reason:
         raise ValueError(f"{caller}: {reason}")
-    dropout_threshold(dropout)  # the rate's range
-    if dropout:
-        if seeds is None or len(seeds) != 2:
-            raise ValueError(f"{caller}: dropout > 0 needs seeds=(seed0, seed1), (B, C) int32 each")
-        per_channel = dict(per_channel, seed0=seeds[0], seed1=seeds[1])
     batch, n, channels = x.shape
+    check_dropout(caller, dropout, seeds, batch, channels)
     for name, value in per_channel.items():
         if value.shape != (batch, channels):
             raise ValueError(f"{caller}: {name} must be (B, C) = {(batch, channels)}, got {value.shape}")
