@@ -8,7 +8,7 @@
 For each activation shape of the ADM CIFAR-10 UNet in bf16 (POSITIONS_CHANNELS, at ``--batch`` images:
 512 as the sampler, 128 as a training step) it times
 (a) ``normalise_affine(..., silu=True, one_pass=False)`` jitted by XLA, (b) the same with
-``one_pass=True``, and (c) ``normalise_affine_pallas`` for every setting of the sweep (block_n
+``one_pass=True``, and (c) the kernel (``pallas_group_norm.forward``) at its defaults and for every setting of the sweep (block_n
 positions per tile × num_warps × padded channel width per program, the settings the kernel rejects or
 whose tile is outside [--min-tile, --max-tile] elements skipped), all with bf16 output. Before timing,
 each kernel setting's float32 output is checked against (a)'s (max abs difference; a setting over
@@ -207,6 +207,9 @@ def bench_shape(shape, args) -> dict:
         result.update(xla_two_pass=timed("XLA two-pass", xla(False, DTYPE, drop)),
                       xla_one_pass=timed("XLA one-pass", xla(True, DTYPE, drop), max_diff_f32=(
                           max_abs_diff(xla(True, jnp.float32, drop), reference, x, a, b))))
+        result["pallas"].append(timed("Pallas defaults", pallas({}, DTYPE, args.smoke, drop), ok=True,
+                                      max_diff_f32=max_abs_diff(pallas({}, jnp.float32, args.smoke, drop),
+                                                                reference, x, a, b)))
         candidate, difference = pallas, max_abs_diff
     for setting in settings(shape, args):
         diff = difference(candidate(setting, jnp.float32, args.smoke, drop), reference, x, a, b)

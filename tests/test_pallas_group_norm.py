@@ -69,6 +69,7 @@ CASES = [  # (B, N, C), input dtype, silu, kernel settings (none: the defaults)
     ((1, 64, 384), jnp.float32, True, dict(block_n=32, channels_per_program=96)),
     ((1, 16, 384), jnp.bfloat16, True, dict(channels_per_program=384)),  # all 32 groups in 512 lanes
     ((3, 16, 128), jnp.float32, True, dict(channels_per_program=128, block_n=8, groups=16)),
+    ((2, 32, 384), jnp.bfloat16, True, dict(block_n=32, channels_per_program=24)),  # one chunk: read once
 ]
 
 

@@ -195,9 +195,27 @@ class _Program(NamedTuple):
                                  (zeros,) * count)
         return tuple(s.sum(0) for s in sums)
 
-    def reversed_chunks(self, body: Callable[[Any], None]) -> None:
-        """body(i) for the chunks in reverse order: those pass 1 read last are the likeliest still in L2."""
-        pl.loop(0, self.chunks)(lambda j: body(self.chunks - 1 - j))
+    def two_passes(self, load: Callable[[Any, str], tuple[jax.Array, ...]],
+                   summands: Callable[..., tuple[jax.Array, ...]], count: int,
+                   second_pass: Callable[[tuple[jax.Array, ...]], Callable[..., None]]) -> None:
+        """Pass 1 sums ``summands(i, *load(i))`` (``count`` tiles) over all positions; then
+        ``second_pass(sums)(i, *load(i))`` runs for every chunk i. ``load(i, eviction_policy)`` reads chunk
+        i's tiles of the operands.
+
+        With one chunk (block_n = N) the slab is read once and stays in registers for both passes. With
+        several, pass 1 asks L2 to keep what it reads and pass 2 walks the chunks in reverse order, so that
+        it starts with those pass 1 read last (the likeliest still in L2)."""
+        if self.chunks == 1:
+            tiles = load(0, "evict_first")
+            second_pass(tuple(s.sum(0) for s in summands(0, *tiles)))(0, *tiles)
+            return
+        sums = self.sum_over_positions(lambda i: summands(i, *load(i, "evict_last")), count)
+        body = second_pass(sums)
+
+        def reversed_chunk(j):
+            i = self.chunks - 1 - j
+            body(i, *load(i, "evict_first"))
+        pl.loop(0, self.chunks)(reversed_chunk)
 
 
 def _group_reductions(program: _Program, channels_per_program: int, per_group: int):
@@ -229,28 +247,30 @@ def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, ch
     # an array, not a Python int, as the row: the interpreter's load takes no int index
     shift = program.load_channels(x_ref, row=jnp.int32(0))
 
-    def centred(i):
-        d = program.load_tile(x_ref, i, "evict_last") - shift  # keep x in L2 for pass 2
+    def centred(i, x):
+        d = x - shift
         return d, d * d
 
-    s1, s2 = program.sum_over_positions(centred, 2)
-    mean_c = shift + s1 / n
-    m2_c = jnp.maximum(s2 - s1 * s1 / n, 0.0)
-    group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
-    mean = to_lanes(group_sum(mean_c) / per_group)
-    m2 = group_sum(m2_c + n * jnp.square(mean_c - mean))
-    rstd = to_lanes(jax.lax.rsqrt(m2 / (n * per_group) + eps))
-    program.store_channels(mean_ref, mean)
-    program.store_channels(rstd_ref, rstd)
-    scale = rstd * program.load_channels(a_ref)
-    bias = program.load_channels(b_ref)
-    drop = program.dropout(seed_refs, dropout_threshold, dropout_scale)
+    def normalise(sums):
+        s1, s2 = sums
+        mean_c = shift + s1 / n
+        m2_c = jnp.maximum(s2 - s1 * s1 / n, 0.0)
+        group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
+        mean = to_lanes(group_sum(mean_c) / per_group)
+        m2 = group_sum(m2_c + n * jnp.square(mean_c - mean))
+        rstd = to_lanes(jax.lax.rsqrt(m2 / (n * per_group) + eps))
+        program.store_channels(mean_ref, mean)
+        program.store_channels(rstd_ref, rstd)
+        scale = rstd * program.load_channels(a_ref)
+        bias = program.load_channels(b_ref)
+        drop = program.dropout(seed_refs, dropout_threshold, dropout_scale)
 
-    def apply(i):
-        z = (program.load_tile(x_ref, i, "evict_first") - mean) * scale + bias
-        program.store_tile(y_ref, i, drop(i, jax.nn.silu(z) if silu else z))
+        def apply(i, x):
+            z = (x - mean) * scale + bias
+            program.store_tile(y_ref, i, drop(i, jax.nn.silu(z) if silu else z))
+        return apply
 
-    program.reversed_chunks(apply)
+    program.two_passes(lambda i, policy: (program.load_tile(x_ref, i, policy),), centred, 2, normalise)
 
 
 def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, block_n: int, per_group: int,
@@ -264,31 +284,36 @@ def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, blo
     a, b = program.load_channels(a_ref), program.load_channels(b_ref)
     drop = program.dropout(seed_refs, dropout_threshold, dropout_scale)  # the forward's mask, recomputed
 
-    def dz_and_xhat(i, eviction_policy):
-        xhat = (program.load_tile(x_ref, i, eviction_policy) - mean) * rstd
-        dz = drop(i, program.load_tile(dy_ref, i, eviction_policy))
+    def dz_and_xhat(i, x, dy):
+        xhat = (x - mean) * rstd
+        dz = drop(i, dy)
         if silu:
             z = xhat * a + b
             sig = jax.nn.sigmoid(z)
             dz = dz * sig * (1.0 + z * (1.0 - sig))
         return dz, xhat
 
-    def products(i):
-        dz, xhat = dz_and_xhat(i, "evict_last")  # keep x and dy in L2 for pass 2
+    def load(i, policy):
+        return program.load_tile(x_ref, i, policy), program.load_tile(dy_ref, i, policy)
+
+    def products(i, x, dy):
+        dz, xhat = dz_and_xhat(i, x, dy)
         return dz * xhat, dz
 
-    da, db = program.sum_over_positions(products, 2)
-    program.store_channels(da_ref, da)
-    program.store_channels(db_ref, db)
-    group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
-    m1 = to_lanes(group_sum(a * db)) / (n * per_group)
-    m2 = to_lanes(group_sum(a * da)) / (n * per_group)
+    def input_gradient(sums):
+        da, db = sums
+        program.store_channels(da_ref, da)
+        program.store_channels(db_ref, db)
+        group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
+        m1 = to_lanes(group_sum(a * db)) / (n * per_group)
+        m2 = to_lanes(group_sum(a * da)) / (n * per_group)
 
-    def input_gradient(i):
-        dz, xhat = dz_and_xhat(i, "evict_first")
-        program.store_tile(dx_ref, i, rstd * (a * dz - m1 - xhat * m2))
+        def write(i, x, dy):
+            dz, xhat = dz_and_xhat(i, x, dy)
+            program.store_tile(dx_ref, i, rstd * (a * dz - m1 - xhat * m2))
+        return write
 
-    program.reversed_chunks(input_gradient)
+    program.two_passes(load, products, 2, input_gradient)
 
 
 class _Settings(NamedTuple):
