@@ -136,6 +136,31 @@ def test_default_settings_fit_the_unet_shapes():
             for dtype in (jnp.bfloat16, jnp.float32):
                 assert unsupported_reason((512, n, channels), dtype) is None
     assert unsupported_reason((2, 48, 128), jnp.float32) is None  # N not a power of two: smaller chunks
+    for (n, channels), (block_n, cpp, _) in pallas_group_norm.TUNED_BACKWARD.items():
+        assert unsupported_reason((128, n, channels), jnp.bfloat16, block_n=block_n, channels_per_program=cpp) is None
+
+
+def test_the_backward_takes_its_tuned_settings_only_when_given_none(monkeypatch):
+    """The backward's launch gets TUNED_BACKWARD's settings for a tuned (N, C), the rules' otherwise and
+    whatever the caller gives; the result is the same float32 arithmetic either way."""
+    launched = []
+    real_launch = pallas_group_norm._launch
+    monkeypatch.setattr(pallas_group_norm, "_launch",
+                        lambda kernel, name, settings, operands: launched.append(settings) or real_launch(
+                            kernel, name, settings, operands))
+    shape = (2, 16, 128)
+    monkeypatch.setitem(pallas_group_norm.TUNED_BACKWARD, shape[1:], (8, 32, 2))
+    x, a, b = inputs(shape, jnp.float32, seed=5)
+    dy = jnp.asarray(np.random.default_rng(5).normal(size=shape), jnp.float32)
+    _, mean, rstd = pallas_group_norm.forward(x, a, b, silu=True, interpret=True)
+    tuned = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=True, interpret=True)
+    given = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=True, interpret=True, block_n=16)
+    forward_settings, tuned_settings, given_settings = launched
+    assert (tuned_settings.block_n, tuned_settings.channels_per_program, tuned_settings.num_warps) == (8, 32, 2)
+    assert (given_settings.block_n, given_settings.channels_per_program) == (16, 64)  # the rules' width
+    assert (forward_settings.block_n, forward_settings.channels_per_program) == (16, 64)  # forward: no table
+    for t, g in zip(tuned, given):
+        np.testing.assert_allclose(np.asarray(t), np.asarray(g), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,dtype,silu,settings", CASES)

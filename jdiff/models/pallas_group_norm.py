@@ -65,6 +65,11 @@ Dtype = Any
 # ~10% of the best setting of each of the UNet's shapes at batch 512.
 MIN_CHANNELS = 64  # channels per program by default: at least 128 bytes of bf16 per row
 TILE_ELEMENTS = (2048, 4096)  # positions × padded channels per tile: for N < 1024, and for N ≥ 1024
+# The backward kernel's (block_n, channels_per_program, num_warps) for (N, C) of the UNet where the rules
+# above are 6–15% slower: the fastest setting at batch 128 in two sweeps on two H200s (docs/benchmarks.md,
+# "GroupNorm backward settings"); no one rule fits every shape. Other shapes use the rules.
+TUNED_BACKWARD = {(1024, 256): (16, 64, 8), (1024, 384): (16, 48, 8), (256, 256): (16, 64, 8),
+                  (256, 512): (32, 64, 8), (16, 512): (8, 128, 8)}
 
 
 def _next_power_of_2(n: int) -> int:
@@ -409,7 +414,11 @@ _backward_per_image = {
 def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Array], *, groups: int,
                       eps: float, silu: bool, out_dtype: Dtype, interpret: bool, dropout: float, seeds,
                       block_n: int | None, channels_per_program: int | None, num_warps: int | None,
-                      num_stages: int | None) -> _Settings:
+                      num_stages: int | None, tuned: dict | None = None) -> _Settings:
+    """The kernel's settings, checked; ``tuned`` maps (N, C) to (block_n, channels_per_program, num_warps)
+    used when the caller gives none of the three (with the UNet's 32 groups)."""
+    if tuned and x.ndim == 3 and (block_n, channels_per_program, num_warps) == (None,) * 3 and groups == NUM_GROUPS:
+        block_n, channels_per_program, num_warps = tuned.get(tuple(x.shape[1:]), (None,) * 3)
     reason = unsupported_reason(x.shape, x.dtype, groups=groups, block_n=block_n,
                                 channels_per_program=channels_per_program)
     if reason:
@@ -464,12 +473,13 @@ def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.
     """(dx, da, db), the gradients of Σ dy·y for y = :func:`forward`'s output, from its mean and rstd (and
     its dropout mask, recomputed from the same seeds), in one kernel (group_norm.py's docstring has the
     equations): pass 1 sums da_bc = Σ_n dz·x̂ and db_bc = Σ_n dz, pass 2 writes dx = r·(a·dz − m1 − x̂·m2)
-    in x's dtype; da, db are (B, C) float32. Settings as :func:`forward`'s (same defaults)."""
+    in x's dtype; da, db are (B, C) float32. Settings as :func:`forward`'s, with the same defaults except
+    for the UNet's shapes in :data:`TUNED_BACKWARD` when none of the three is given."""
     settings = _checked_settings("pallas_group_norm.backward", x, dict(a=a, b=b, mean=mean, rstd=rstd),
                                  groups=groups, eps=0.0, silu=silu, out_dtype=x.dtype, interpret=interpret,
                                  dropout=dropout, seeds=seeds, block_n=block_n,
                                  channels_per_program=channels_per_program, num_warps=num_warps,
-                                 num_stages=num_stages)
+                                 num_stages=num_stages, tuned=TUNED_BACKWARD)
     if dy.shape != x.shape:
         raise ValueError(f"pallas_group_norm.backward: dy must have x's shape {x.shape}, got {dy.shape}")
     f32 = (v.astype(jnp.float32) for v in (a, b, mean, rstd))
