@@ -198,7 +198,9 @@ class QKVProjection(nn.Module):
 
     The parameters are the official layer's (kernel (C, 3C), bias (3C)); its output channels are read as
     (q|k|v, head, channel) with ``new_order``, else (head, q|k|v, channel). Slicing the three out of one
-    (B, L, 3C) product copies them; splitting the (small) kernel instead costs nothing.
+    (B, L, 3C) product copies them; splitting the (small) kernel instead costs nothing. Each product is a
+    (C, C) matrix plus a (C,) bias, reshaped to heads afterwards: that is the form XLA's GPU matmul rewriter
+    folds into cuBLAS's bias epilogue (a (heads, C/heads) bias is added in a pass of its own).
     """
     heads: int
     new_order: bool
@@ -216,7 +218,9 @@ class QKVProjection(nn.Module):
         if not self.new_order:
             kernel, bias = kernel.swapaxes(1, 2), bias.swapaxes(0, 1)
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        return tuple(jnp.einsum("blc,chd->blhd", x, kernel[:, i]) + bias[i] for i in range(3))
+        heads_shape = (*x.shape[:-1], self.heads, channels // self.heads)
+        return tuple((x @ kernel[:, i].reshape(channels, channels) + bias[i].reshape(channels)).reshape(heads_shape)
+                     for i in range(3))
 
 
 class AttentionBlock(nn.Module):
