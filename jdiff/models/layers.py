@@ -199,8 +199,7 @@ class QKVProjection(nn.Module):
     The parameters are the official layer's (kernel (C, 3C), bias (3C)); its output channels are read as
     (q|k|v, head, channel) with ``new_order``, else (head, q|k|v, channel). Slicing the three out of one
     (B, L, 3C) product copies them; splitting the (small) kernel instead costs nothing. Each product is a
-    (C, C) matrix plus a (C,) bias, reshaped to heads afterwards: that is the form XLA's GPU matmul rewriter
-    folds into cuBLAS's bias epilogue (a (heads, C/heads) bias is added in a pass of its own).
+    plain (C, C) matrix plus a (C,) bias, split into heads afterwards (a free reshape).
     """
     heads: int
     new_order: bool
