@@ -1,5 +1,5 @@
 """experiments/benchmark.py's search for the largest batch that fits, with probes whose memory is known;
-experiments/bench_conv.py's alternative convolution and a smoke run of it."""
+experiments/bench_conv.py's alternative convolution and a smoke run of it; a smoke run of bench_attention.py."""
 
 import json
 import os
@@ -97,3 +97,17 @@ def test_conv_benchmark_script_smoke(tmp_path):
         assert row["input"][0] == 2 and len(row["kernel"]) == 4
         for implementation in ("xla", "matmul"):
             assert row[implementation]["ms"] > 0 and row[implementation]["max_relative_diff_f32"] < 1e-4
+
+
+@pytest.mark.parametrize("direction", ["forward", "training"])
+def test_attention_benchmark_script_smoke(tmp_path, direction):
+    """experiments/bench_attention.py times XLA's attention and the Pallas flash-attention kernel (in its
+    interpreter here), whose result (forward, or the gradients with respect to q, k, v) matches XLA's."""
+    import bench_attention
+
+    out = tmp_path / "attention.json"
+    bench_attention.main(["--smoke", "--direction", direction, "--out", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["direction"] == direction and row["xla"]["ms"] > 0
+    (pallas,) = row["pallas"]
+    assert pallas["ok"] and pallas["max_diff"] < 2e-2 and pallas["ms"] > 0

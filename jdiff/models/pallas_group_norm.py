@@ -22,7 +22,9 @@ one read of x from DRAM instead of two or three. In training XLA's backward is a
 reduction for da, db and an element-wise pass for dx that also writes dz in float32; the backward kernel
 is one kernel per norm. Pass 2 walks the chunks in reverse order, so that
 it starts with those pass 1 read last (the likeliest still in L2), and the load/store eviction hints
-ask L2 to keep x and not y.
+ask L2 to keep x and not y. When one tile holds all N positions (block_n = N) the slab is read once and
+kept in registers for both passes; on an H200 that was slower for every large slab (a program has nothing
+to overlap its loads with), so the defaults give one chunk only for small N.
 
 Layout: the grid is (C / channels_per_program, B), channel blocks fastest, so the programs of one
 image (which share DRAM sectors when a block's row is not a whole number of 32-byte sectors) run
