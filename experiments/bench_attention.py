@@ -134,7 +134,8 @@ def bench_shape(shape, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| B, S, heads, d | direction | XLA ms (TFLOP/s) | cuDNN ms (TFLOP/s) | Pallas best ms (TFLOP/s) "
+    lines = ["| B, S, heads, d | direction | XLA ms (TFLOP/s) | cuDNN ms (TFLOP/s) "
+             "| Pallas best ms (TFLOP/s) "
              "| best setting | vs cuDNN |", "|---|---|---|---|---|---|---|"]
     for r in results:
         cells = [f"{r[k]['ms']:.3f} ({r[k]['tflops']:.0f})" if k in r else "-" for k in ("xla", "cudnn")]
@@ -152,9 +153,11 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON results file")
-    parser.add_argument("--smoke", action="store_true", help="tiny shape, Pallas in its interpreter, one repeat")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shape, Pallas in its interpreter, one repeat")
     parser.add_argument("--direction", choices=("forward", "training"), default="forward")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
@@ -165,14 +168,16 @@ def main(argv=None):
     parser.add_argument("--backward-block", type=lambda s: [int(v) for v in s.split(",")], default=[32, 64],
                         help="training: the backward kernels' q and kv blocks (all four the same)")
     parser.add_argument("--tolerance", type=float, default=2e-2,
-                        help="largest max difference from XLA's float32 result, relative to its largest value")
+                        help="largest max difference from XLA's float32 result, relative to its "
+                             "largest value")
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats, args.block_q, args.block_k, args.num_warps, args.num_stages = 1, [16], [16], [4], [1]
         args.backward_block = [16]
     shapes = [(2 if args.smoke else args.batch, *s) for s in (SMOKE_SHAPES if args.smoke else SHAPES)]
     meta = dict(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform, jax=jax.__version__,
-                jaxlib=jaxlib.__version__, dtype=jnp.dtype(DTYPE).name, smoke=args.smoke, repeats=args.repeats)
+                jaxlib=jaxlib.__version__, dtype=jnp.dtype(DTYPE).name, smoke=args.smoke,
+                repeats=args.repeats)
     print(json.dumps(meta), flush=True)
     results = []
     for shape in shapes:

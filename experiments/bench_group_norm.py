@@ -8,9 +8,10 @@
 For each activation shape of the ADM CIFAR-10 UNet in bf16 (POSITIONS_CHANNELS, at ``--batch`` images:
 512 as the sampler, 128 as a training step) it times
 (a) ``normalise_affine(..., silu=True, one_pass=False)`` jitted by XLA, (b) the same with
-``one_pass=True``, and (c) the kernel (``pallas_group_norm.forward``) at its defaults and for every setting of the sweep (block_n
-positions per tile × num_warps × padded channel width per program, the settings the kernel rejects or
-whose tile is outside [--min-tile, --max-tile] elements skipped), all with bf16 output. Before timing,
+``one_pass=True``, and (c) the kernel (``pallas_group_norm.forward``) at its defaults and for every
+setting of the sweep (block_n positions per tile × num_warps × padded channel width per program, the
+settings the kernel rejects or whose tile is outside [--min-tile, --max-tile] elements skipped), all with
+bf16 output. Before timing,
 each kernel setting's float32 output is checked against (a)'s (max abs difference; a setting over
 --tolerance is reported and not timed). ``--direction training`` times instead the forward and backward
 of one norm as a train step runs them (the gradients of ½Σy², :func:`gradients`): XLA two-pass,

@@ -1,5 +1,6 @@
 """experiments/benchmark.py's search for the largest batch that fits, with probes whose memory is known;
-experiments/bench_conv.py's alternative convolution and a smoke run of it; a smoke run of bench_attention.py."""
+experiments/bench_conv.py's alternative convolution and a smoke run of it; a smoke run of
+bench_attention.py."""
 
 import json
 import os

@@ -218,8 +218,8 @@ class QKVProjection(nn.Module):
             kernel, bias = kernel.swapaxes(1, 2), bias.swapaxes(0, 1)
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
         heads_shape = (*x.shape[:-1], self.heads, channels // self.heads)
-        return tuple((x @ kernel[:, i].reshape(channels, channels) + bias[i].reshape(channels)).reshape(heads_shape)
-                     for i in range(3))
+        return tuple((x @ kernel[:, i].reshape(channels, channels) + bias[i].reshape(channels))
+                     .reshape(heads_shape) for i in range(3))
 
 
 class AttentionBlock(nn.Module):

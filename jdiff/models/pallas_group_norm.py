@@ -419,7 +419,8 @@ def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Arra
                       num_stages: int | None, tuned: dict | None = None) -> _Settings:
     """The kernel's settings, checked; ``tuned`` maps (N, C) to (block_n, channels_per_program, num_warps)
     used when the caller gives none of the three (with the UNet's 32 groups)."""
-    if tuned and x.ndim == 3 and (block_n, channels_per_program, num_warps) == (None,) * 3 and groups == NUM_GROUPS:
+    untouched = (block_n, channels_per_program, num_warps) == (None,) * 3
+    if tuned and untouched and x.ndim == 3 and groups == NUM_GROUPS:
         block_n, channels_per_program, num_warps = tuned.get(tuple(x.shape[1:]), (None,) * 3)
     reason = unsupported_reason(x.shape, x.dtype, groups=groups, block_n=block_n,
                                 channels_per_program=channels_per_program)
