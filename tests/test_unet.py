@@ -196,3 +196,19 @@ def test_flags_follow_the_official_create_model():
         unet_kwargs_from_flags(dict(learn_sigma="maybe"))
     with pytest.raises(ValueError, match="no default channel_mult"):
         unet_kwargs_from_flags(dict(image_size=48))
+
+
+def test_cotangent_barrier_is_the_identity_and_fences_its_cotangent():
+    """cotangent_barrier changes neither values nor gradients; its backward holds an optimisation barrier
+    (what keeps XLA from fusing the time embedding's summed cotangent with its consumers)."""
+    from jdiff.models.layers import cotangent_barrier
+
+    x = jnp.linspace(-2.0, 3.0, 12).reshape(3, 4)
+
+    def loss(barrier):
+        return lambda x: jnp.sum(jnp.sin(barrier(x)) * x + jnp.cos(barrier(x)))
+
+    np.testing.assert_array_equal(cotangent_barrier(x), x)
+    np.testing.assert_allclose(jax.grad(loss(cotangent_barrier))(x), jax.grad(loss(lambda v: v))(x), rtol=1e-6)
+    assert "optimization_barrier" in jax.jit(jax.grad(loss(cotangent_barrier))).lower(x).as_text()
+    assert "optimization_barrier" not in jax.jit(loss(cotangent_barrier)).lower(x).as_text()

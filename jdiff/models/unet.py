@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jdiff.models.group_norm import GroupNorm, norm_implementation
 from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv2d, dense
-from jdiff.models.layers import timestep_embedding
+from jdiff.models.layers import cotangent_barrier, timestep_embedding
 
 Dtype = Any
 
@@ -121,6 +121,7 @@ class UNet(nn.Module):
         if self.num_classes is not None:
             emb = emb + nn.Embed(self.num_classes, emb_dim, embedding_init=nn.initializers.normal(1.0),
                                  param_dtype=self.param_dtype, name="label_emb")(y)
+        emb = cotangent_barrier(emb)  # its cotangent sums every ResBlock's: keep XLA from over-fusing it
 
         widths = [int(m * self.model_channels) for m in self.channel_mult]
         h = conv2d(x, widths[0], name="input_blocks_0_0", **kw)
