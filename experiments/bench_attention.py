@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.bench_group_norm import INPUT_BYTES_PER_TIMING, time_per_call  # noqa: E402
+from experiments.bench_group_norm import INPUT_BYTES_PER_TIMING, parse_ints, time_per_call  # noqa: E402
 
 SHAPES = [(256, 8, 32), (64, 8, 32)]  # (S = H·W positions, heads, head width) at 16² and 8²
 SMOKE_SHAPES = [(16, 2, 8)]
@@ -161,11 +161,11 @@ def main(argv=None):
     parser.add_argument("--direction", choices=("forward", "training"), default="forward")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--block-q", type=lambda s: [int(v) for v in s.split(",")], default=[64, 128])
-    parser.add_argument("--block-k", type=lambda s: [int(v) for v in s.split(",")], default=[64, 128, 256])
-    parser.add_argument("--num-warps", type=lambda s: [int(v) for v in s.split(",")], default=[4, 8])
-    parser.add_argument("--num-stages", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2])
-    parser.add_argument("--backward-block", type=lambda s: [int(v) for v in s.split(",")], default=[32, 64],
+    parser.add_argument("--block-q", type=parse_ints, default=[64, 128])
+    parser.add_argument("--block-k", type=parse_ints, default=[64, 128, 256])
+    parser.add_argument("--num-warps", type=parse_ints, default=[4, 8])
+    parser.add_argument("--num-stages", type=parse_ints, default=[1, 2])
+    parser.add_argument("--backward-block", type=parse_ints, default=[32, 64],
                         help="training: the backward kernels' q and kv blocks (all four the same)")
     parser.add_argument("--tolerance", type=float, default=2e-2,
                         help="largest max difference from XLA's float32 result, relative to its "
