@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from jdiff.convert import convert_state_dict, official_shapes
 from jdiff.models import UNet, create_model, init_inputs, param_shapes, unet_kwargs_from_flags
+from jdiff.models.group_norm import GroupNorm
 from jdiff.models.layers import QKVProjection, attention_implementation
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
@@ -116,20 +117,48 @@ def test_one_pass_norm_variance_matches_the_official_output(name):
 
 @pytest.mark.parametrize("new_order", [True, False])
 def test_qkv_projection_equals_slicing_one_product(new_order):
-    """q, k, v from the split kernel are the slices of the official single 3C-wide product."""
+    """q, k, v from the split kernel are the slices of the official single 3C-wide product (k and v without
+    their biases, v's bias returned apart)."""
     channels, heads, d = 64, 4, 16
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 5, channels)), jnp.float32)
     proj = QKVProjection(heads, new_order)
     params = proj.init(jax.random.key(0), x)
-    q, k, v = proj.apply(params, x)
-    qkv = x @ params["params"]["kernel"] + params["params"]["bias"]
-    if new_order:
-        want = qkv.reshape(2, 5, 3, heads, d).transpose(2, 0, 1, 3, 4)
-    else:
-        want = qkv.reshape(2, 5, heads, 3, d).transpose(3, 0, 1, 2, 4)
-    for got, expected in zip((q, k, v), want):
+    q, k, v, v_bias = proj.apply(params, x)
+    kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+    layout, qkv_axis = ((3, heads, d), -3) if new_order else ((heads, 3, d), -2)
+
+    def split(t):  # (..., 3C) → (3, ..., heads, d)
+        return jnp.moveaxis(t.reshape(*t.shape[:-1], *layout), qkv_axis, 0)
+    want = split(x @ kernel + bias)
+    biases = split(bias)
+    for got, expected in zip((q, k + biases[1], v + biases[2]), want):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(v_bias), np.asarray(biases[2]).reshape(channels), rtol=0, atol=0)
+
+
+def test_attention_without_k_and_v_biases_is_the_official_attention():
+    """Dropping k's bias and folding v's into the output projection (ShiftedDense) gives the attention of
+    the official layer with all three biases, for non-zero weights everywhere."""
+    from jdiff.models.layers import AttentionBlock, ShiftedDense
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 4, 4, 32)), jnp.float32)
+    block = AttentionBlock(num_heads=2, use_new_attention_order=True, implementation="xla")
+    params = jax.tree.map(lambda p: jnp.asarray(0.3 * rng.normal(size=p.shape), p.dtype),
+                          block.init(jax.random.key(0), x))["params"]
+    got = block.apply({"params": params}, x)
+    tokens = x.reshape(2, 16, 32)
+    normed = GroupNorm().apply({"params": params["norm"]}, tokens, out_dtype=jnp.float32)
+    qkv = (normed @ params["qkv"]["kernel"] + params["qkv"]["bias"]).reshape(2, 16, 3, 2, 16)
+    a = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation="xla")
+    want = x + (a.reshape(2, 16, 32) @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]).reshape(x.shape)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+    shift = jnp.arange(32.0)
+    dense_params = {"params": params["proj_out"]}
+    np.testing.assert_allclose(
+        np.asarray(ShiftedDense(32).apply(dense_params, tokens, shift)),
+        np.asarray((tokens + shift) @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]), rtol=1e-5, atol=1e-3)
 
 
 def test_attention_implementation_auto_and_choices(monkeypatch):

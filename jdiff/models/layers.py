@@ -217,12 +217,19 @@ def attention_implementation(requested: str, dtype: Dtype, head_channels: int) -
 
 
 class QKVProjection(nn.Module):
-    """q, k, v (B, L, heads, C/heads) = the 1×1 projection ``qkv`` of x (B, L, C), as three products.
+    """q, k, v (B, L, heads, C/heads) from the 1×1 projection ``qkv`` of x (B, L, C), as three products, with
+    the biases of k and v left out, and v's bias b_v (C,) float32 returned for the output projection.
 
     The parameters are the official layer's (kernel (C, 3C), bias (3C)); its output channels are read as
     (q|k|v, head, channel) with ``new_order``, else (head, q|k|v, channel). Slicing the three out of one
     (B, L, 3C) product copies them; splitting the (small) kernel instead costs nothing. Each product is a
-    plain (C, C) matrix plus a (C,) bias, split into heads afterwards (a free reshape).
+    plain (C, C) matrix, split into heads afterwards (a free reshape).
+
+    The attention does not need k's and v's biases where the official layer adds them: softmax(q·(k + b_k)ᵀ)
+    = softmax(q·kᵀ), since q·b_k is the same for every key (each row of logits shifts by a constant), and
+    softmax(·)·(v + b_v) = softmax(·)·v + b_v, since each row of the softmax sums to 1, so b_v can join the
+    output projection's bias (:class:`ShiftedDense`). Adding them would be two more passes over (B, L, C)
+    per layer that XLA does not fold into the products.
     """
     heads: int
     new_order: bool
@@ -230,7 +237,7 @@ class QKVProjection(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         channels = x.shape[-1]
         init = torch_default_init(channels)
         kernel = self.param("kernel", init, (channels, 3 * channels), self.param_dtype)
@@ -239,16 +246,37 @@ class QKVProjection(nn.Module):
         kernel, bias = kernel.reshape(channels, *split), bias.reshape(split)
         if not self.new_order:
             kernel, bias = kernel.swapaxes(1, 2), bias.swapaxes(0, 1)
-        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         heads_shape = (*x.shape[:-1], self.heads, channels // self.heads)
-        return tuple((x @ kernel[:, i].reshape(channels, channels) + bias[i].reshape(channels))
-                     .reshape(heads_shape) for i in range(3))
+        q, k, v = ((x @ kernel[:, i].reshape(channels, channels)) for i in range(3))
+        q = q + bias[0].reshape(channels).astype(self.dtype)
+        return q.reshape(heads_shape), k.reshape(heads_shape), v.reshape(heads_shape), bias[2].reshape(channels)
+
+
+class ShiftedDense(nn.Module):
+    """y = (x + s)·W + b for x (..., C_in) and a vector s (C_in,), computed as x·W + (b + s·W): the shift
+    costs a (C_in,)·(C_in, F) product in float32 instead of a pass over x. Parameters are flax Dense's
+    ('kernel' (C_in, F), 'bias' (F,)), initialised as :func:`dense`'s."""
+    features: int
+    zero_init: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, shift: jax.Array) -> jax.Array:
+        inits = _inits(x.shape[-1], self.zero_init)
+        kernel = self.param("kernel", inits["kernel_init"], (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", inits["bias_init"], (self.features,), self.param_dtype)
+        bias = bias + jnp.dot(shift.astype(jnp.float32), kernel.astype(jnp.float32),
+                              precision=jax.lax.Precision.HIGHEST)
+        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
 
 
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over all H·W positions, with a residual connection.
 
-    q, k, v = Linear(GN(x)) (:class:`QKVProjection`). ``use_new_attention_order`` (guided-diffusion's
+    q, k, v = Linear(GN(x)) (:class:`QKVProjection`; k's and v's biases are applied where they are exact
+    and free: dropped from k, folded into the output projection for v). ``use_new_attention_order`` (guided-diffusion's
     QKVAttention) reads its 3·C channels as (q|k|v, head, channel); the legacy order
     (QKVAttentionLegacy) as (head, q|k|v, channel). The two give different networks for the same weights,
     so the flag must match the checkpoint. Softmax(q·kᵀ/√d)·v runs in
@@ -272,10 +300,10 @@ class AttentionBlock(nn.Module):
         normed = GroupNorm(name="norm", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                            implementation=self.norm_implementation)(
             tokens, out_dtype=self.dtype)
-        q, k, v = QKVProjection(heads, self.use_new_attention_order, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name="qkv")(normed)
+        q, k, v, v_bias = QKVProjection(heads, self.use_new_attention_order, dtype=self.dtype,
+                                        param_dtype=self.param_dtype, name="qkv")(normed)
         implementation = attention_implementation(self.implementation, self.dtype, channels // heads)
         a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
-        h = dense(a.reshape(batch, height * width, channels), channels, name="proj_out", zero_init=True,
-                  dtype=self.dtype, param_dtype=self.param_dtype)
+        h = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name="proj_out")(a.reshape(batch, height * width, channels), v_bias)
         return x + h.reshape(x.shape)
