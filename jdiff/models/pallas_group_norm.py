@@ -207,7 +207,7 @@ class _Program(NamedTuple):
                    second_pass: Callable[[tuple[jax.Array, ...]], Callable[..., None]]) -> None:
         """Pass 1 sums ``summands(i, *load(i))`` (``count`` tiles) over all positions; then
         ``second_pass(sums)(i, *load(i))`` runs for every chunk i. ``load(i, eviction_policy)`` reads chunk
-        i's tiles of the operands.
+        i's tiles of the operands (and may derive from them what both passes use).
 
         With one chunk (block_n = N) the slab is read once and stays in registers for both passes. With
         several, pass 1 asks L2 to keep what it reads and pass 2 walks the chunks in reverse order, so that
@@ -300,11 +300,10 @@ def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, blo
             dz = dz * sig * (1.0 + z * (1.0 - sig))
         return dz, xhat
 
-    def load(i, policy):
-        return program.load_tile(x_ref, i, policy), program.load_tile(dy_ref, i, policy)
+    def load(i, policy):  # the tiles both passes need, derived once per read
+        return dz_and_xhat(i, program.load_tile(x_ref, i, policy), program.load_tile(dy_ref, i, policy))
 
-    def products(i, x, dy):
-        dz, xhat = dz_and_xhat(i, x, dy)
+    def products(i, dz, xhat):
         return dz * xhat, dz
 
     def input_gradient(sums):
@@ -315,8 +314,7 @@ def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, blo
         m1 = to_lanes(group_sum(a * db)) / (n * per_group)
         m2 = to_lanes(group_sum(a * da)) / (n * per_group)
 
-        def write(i, x, dy):
-            dz, xhat = dz_and_xhat(i, x, dy)
+        def write(i, dz, xhat):
             program.store_tile(dx_ref, i, rstd * (a * dz - m1 - xhat * m2))
         return write
 
