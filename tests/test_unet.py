@@ -152,13 +152,12 @@ def test_attention_without_k_and_v_biases_is_the_official_attention():
     normed = GroupNorm().apply({"params": params["norm"]}, tokens, out_dtype=jnp.float32)
     qkv = (normed @ params["qkv"]["kernel"] + params["qkv"]["bias"]).reshape(2, 16, 3, 2, 16)
     a = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation="xla")
-    want = x + (a.reshape(2, 16, 32) @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]).reshape(x.shape)
+    out = params["proj_out"]
+    want = x + (a.reshape(2, 16, 32) @ out["kernel"] + out["bias"]).reshape(x.shape)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
     shift = jnp.arange(32.0)
-    dense_params = {"params": params["proj_out"]}
-    np.testing.assert_allclose(
-        np.asarray(ShiftedDense(32).apply(dense_params, tokens, shift)),
-        np.asarray((tokens + shift) @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(ShiftedDense(32).apply({"params": out}, tokens, shift)),
+                               np.asarray((tokens + shift) @ out["kernel"] + out["bias"]), rtol=1e-5, atol=1e-3)
 
 
 def test_attention_implementation_auto_and_choices(monkeypatch):
@@ -238,6 +237,7 @@ def test_cotangent_barrier_is_the_identity_and_fences_its_cotangent():
         return lambda x: jnp.sum(jnp.sin(barrier(x)) * x + jnp.cos(barrier(x)))
 
     np.testing.assert_array_equal(cotangent_barrier(x), x)
-    np.testing.assert_allclose(jax.grad(loss(cotangent_barrier))(x), jax.grad(loss(lambda v: v))(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(loss(cotangent_barrier))(x), jax.grad(loss(lambda v: v))(x),
+                               rtol=1e-6)
     assert "optimization_barrier" in jax.jit(jax.grad(loss(cotangent_barrier))).lower(x).as_text()
     assert "optimization_barrier" not in jax.jit(loss(cotangent_barrier)).lower(x).as_text()

@@ -250,7 +250,8 @@ class QKVProjection(nn.Module):
         heads_shape = (*x.shape[:-1], self.heads, channels // self.heads)
         q, k, v = ((x @ kernel[:, i].reshape(channels, channels)) for i in range(3))
         q = q + bias[0].reshape(channels).astype(self.dtype)
-        return q.reshape(heads_shape), k.reshape(heads_shape), v.reshape(heads_shape), bias[2].reshape(channels)
+        return (q.reshape(heads_shape), k.reshape(heads_shape), v.reshape(heads_shape),
+                bias[2].reshape(channels))
 
 
 class ShiftedDense(nn.Module):
@@ -276,8 +277,8 @@ class AttentionBlock(nn.Module):
     """Multi-head self-attention over all H·W positions, with a residual connection.
 
     q, k, v = Linear(GN(x)) (:class:`QKVProjection`; k's and v's biases are applied where they are exact
-    and free: dropped from k, folded into the output projection for v). ``use_new_attention_order`` (guided-diffusion's
-    QKVAttention) reads its 3·C channels as (q|k|v, head, channel); the legacy order
+    and free: dropped from k, folded into the output projection for v). ``use_new_attention_order``
+    (guided-diffusion's QKVAttention) reads its 3·C channels as (q|k|v, head, channel); the legacy order
     (QKVAttentionLegacy) as (head, q|k|v, channel). The two give different networks for the same weights,
     so the flag must match the checkpoint. Softmax(q·kᵀ/√d)·v runs in
     :func:`jax.nn.dot_product_attention` (logits in float32) with the kernel that
