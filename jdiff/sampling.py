@@ -18,6 +18,7 @@ import re
 from typing import Any, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -88,10 +89,18 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
     def generate(params, indices, labels, eps_scaling):
         keys = jax.vmap(lambda n: jax.random.fold_in(base_key, n))(indices)
 
-        def model_fn(x, t):
+        def apply(params, x, t):
             return model.apply({"params": params}, x, t, labels, train=False)
 
-        return samplers.sample(model_fn, schedule, (indices.shape[0],) + shape_tail, keys=keys,
+        batch_size = indices.shape[0]
+        params = samplers.cast_as_used(apply, params,
+                                       jax.ShapeDtypeStruct((batch_size,) + shape_tail, schedule.betas.dtype),
+                                       jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+
+        def model_fn(x, t):
+            return apply(params, x, t)
+
+        return samplers.sample(model_fn, schedule, (batch_size,) + shape_tail, keys=keys,
                                eps_scaling=eps_scaling, **options)
 
     batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)

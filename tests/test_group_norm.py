@@ -129,6 +129,35 @@ def test_dropout_forward_and_gradients_match_autodiff_with_the_same_mask(impleme
         normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate)
 
 
+@pytest.mark.parametrize("implementation", ["xla", "pallas_interpret"])
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_shared_affine_equals_the_per_image_one_broadcast(implementation, rate):
+    """a, b (C,) for all images give the output of the same vectors broadcast to (B, C), bit for bit, and
+    as their gradients the per-image ones summed over the images; mixed or wrong shapes are refused."""
+    shape = (3, 16, 64)
+    x, a, b, dy = inputs(shape, jnp.float32, seed=7)
+    a, b = a[0], b[0]
+    seeds = dropout_seeds(jax.random.key(2), shape[0], shape[2]) if rate else None
+
+    def loss(x, a, b):
+        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate, seeds)
+        return jnp.vdot(y, dy.astype(np.float32)), y
+
+    value_and_grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+    (_, y), (dx, da, db) = value_and_grads(x, a, b)
+    per_image = (jnp.broadcast_to(v, (shape[0], shape[2])) for v in (a, b))
+    (_, y_per_image), (dx_per_image, da_per_image, db_per_image) = value_and_grads(x, *per_image)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_per_image))
+    np.testing.assert_array_equal(np.asarray(dx), np.asarray(dx_per_image))
+    assert da.shape == db.shape == (shape[2],)
+    np.testing.assert_allclose(np.asarray(da), np.asarray(da_per_image.sum(0)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(db), np.asarray(db_per_image.sum(0)), rtol=1e-6, atol=1e-6)
+    for bad_a, bad_b in ((a, b[None].repeat(3, 0)), (a[:32], b[:32]), (a[None], b[None])):
+        with pytest.raises(ValueError, match="a and b must both be"):
+            normalise_affine(x, bad_a, bad_b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate,
+                             seeds)
+
+
 def test_group_norm_module_dropout_uses_the_dropout_rng():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 64))
     norm = GroupNorm()

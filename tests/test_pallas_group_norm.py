@@ -249,7 +249,8 @@ def test_norm_implementation_choice_off_the_gpu():
 def test_partitioned_over_a_sharded_batch():
     """On 4 devices with the batch split, each device runs the forward kernel on its own images (no collective
     in the compiled program) and the result is the unsharded one; x split along its channels is still right;
-    the gradients through both kernels equal the unsharded ones and dx stays split."""
+    the gradients through both kernels equal the unsharded ones and dx stays split; the same with a, b
+    shared by the images."""
     helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "sharded_group_norm.py")
     env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(4),
                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(helper)) + "/..",
@@ -265,6 +266,11 @@ def test_partitioned_over_a_sharded_batch():
     assert result["gradients_dx_axis"] == "data"
     assert result["gradients_collectives"] == ["all-reduce"]
     assert result["gradients_max_diff"] < 1e-4  # float32 sums over the batch in another order
+    # a, b (C,) shared by the images: replicated, the same results; only the gradients' batch sum all-reduces
+    assert result["shared_max_diff"] == 0.0
+    assert result["shared_collectives"] == []
+    assert result["shared_gradients_max_diff"] < 1e-4
+    assert result["shared_gradients_collectives"] == ["all-reduce"]
 
 
 @pytest.mark.parametrize("direction,dropout", [("forward", 0.0), ("training", 0.0), ("training", 0.3)])

@@ -296,3 +296,28 @@ def test_invalid_options_raise_clear_errors():
         run(noise=bank[:10])
     with pytest.raises(ValueError, match="one PRNG key per example"):
         sample(toy_model(False), schedule, SHAPE, keys=jax.random.key(0)[None])
+
+
+def test_cast_as_used_casts_the_leaves_used_only_through_one_conversion():
+    """A leaf used only as x.astype(d) comes back in d, any other keeps its dtype, and the function computes
+    the same bits with the cast leaves, also under jit."""
+    from jdiff.samplers import cast_as_used
+
+    rng = np.random.default_rng(0)
+    params = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
+              for name, shape in (("w", (3, 4)), ("b", (4,)), ("g", (4,)), ("twice", (4,)), ("unused", (2,)))}
+    params["count"] = jnp.arange(4, dtype=jnp.int32)
+
+    def fn(p, x):
+        h = x.astype(jnp.bfloat16) @ p["w"].astype(jnp.bfloat16) + p["b"].astype(jnp.bfloat16)
+        h = h.astype(jnp.float32) * p["g"]                               # used in its own dtype
+        h = h + p["twice"].astype(jnp.bfloat16).astype(jnp.float32) + p["twice"]  # a cast and more
+        return h + p["count"].astype(jnp.float32)
+
+    x = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+    cast = cast_as_used(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    assert {k: str(v.dtype) for k, v in cast.items()} == dict(
+        w="bfloat16", b="bfloat16", g="float32", twice="float32", unused="float32", count="float32")
+    np.testing.assert_array_equal(np.asarray(jax.jit(fn)(cast, x)), np.asarray(jax.jit(fn)(params, x)))
+    in_jit = jax.jit(lambda p, x: fn(cast_as_used(fn, p, x), x))(params, x)
+    np.testing.assert_array_equal(np.asarray(in_jit), np.asarray(jax.jit(fn)(params, x)))

@@ -40,3 +40,41 @@ def test_resume_and_batch_size_independence(tmp_path):
     other = sampling.load_samples(sampling.sample_to_directory(config, str(tmp_path)))
     levels = np.abs(other.astype(np.int16) - first.astype(np.int16))
     assert levels.max() <= 1 and np.mean(levels > 0) < 0.01, (levels.max(), np.mean(levels > 0))
+
+
+def test_generate_fn_casts_the_weights_once_and_samples_the_same_bits(tmp_path):
+    """With a bfloat16 compute dtype, make_generate_fn hands the sampler the network's weights already cast
+    (samplers.cast_as_used: the conversions leave the scan's body) and draws exactly the images of the
+    sampler called with the float32 weights."""
+    import jax
+    import jax.numpy as jnp
+
+    from jdiff import samplers, sharding, train
+
+    config = tiny_config()
+    config.model.compute_dtype = "bfloat16"
+    config.sampling.eps_scaling = "constant"
+    config.sampling.eps_scale_b = 1.02
+    params = jax.tree.map(jnp.asarray, converted_tiny_unet(str(tmp_path), config))
+    model = train.build_model(config)
+    indices = jnp.arange(4, dtype=jnp.int32)
+    images = sampling.make_generate_fn(config, model, sharding.make_mesh())(params, indices, None)
+
+    def apply(p, x, t):
+        return model.apply({"params": p}, x, t, None, train=False)
+
+    shapes = (jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32), jax.ShapeDtypeStruct((4,), jnp.int32))
+    cast = samplers.cast_as_used(apply, params, *shapes)
+    dtypes = [leaf.dtype for leaf in jax.tree.leaves(cast)]
+    assert dtypes.count(jnp.bfloat16) >= len(dtypes) // 3, "the conv kernels at least should be cast"
+
+    schedule, options = sampling.sampler_settings(config)
+    base_key = jax.random.key(config.seed)
+
+    @jax.jit
+    def uncast(params):
+        keys = jax.vmap(lambda n: jax.random.fold_in(base_key, n))(indices)
+        return samplers.sample(lambda x, t: apply(params, x, t), schedule, (4, 8, 8, 1), keys=keys,
+                               eps_scaling=sampling.eps_scaling_from_config(config.sampling), **options)
+
+    np.testing.assert_array_equal(np.asarray(images), np.asarray(uncast(params)))

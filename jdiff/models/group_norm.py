@@ -6,7 +6,9 @@ For activations x (B, N, C) (N = H·W positions), 32 groups of C_g = C/32 channe
 
 with μ, σ² over the N·C_g values of group g of image b. GroupNorm's affine (γ, β) and ADM's
 scale-shift norm (Dhariwal & Nichol 2021, eq. in §3: GN(h)·(1 + s) + t) fold into one per-image,
-per-channel a = γ(1 + s), b = β(1 + s) + t.
+per-channel a = γ(1 + s), b = β(1 + s) + t. Without a scale-shift, a = γ and b = β are shared by all
+images and passed as (C,) vectors (not broadcast to (B, C): in a sampling loop that would be two more
+kernels per norm at every step).
 
 Why not autodiff of the textbook formula: in bf16 training XLA then keeps float32 copies of the
 normalised activations for the backward pass and carries float32 activation gradients between the
@@ -166,10 +168,15 @@ def _standardise(x: jax.Array, mean: jax.Array, rstd: jax.Array) -> jax.Array:
     return (x.astype(jnp.float32) - _per_channel(mean, channels)) * _per_channel(rstd, channels)
 
 
+def _over_positions(per_channel: jax.Array) -> jax.Array:
+    """(B, C) → (B, 1, C) and (C,) → (1, C): a, b broadcastable against (B, N, C)."""
+    return per_channel[..., None, :]
+
+
 def _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype, dropout, seeds):
     mean, var = _group_stats(x.astype(jnp.float32), groups, one_pass)
     rstd = jax.lax.rsqrt(var + eps)
-    z = _standardise(x, mean, rstd) * a[:, None, :] + b[:, None, :]
+    z = _standardise(x, mean, rstd) * _over_positions(a) + _over_positions(b)
     y = jax.nn.silu(z) if silu else z
     if dropout:
         y = _dropped(y, seeds, dropout)
@@ -188,6 +195,13 @@ def _check_implementation(implementation: str) -> None:
 def _kernel_settings(groups, silu, implementation, dropout, seeds) -> dict[str, Any]:
     return dict(groups=groups, silu=silu, interpret=implementation == "pallas_interpret", dropout=dropout,
                 seeds=seeds)
+
+
+def check_affine(caller: str, a: jax.Array, b: jax.Array, batch: int, channels: int) -> None:
+    """a and b must both be (C,) (shared by the images) or both (B, C) (per image)."""
+    if a.shape != b.shape or a.shape not in ((channels,), (batch, channels)):
+        raise ValueError(f"{caller}: a and b must both be (C,) = {(channels,)} or both (B, C) = "
+                         f"{(batch, channels)}, got {a.shape} and {b.shape}")
 
 
 def check_dropout(caller: str, dropout: float, seeds, batch: int, channels: int) -> None:
@@ -209,7 +223,8 @@ def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM
                      silu: bool = False, one_pass: bool = False, out_dtype: Dtype = jnp.float32,
                      implementation: str = "xla", dropout: float = 0.0,
                      seeds: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-    """y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32 (see the module docstring), with
+    """y = [SiLU](x̂·a + b) for x (B, N, C), a and b float32, both (B, C) or both (C,) for all images (see
+    the module docstring), with
     ``dropout`` > 0 then dropped by the mask of ``seeds`` (:func:`dropout_seeds`) and scaled by 1/p.
 
     ``implementation``: 'xla', or 'pallas' / 'pallas_interpret': the Triton kernels of
@@ -220,6 +235,7 @@ def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM
 
 def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds):
     _check_implementation(implementation)
+    check_affine("normalise_affine", a, b, x.shape[0], x.shape[-1])
     check_dropout("normalise_affine", dropout, seeds, x.shape[0], x.shape[-1])
     if implementation == "xla":
         y, (mean, rstd) = _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype, dropout, seeds)
@@ -237,16 +253,16 @@ def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, r
     if implementation != "xla":
         from jdiff.models import pallas_group_norm
 
-        return (*pallas_group_norm.backward(x, dy, a, b, mean, rstd,
-                                            **_kernel_settings(groups, silu, implementation, dropout, seeds)),
-                None)
+        dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd,
+                                                **_kernel_settings(groups, silu, implementation, dropout, seeds))
+        return dx, *_like(a, da, db), None
     _, n, channels = x.shape
     xhat = _standardise(x, mean, rstd)
     dz = dy.astype(jnp.float32)
     if dropout:
         dz = _dropped(dz, seeds, dropout)
     if silu:
-        z = xhat * a[:, None, :] + b[:, None, :]
+        z = xhat * _over_positions(a) + _over_positions(b)
         sig = jax.nn.sigmoid(z)
         dz = dz * sig * (1.0 + z * (1.0 - sig))
     da = jnp.sum(dz * xhat, axis=1)
@@ -255,8 +271,14 @@ def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, r
     def group_mean(per_channel):  # (B, C) → (B, 1, C), the group's mean broadcast to its channels
         return _per_channel(_group_sum(per_channel, groups) / (n * (channels // groups)), channels)
 
-    dx = _per_channel(rstd, channels) * (dz * a[:, None, :] - group_mean(a * db) - xhat * group_mean(a * da))
-    return dx.astype(x.dtype), da, db, None  # no cotangent for the integer seeds
+    dx = _per_channel(rstd, channels) * (dz * _over_positions(a) - group_mean(a * db)
+                                         - xhat * group_mean(a * da))
+    return dx.astype(x.dtype), *_like(a, da, db), None  # no cotangent for the integer seeds
+
+
+def _like(a: jax.Array, da: jax.Array, db: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The per-image gradients (B, C) of a and b, summed over the images when a and b are shared (C,)."""
+    return (da, db) if a.ndim == 2 else (da.sum(0), db.sum(0))
 
 
 normalise_affine.defvjp(_forward, _backward)
@@ -284,13 +306,11 @@ class GroupNorm(nn.Module):
                              f"model_channels and channel_mult so that every level's width is a multiple of 32")
         scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
-        a = scale.astype(jnp.float32)[None, :]
-        b = bias.astype(jnp.float32)[None, :]
+        a, b = scale.astype(jnp.float32), bias.astype(jnp.float32)
         if scale_shift is not None:
             s, t = (v.astype(jnp.float32) for v in scale_shift)
             a, b = a * (1.0 + s), b * (1.0 + s) + t
         batch = x.shape[0]
-        a, b = jnp.broadcast_to(a, (batch, channels)), jnp.broadcast_to(b, (batch, channels))
         seeds = dropout_seeds(self.make_rng("dropout"), batch, channels) if dropout else None
         y = normalise_affine(x.reshape(batch, -1, channels), a, b, NUM_GROUPS, EPS, silu, self.one_pass,
                              jnp.dtype(out_dtype), self.implementation, dropout, seeds)

@@ -242,11 +242,12 @@ class QKVProjection(nn.Module):
         init = torch_default_init(channels)
         kernel = self.param("kernel", init, (channels, 3 * channels), self.param_dtype)
         bias = self.param("bias", init, (3 * channels,), self.param_dtype)
+        # cast before splitting, so that the kernel's only use is the cast (see samplers.cast_as_used)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         split = (3, self.heads, channels // self.heads) if self.new_order else (self.heads, 3, channels // self.heads)
         kernel, bias = kernel.reshape(channels, *split), bias.reshape(split)
         if not self.new_order:
             kernel, bias = kernel.swapaxes(1, 2), bias.swapaxes(0, 1)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         heads_shape = (*x.shape[:-1], self.heads, channels // self.heads)
         q, k, v = ((x @ kernel[:, i].reshape(channels, channels)) for i in range(3))
         q = q + bias[0].reshape(channels).astype(self.dtype)

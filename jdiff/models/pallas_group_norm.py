@@ -1,7 +1,8 @@
 """The forward and the backward of :func:`jdiff.models.group_norm.normalise_affine`, each one Pallas (Triton)
 kernel.
 
-The forward computes the same y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32, x̂ standardised
+The forward computes the same y = [SiLU](x̂·a + b) for x (B, N, C), a and b float32 (B, C), or (C,) for
+all images, x̂ standardised
 over the N positions and C/G channels of each group (the math is in group_norm.py's docstring), with the
 statistics of ``_group_stats(one_pass=True)``: per channel the sums of x − K and (x − K)² with the shift
 K = the channel's value at the first position (so the sums do not cancel when the mean is large
@@ -58,8 +59,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plt
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jdiff.models.group_norm import (EPS, NUM_GROUPS, check_dropout, dropout_keep, dropout_keep_scale,
-                                     dropout_threshold)
+from jdiff.models.group_norm import (EPS, NUM_GROUPS, check_affine, check_dropout, dropout_keep,
+                                     dropout_keep_scale, dropout_threshold)
 
 Dtype = Any
 
@@ -173,8 +174,12 @@ class _Program(NamedTuple):
                   mask=self._tile_mask, eviction_policy="evict_first")
 
     def load_channels(self, ref, row=None, dtype=jnp.float32) -> jax.Array:
-        """The program's lanes of a (B, C) operand, or of position ``row`` of a (B, N, C) one, as dtype."""
-        at = ref.at[self.image, self.cols] if row is None else ref.at[self.image, row, self.cols]
+        """The program's lanes of a (B, C) operand (its image's row), a (C,) one (shared by the images), or
+        of position ``row`` of a (B, N, C) one, as dtype."""
+        if row is not None:
+            at = ref.at[self.image, row, self.cols]
+        else:
+            at = ref.at[self.cols] if len(ref.shape) == 1 else ref.at[self.image, self.cols]
         return plt.load(at, mask=self.lanes, other=None if self.lanes is None else 0).astype(dtype)
 
     def dropout(self, seed_refs, threshold: int, scale: float):
@@ -383,8 +388,9 @@ def _partitioned_per_image(call, sharding_rule: str):
     Shardy's (JAX's default partitioner); the inference from x's sharding serves GSPMD."""
     arity = sharding_rule.split("->")[0].count(",") + 1
 
-    def batch_split(x_sharding, shapes):
-        return tuple(_split_along_batch(x_sharding, len(s.shape)) for s in shapes)
+    def batch_split(x_sharding, shapes):  # (C,) operands, shared by the images, are not split
+        return tuple(_split_along_batch(x_sharding, len(s.shape)) if len(s.shape) > 1
+                     else NamedSharding(x_sharding.mesh, P()) for s in shapes)
 
     def partition(settings, mesh, arg_shapes, result_shape):
         x = arg_shapes[0].sharding
@@ -402,16 +408,19 @@ def _partitioned_per_image(call, sharding_rule: str):
 
 _OUTPUTS = " -> b n c, b c, b c"
 _SEEDS = ", b c, b c"
+_AFFINE = {False: ", b c, b c", True: ", c, c"}  # a, b per image, or shared
 _forward_per_image = {
-    seeded: _partitioned_per_image(_forward_call, "b n c, b c, b c" + _SEEDS * seeded + _OUTPUTS)
-    for seeded in (False, True)}
+    (seeded, shared): _partitioned_per_image(_forward_call,
+                                             "b n c" + _AFFINE[shared] + _SEEDS * seeded + _OUTPUTS)
+    for seeded in (False, True) for shared in (False, True)}
 _backward_per_image = {
-    seeded: _partitioned_per_image(_backward_call,
-                                   "b n c, b n c, b c, b c, b c, b c" + _SEEDS * seeded + _OUTPUTS)
-    for seeded in (False, True)}
+    (seeded, shared): _partitioned_per_image(
+        _backward_call, "b n c, b n c" + _AFFINE[shared] + ", b c, b c" + _SEEDS * seeded + _OUTPUTS)
+    for seeded in (False, True) for shared in (False, True)}
 
 
-def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Array], *, groups: int,
+def _checked_settings(caller: str, x: jax.Array, affine: tuple[jax.Array, jax.Array],
+                      per_channel: dict[str, jax.Array], *, groups: int,
                       eps: float, silu: bool, out_dtype: Dtype, interpret: bool, dropout: float, seeds,
                       block_n: int | None, channels_per_program: int | None, num_warps: int | None,
                       num_stages: int | None, tuned: dict | None = None) -> _Settings:
@@ -425,6 +434,7 @@ def _checked_settings(caller: str, x: jax.Array, per_channel: dict[str, jax.Arra
     if reason:
         raise ValueError(f"{caller}: {reason}")
     batch, n, channels = x.shape
+    check_affine(caller, *affine, batch, channels)
     check_dropout(caller, dropout, seeds, batch, channels)
     for name, value in per_channel.items():
         if value.shape != (batch, channels):
@@ -445,9 +455,9 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
             seeds: tuple[jax.Array, jax.Array] | None = None, block_n: int | None = None,
             channels_per_program: int | None = None, num_warps: int | None = None,
             num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b (B, C) float32, as ``normalise_affine(x,
-    a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds)`` computes it (the same
-    dropout mask), in one Pallas Triton kernel; mean and rstd = (σ² + ε)^(−1/2) (B, C) float32 are each
+    """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b both (B, C) or both (C,), as
+    ``normalise_affine(x, a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds)``
+    computes it (the same dropout mask), in one Pallas Triton kernel; mean and rstd = (σ² + ε)^(−1/2) (B, C) float32 are each
     channel's group statistics, for :func:`backward`.
 
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
@@ -458,12 +468,12 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     :func:`unsupported_reason` rejects. No derivative is defined (``jax.grad`` of it fails inside Pallas):
     :func:`jdiff.models.group_norm.normalise_affine` pairs it with :func:`backward`.
     """
-    settings = _checked_settings("pallas_group_norm.forward", x, dict(a=a, b=b), groups=groups, eps=eps,
+    settings = _checked_settings("pallas_group_norm.forward", x, (a, b), {}, groups=groups, eps=eps,
                                  silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout,
                                  seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
                                  num_warps=num_warps, num_stages=num_stages)
-    return _forward_per_image[bool(settings.dropout)](x, a.astype(jnp.float32), b.astype(jnp.float32),
-                                                      *_seed_operands(settings, seeds), settings)
+    call = _forward_per_image[bool(settings.dropout), a.ndim == 1]
+    return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *_seed_operands(settings, seeds), settings)
 
 
 def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.Array, rstd: jax.Array, *,
@@ -474,9 +484,9 @@ def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.
     """(dx, da, db), the gradients of Σ dy·y for y = :func:`forward`'s output, from its mean and rstd (and
     its dropout mask, recomputed from the same seeds), in one kernel (group_norm.py's docstring has the
     equations): pass 1 sums da_bc = Σ_n dz·x̂ and db_bc = Σ_n dz, pass 2 writes dx = r·(a·dz − m1 − x̂·m2)
-    in x's dtype; da, db are (B, C) float32. Settings as :func:`forward`'s, with the same defaults except
+    in x's dtype; da, db are (B, C) float32, per image also when a and b are shared (C,). Settings as :func:`forward`'s, with the same defaults except
     for the UNet's shapes in :data:`TUNED_BACKWARD` when none of the three is given."""
-    settings = _checked_settings("pallas_group_norm.backward", x, dict(a=a, b=b, mean=mean, rstd=rstd),
+    settings = _checked_settings("pallas_group_norm.backward", x, (a, b), dict(mean=mean, rstd=rstd),
                                  groups=groups, eps=0.0, silu=silu, out_dtype=x.dtype, interpret=interpret,
                                  dropout=dropout, seeds=seeds, block_n=block_n,
                                  channels_per_program=channels_per_program, num_warps=num_warps,
@@ -485,4 +495,4 @@ def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.
         raise ValueError(f"pallas_group_norm.backward: dy must have x's shape {x.shape}, got {dy.shape}")
     f32 = (v.astype(jnp.float32) for v in (a, b, mean, rstd))
     seed_operands = _seed_operands(settings, seeds)
-    return _backward_per_image[bool(settings.dropout)](x, dy, *f32, *seed_operands, settings)
+    return _backward_per_image[bool(settings.dropout), a.ndim == 1](x, dy, *f32, *seed_operands, settings)

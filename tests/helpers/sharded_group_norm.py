@@ -1,6 +1,7 @@
 """Run with 4 CPU devices by tests/test_pallas_group_norm.py: the GroupNorm kernels (Pallas interpreter) under
 jax.jit over a batch split on the mesh — the forward inside a lax.scan as in the sampler, and the forward
-and backward (with dropout) under jax.grad as in a train step — against the unsharded calls; prints a JSON line with the
+and backward (with dropout) under jax.grad as in a train step, with a, b per image (B, C) and shared (C,) —
+against the unsharded calls; prints a JSON line with the
 differences and whether the compiled programs move data between devices."""
 
 import json
@@ -24,13 +25,13 @@ def steps(x, a, b):
 def gradients(x, a, b):
     """(dx, da, db) of a loss of the kernels' output with dropout (seeded kernels, as in training); only the
     batch-summed da, db need a collective."""
-    seeds = dropout_seeds(jax.random.key(5), *a.shape)
+    seeds = dropout_seeds(jax.random.key(5), x.shape[0], x.shape[2])
 
     def loss(x, a, b):
         y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, "pallas_interpret", 0.3, seeds)
         return jnp.sum(jnp.sin(y))
     dx, da, db = jax.grad(loss, argnums=(0, 1, 2))(x, a, b)
-    return dx, da.sum(0), db.sum(0)
+    return dx, *(g.sum(0) if g.ndim == 2 else g for g in (da, db))  # shared (C,) a, b: summed already
 
 
 def collectives(compiled_text):
@@ -58,7 +59,14 @@ split_grads = jax.jit(gradients, in_shardings=(by_batch, by_batch, by_batch))
 grads = split_grads(x, a, b)
 # x split along its channels: the rule must gather them (a group's statistics need all its channels)
 by_channel = jax.jit(steps, in_shardings=(NamedSharding(mesh, P(None, None, "data")), None, None))
+# a and b shared by the images, (C,), replicated
+shared = jax.jit(steps, in_shardings=(by_batch, None, None), out_shardings=by_batch)
+shared_grads = jax.jit(gradients, in_shardings=(by_batch, None, None))
 print(json.dumps(dict(
+    shared_max_diff=max_diff(shared(x, a[0], b[0]), jax.jit(steps)(x, a[0], b[0])),
+    shared_collectives=collectives(shared.lower(x, a[0], b[0]).compile().as_text()),
+    shared_gradients_max_diff=max_diff(shared_grads(x, a[0], b[0]), jax.jit(gradients)(x, a[0], b[0])),
+    shared_gradients_collectives=collectives(shared_grads.lower(x, a[0], b[0]).compile().as_text()),
     batch_split_max_diff=max_diff(out, reference),
     batch_split_output_axis=str(out.sharding.spec[0]),
     batch_split_collectives=collectives(split.lower(x, a, b).compile().as_text()),
