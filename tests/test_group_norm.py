@@ -221,6 +221,29 @@ def test_module_matches_flax_group_norm_with_scale_shift_and_silu():
         assert rel(got, want) < 1e-5
 
 
+def test_module_hands_on_its_vectors_unbroadcast_unless_asked():
+    """Without a scale-shift the norm gives normalise_affine its (C,) scale and bias (or (B, C) broadcasts
+    with broadcast_affine=True, as in training): the same values and parameter gradients either way."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(1.0, 2.0, size=(3, 4, 4, 64)), jnp.float32)
+    norm = GroupNorm()
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype),
+                          norm.init(jax.random.key(0), x))
+
+    def apply(params, broadcast):
+        return norm.apply(params, x, silu=True, broadcast_affine=broadcast)
+
+    def affine_shapes(broadcast):
+        eqns = jax.make_jaxpr(apply, static_argnums=1)(params, broadcast).jaxpr.eqns
+        return [tuple(e.invars[1].aval.shape) for e in eqns if e.primitive.name.startswith("custom_vjp_call")]
+
+    assert affine_shapes(False) == [(64,)] and affine_shapes(True) == [(3, 64)]
+    np.testing.assert_array_equal(np.asarray(apply(params, False)), np.asarray(apply(params, True)))
+    grads = [jax.grad(lambda p: jnp.sum(jnp.sin(apply(p, b))))(params) for b in (False, True)]
+    for got, want in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
 def test_channels_must_divide_into_groups():
     with pytest.raises(ValueError, match="divisible by 32"):
         GroupNorm().init(jax.random.key(0), jnp.zeros((1, 4, 48)))

@@ -190,6 +190,25 @@ def test_dropout_draws_from_the_dropout_key_in_training():
     np.testing.assert_array_equal(a, apply(jax.random.key(1)))
 
 
+def test_norms_take_their_vectors_unbroadcast_in_sampling_and_broadcast_in_training():
+    """Every GroupNorm without a scale-shift hands normalise_affine its (C,) vectors when sampling, and
+    (B, C) broadcasts in training (GroupNorm's docstring says why); the scale-shift norms take (B, C)."""
+    model, params, inputs, _ = fixture_model("a")
+    batch = inputs[0].shape[0]
+
+    def affine_ranks(train):
+        jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, *inputs, train=train,
+                                                     rngs={"dropout": jax.random.key(0)}))(params).jaxpr
+        shapes = [e.invars[1].aval.shape for e in jaxpr.eqns if e.primitive.name.startswith("custom_vjp_call")
+                  and len(e.invars[0].aval.shape) == 3]
+        assert shapes and all(s[-1] > 1 and (len(s) == 1 or s[0] == batch) for s in shapes), shapes
+        return sorted(len(s) for s in shapes)
+
+    sampling, training = affine_ranks(False), affine_ranks(True)
+    assert 1 in sampling and 2 in sampling, "unshifted norms (C,), scale-shift norms (B, C)"
+    assert training == [2] * len(sampling)
+
+
 def test_invalid_inputs_and_settings_raise():
     model = UNet(**TINY)
     x, t, _ = init_inputs(model, 2)

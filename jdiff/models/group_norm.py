@@ -253,8 +253,8 @@ def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, r
     if implementation != "xla":
         from jdiff.models import pallas_group_norm
 
-        dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd,
-                                                **_kernel_settings(groups, silu, implementation, dropout, seeds))
+        settings = _kernel_settings(groups, silu, implementation, dropout, seeds)
+        dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd, **settings)
         return dx, *_like(a, da, db), None
     _, n, channels = x.shape
     xhat = _standardise(x, mean, rstd)
@@ -291,6 +291,12 @@ class GroupNorm(nn.Module):
     ``__call__(x, scale_shift=(s, t), silu=True, out_dtype=..., dropout=rate)`` returns
     [SiLU](GN(x)·(1 + s) + t) in ``out_dtype``, with s, t of shape (B, C), and with ``dropout`` > 0 that
     output dropped at that rate (seeds from the 'dropout' RNG stream; pass 0 outside training).
+    Without a scale-shift the norm hands its (C,) scale and bias to :func:`normalise_affine` as they are,
+    unless ``broadcast_affine``: then as (B, C) broadcasts. Pass ``broadcast_affine=True`` in training:
+    there the parameters are slices of the flat train state, and XLA copies every slice that a kernel
+    takes as an operand into a buffer of its own, one small copy per leaf, where broadcasts of several
+    leaves fuse into one kernel (a train step 0.7% slower with the vectors, on an H200; sampling 0.8%
+    faster with them).
     ``implementation`` is :func:`normalise_affine`'s (resolved: not 'auto').
     """
     one_pass: bool = False
@@ -299,7 +305,8 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, scale_shift: tuple[jax.Array, jax.Array] | None = None,
-                 silu: bool = False, out_dtype: Dtype = jnp.float32, dropout: float = 0.0) -> jax.Array:
+                 silu: bool = False, out_dtype: Dtype = jnp.float32, dropout: float = 0.0,
+                 broadcast_affine: bool = False) -> jax.Array:
         channels = x.shape[-1]
         if channels % NUM_GROUPS:
             raise ValueError(f"GroupNorm needs channels divisible by {NUM_GROUPS}, got {channels}: choose "
@@ -311,6 +318,8 @@ class GroupNorm(nn.Module):
             s, t = (v.astype(jnp.float32) for v in scale_shift)
             a, b = a * (1.0 + s), b * (1.0 + s) + t
         batch = x.shape[0]
+        if broadcast_affine:
+            a, b = jnp.broadcast_to(a, (batch, channels)), jnp.broadcast_to(b, (batch, channels))
         seeds = dropout_seeds(self.make_rng("dropout"), batch, channels) if dropout else None
         y = normalise_affine(x.reshape(batch, -1, channels), a, b, NUM_GROUPS, EPS, silu, self.one_pass,
                              jnp.dtype(out_dtype), self.implementation, dropout, seeds)

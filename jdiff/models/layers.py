@@ -177,7 +177,8 @@ class ResBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm_kw = dict(param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                        implementation=self.norm_implementation)
-        h = GroupNorm(name="in_layers_0", **norm_kw)(x, silu=True, out_dtype=self.dtype)
+        h = GroupNorm(name="in_layers_0", **norm_kw)(x, silu=True, out_dtype=self.dtype,
+                                                     broadcast_affine=train)
         if self.up:
             h, x = upsample_nearest(h), upsample_nearest(x)
         elif self.down:
@@ -194,7 +195,7 @@ class ResBlock(nn.Module):
                          out_dtype=self.dtype, dropout=dropout)
         else:
             h = out_norm(h.astype(jnp.float32) + emb_out[:, None, None, :], silu=True, out_dtype=self.dtype,
-                         dropout=dropout)
+                         dropout=dropout, broadcast_affine=train)
         h = conv2d(h, self.out_channels, name="out_layers_3", zero_init=True, **kw)
 
         if x.shape[-1] != self.out_channels:
@@ -295,13 +296,13 @@ class AttentionBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         batch, height, width, channels = x.shape
         heads = attention_heads(channels, self.num_heads, self.num_head_channels)
         tokens = x.reshape(batch, height * width, channels)
         normed = GroupNorm(name="norm", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                            implementation=self.norm_implementation)(
-            tokens, out_dtype=self.dtype)
+            tokens, out_dtype=self.dtype, broadcast_affine=train)
         q, k, v, v_bias = QKVProjection(heads, self.use_new_attention_order, dtype=self.dtype,
                                         param_dtype=self.param_dtype, name="qkv")(normed)
         implementation = attention_implementation(self.implementation, self.dtype, channels // heads)

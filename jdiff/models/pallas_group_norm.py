@@ -457,8 +457,8 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
             num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b both (B, C) or both (C,), as
     ``normalise_affine(x, a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds)``
-    computes it (the same dropout mask), in one Pallas Triton kernel; mean and rstd = (σ² + ε)^(−1/2) (B, C) float32 are each
-    channel's group statistics, for :func:`backward`.
+    computes it (the same dropout mask), in one Pallas Triton kernel; mean and rstd = (σ² + ε)^(−1/2)
+    (B, C) float32 are each channel's group statistics, for :func:`backward`.
 
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
     ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
@@ -484,8 +484,9 @@ def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.
     """(dx, da, db), the gradients of Σ dy·y for y = :func:`forward`'s output, from its mean and rstd (and
     its dropout mask, recomputed from the same seeds), in one kernel (group_norm.py's docstring has the
     equations): pass 1 sums da_bc = Σ_n dz·x̂ and db_bc = Σ_n dz, pass 2 writes dx = r·(a·dz − m1 − x̂·m2)
-    in x's dtype; da, db are (B, C) float32, per image also when a and b are shared (C,). Settings as :func:`forward`'s, with the same defaults except
-    for the UNet's shapes in :data:`TUNED_BACKWARD` when none of the three is given."""
+    in x's dtype; da, db are (B, C) float32, per image also when a and b are shared (C,). Settings as
+    :func:`forward`'s, with the same defaults except for the UNet's shapes in :data:`TUNED_BACKWARD` when
+    none of the three is given."""
     settings = _checked_settings("pallas_group_norm.backward", x, (a, b), dict(mean=mean, rstd=rstd),
                                  groups=groups, eps=0.0, silu=silu, out_dtype=x.dtype, interpret=interpret,
                                  dropout=dropout, seeds=seeds, block_n=block_n,

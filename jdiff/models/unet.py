@@ -130,7 +130,8 @@ class UNet(nn.Module):
             for _ in range(self.num_res_blocks):
                 h = ResBlock(width, name=f"input_blocks_{block}_0", **res_kw)(h, emb, train=train)
                 if size in attention_sizes:
-                    h = AttentionBlock(self.num_heads, name=f"input_blocks_{block}_1", **attn_kw)(h)
+                    h = AttentionBlock(self.num_heads, name=f"input_blocks_{block}_1", **attn_kw)(
+                        h, train=train)
                 skips.append(h)
                 block += 1
             if level != len(widths) - 1:
@@ -144,7 +145,7 @@ class UNet(nn.Module):
                 size //= 2
 
         h = ResBlock(widths[-1], name="middle_block_0", **res_kw)(h, emb, train=train)
-        h = AttentionBlock(self.num_heads, name="middle_block_1", **attn_kw)(h)
+        h = AttentionBlock(self.num_heads, name="middle_block_1", **attn_kw)(h, train=train)
         h = ResBlock(widths[-1], name="middle_block_2", **res_kw)(h, emb, train=train)
 
         block = 0
@@ -155,7 +156,8 @@ class UNet(nn.Module):
                 h = ResBlock(width, name=f"output_blocks_{block}_{layer}", **res_kw)(h, emb, train=train)
                 if size in attention_sizes:
                     layer += 1
-                    h = AttentionBlock(heads_up, name=f"output_blocks_{block}_{layer}", **attn_kw)(h)
+                    h = AttentionBlock(heads_up, name=f"output_blocks_{block}_{layer}", **attn_kw)(
+                        h, train=train)
                 if level and i == self.num_res_blocks:
                     layer += 1
                     name = f"output_blocks_{block}_{layer}"
@@ -169,7 +171,7 @@ class UNet(nn.Module):
         # The output head runs in float32, as the official fp16 mode does: it is cheap (a few output
         # channels) and its rounding would land directly on ε.
         h = GroupNorm(name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
-                      implementation=norm_kw["norm_implementation"])(h, silu=True)
+                      implementation=norm_kw["norm_implementation"])(h, silu=True, broadcast_affine=train)
         out_channels = 2 * self.out_channels if self.learn_sigma else self.out_channels
         return conv2d(h, out_channels, name="out_2", zero_init=True, param_dtype=self.param_dtype)
 
