@@ -6,9 +6,9 @@ For activations x (B, N, C) (N = H·W positions), 32 groups of C_g = C/32 channe
 
 with μ, σ² over the N·C_g values of group g of image b. GroupNorm's affine (γ, β) and ADM's
 scale-shift norm (Dhariwal & Nichol 2021, eq. in §3: GN(h)·(1 + s) + t) fold into one per-image,
-per-channel a = γ(1 + s), b = β(1 + s) + t. Without a scale-shift, a = γ and b = β are shared by all
-images and passed as (C,) vectors (not broadcast to (B, C): in a sampling loop that would be two more
-kernels per norm at every step).
+per-channel a = γ(1 + s), b = β(1 + s) + t. Without a scale-shift, a = γ and b = β are the same for
+all images and may be passed as (C,) vectors: broadcast to (B, C), they cost two more kernels per norm at
+every step of a sampling loop (in training the broadcasts are the cheaper form, see :class:`GroupNorm`).
 
 Why not autodiff of the textbook formula: in bf16 training XLA then keeps float32 copies of the
 normalised activations for the backward pass and carries float32 activation gradients between the
@@ -255,7 +255,7 @@ def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, r
 
         settings = _kernel_settings(groups, silu, implementation, dropout, seeds)
         dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd, **settings)
-        return dx, *_like(a, da, db), None
+        return dx, *_affine_gradients(a, da, db), None
     _, n, channels = x.shape
     xhat = _standardise(x, mean, rstd)
     dz = dy.astype(jnp.float32)
@@ -273,10 +273,10 @@ def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, r
 
     dx = _per_channel(rstd, channels) * (dz * _over_positions(a) - group_mean(a * db)
                                          - xhat * group_mean(a * da))
-    return dx.astype(x.dtype), *_like(a, da, db), None  # no cotangent for the integer seeds
+    return dx.astype(x.dtype), *_affine_gradients(a, da, db), None  # no cotangent for the integer seeds
 
 
-def _like(a: jax.Array, da: jax.Array, db: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _affine_gradients(a: jax.Array, da: jax.Array, db: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The per-image gradients (B, C) of a and b, summed over the images when a and b are shared (C,)."""
     return (da, db) if a.ndim == 2 else (da.sum(0), db.sum(0))
 

@@ -1,18 +1,17 @@
 """The forward and the backward of :func:`jdiff.models.group_norm.normalise_affine`, each one Pallas (Triton)
 kernel.
 
-The forward computes the same y = [SiLU](x̂·a + b) for x (B, N, C), a and b float32 (B, C), or (C,) for
-all images, x̂ standardised
-over the N positions and C/G channels of each group (the math is in group_norm.py's docstring), with the
-statistics of ``_group_stats(one_pass=True)``: per channel the sums of x − K and (x − K)² with the shift
-K = the channel's value at the first position (so the sums do not cancel when the mean is large
-against the spread), then the exact combination of a group's channels (Chan et al.: M2_g = Σ_c M2_c +
-N·Σ_c (μ_c − μ_g)²). Arithmetic is float32; y is written in ``out_dtype``, and each channel's group mean
-and (σ² + ε)^(−1/2) as (B, C) float32 for the backward. The backward has the same shape: pass 1 sums
-da = Σ_n dz·x̂ and db = Σ_n dz per channel, pass 2 writes dx = r·(a·dz − m1 − x̂·m2), recomputing x̂
-and dz from x and dy (read twice, the second time mostly from L2) instead of storing them. With dropout
-(group_norm.py's docstring) the forward applies the mask to y as it writes it and the backward to dy as
-it reads it, recomputing the hash from two more (B, C) int32 operands, the seeds.
+The forward computes the same y = [SiLU](x̂·a + b) for x (B, N, C), a and b float32 (B, C), or (C,) for all
+images, x̂ standardised over the N positions and C/G channels of each group (the math is in group_norm.py's
+docstring), with the statistics of ``_group_stats(one_pass=True)``: per channel the sums of x − K and
+(x − K)² with the shift K = the channel's value at the first position (so the sums do not cancel when the
+mean is large against the spread), then the exact combination of a group's channels (Chan et al.:
+M2_g = Σ_c M2_c + N·Σ_c (μ_c − μ_g)²). Arithmetic is float32; y is written in ``out_dtype``, and each
+channel's group mean and (σ² + ε)^(−1/2) as (B, C) float32 for the backward. The backward has the same
+shape: pass 1 sums da = Σ_n dz·x̂ and db = Σ_n dz per channel, pass 2 writes dx = r·(a·dz − m1 − x̂·m2),
+recomputing x̂ and dz from x and dy (read twice, the second time mostly from L2) instead of storing them.
+With dropout (group_norm.py's docstring) the forward applies the mask to y as it writes it and the backward
+to dy as it reads it, recomputing the hash from two more (B, C) int32 operands, the seeds.
 
 Why: XLA computes the GroupNorm of the UNet as a statistics reduction (two reads of x for the two-pass
 variance) and then an element-wise apply (a read and a write), 7.3 ms of a 27 ms sampling step (batch
