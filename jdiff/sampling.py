@@ -18,7 +18,6 @@ import re
 from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -92,15 +91,9 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
         def apply(params, x, t):
             return model.apply({"params": params}, x, t, labels, train=False)
 
-        batch_size = indices.shape[0]
-        params = samplers.cast_as_used(apply, params,
-                                       jax.ShapeDtypeStruct((batch_size,) + shape_tail, schedule.betas.dtype),
-                                       jax.ShapeDtypeStruct((batch_size,), jnp.int32))
-
-        def model_fn(x, t):
-            return apply(params, x, t)
-
-        return samplers.sample(model_fn, schedule, (batch_size,) + shape_tail, keys=keys,
+        shape = (indices.shape[0],) + shape_tail
+        model_fn = samplers.model_fn_with_cast_weights(apply, params, shape, schedule.betas.dtype)
+        return samplers.sample(model_fn, schedule, shape, keys=keys,
                                eps_scaling=eps_scaling, **options)
 
     batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)

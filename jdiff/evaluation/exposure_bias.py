@@ -161,15 +161,8 @@ def trajectory_moments(apply_fn: ApplyFn, variables: Any, schedule: Schedule, x0
     z = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], dtype))(start_keys)
     x_start = levels.alpha[0] * x0 + levels.sigma[0] * z
 
-    def apply(variables, x, t):
-        return apply_fn(variables, x, t, labels)
-
-    # the weights cast once, not at every step of the loops below (same values: see cast_as_used)
-    variables = samplers.cast_as_used(apply, variables, jax.ShapeDtypeStruct(x0.shape, dtype),
-                                      jax.ShapeDtypeStruct(x0.shape[:1], jnp.int32))
-
-    def model_fn(x, t):
-        return apply(variables, x, t)
+    model_fn = samplers.model_fn_with_cast_weights(lambda v, x, t: apply_fn(v, x, t, labels), variables,
+                                                   x0.shape, dtype)
 
     _, trajectory = samplers.sample(
         model_fn, schedule, x_start, start_index=steps - 1, keys=sampler_keys, sampler=sampler, target=target,

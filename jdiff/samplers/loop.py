@@ -141,6 +141,16 @@ def cast_as_used(fn: Callable[..., Any], params: Any, *args: Any) -> Any:
                                      for leaf, dtype in zip(leaves, casts)])
 
 
+def model_fn_with_cast_weights(apply: Callable[[Any, jax.Array, jax.Array], jax.Array], params: Any,
+                               shape: Sequence[int], dtype: Any) -> ModelFn:
+    """``model_fn(x, t) = apply(params, x, t)`` for :func:`sample`, with ``params`` :func:`cast_as_used` once
+    here rather than at every step; x has ``shape`` (B, ...) and ``dtype`` (the schedule's), t is (B,) int32,
+    as :func:`sample` calls it."""
+    params = cast_as_used(apply, params, jax.ShapeDtypeStruct(tuple(shape), dtype),
+                          jax.ShapeDtypeStruct((shape[0],), jnp.int32))
+    return lambda x, t: apply(params, x, t)
+
+
 def _is_shape(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and all(isinstance(s, (int, np.integer)) for s in value)
 
