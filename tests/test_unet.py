@@ -9,6 +9,7 @@ import json
 import math
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,8 @@ from flax import traverse_util
 from jdiff.convert import convert_state_dict, official_shapes
 from jdiff.models import UNet, create_model, init_inputs, param_shapes, unet_kwargs_from_flags
 from jdiff.models.group_norm import GroupNorm
-from jdiff.models.layers import QKVProjection, attention_implementation
+from jdiff.models.layers import (QKVProjection, Upsample, attention_implementation, conv2d, upsample_conv,
+                                 upsample_nearest, upsampling_kernel)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
 
@@ -113,6 +115,64 @@ def test_one_pass_norm_variance_matches_the_official_output(name):
     out = jax.jit(lambda p: model.clone(one_pass_norm=True).apply({"params": p}, *inputs, train=False))(params)
     rel = float(jnp.abs(out - official).max() / np.abs(official).max())
     assert rel < 1e-5, rel
+
+
+def test_upsampling_kernel_sums_the_taps_that_read_one_source_pixel():
+    """K[u, v] for 1-D taps (w0, w1, w2) along each axis: (w0, w0 + w1, w1 + w2, w2)."""
+    w = np.arange(1.0, 10.0, dtype=np.float32).reshape(3, 3)
+    sums = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)
+    got = np.asarray(upsampling_kernel(jnp.asarray(w).reshape(3, 3, 1, 1)))[..., 0, 0]
+    np.testing.assert_array_equal(got, sums @ w @ sums.T)
+
+
+def test_upsample_conv_kernel_is_an_explicit_reversal():
+    """The convolution's kernel is a ``rev`` of the (reversed) combined kernel: the form in which XLA hands a
+    dilated-input convolution to cuDNN's backward-data kernel instead of writing out the dilated input."""
+    x, kernel = jnp.zeros((1, 4, 4, 8), jnp.bfloat16), jnp.zeros((3, 3, 8, 8), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(upsample_conv)(x, kernel)
+    conv, = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    producer, = [e for e in jaxpr.eqns if conv.invars[1] in e.outvars]
+    while producer.primitive.name in ("pjit", "jit"):  # jnp.flip is a jitted function
+        producer, = producer.params["jaxpr"].jaxpr.eqns
+    assert producer.primitive.name == "rev" and producer.params["dimensions"] == (0, 1)
+    assert conv.params["lhs_dilation"] == (2, 2) and conv.params["window_strides"] == (1, 1)
+
+
+class UpsampleThenConv(nn.Module):
+    """The official Upsample: nearest-neighbour, then a 3×3 conv named 'conv'."""
+    @nn.compact
+    def __call__(self, x):
+        return conv2d(upsample_nearest(x), x.shape[-1], name="conv")
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 8), (1, 3, 5, 6), (3, 1, 2, 5)])
+def test_upsample_is_the_conv_of_the_upsampled_input(shape):
+    """Upsample (one UpsampleConv) = conv2d(upsample_nearest(x)): the same parameters and initialisation,
+    outputs and gradients (of x and the parameters) to float32 rounding, bfloat16 compute to its rounding."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
+    layer, reference = Upsample(), UpsampleThenConv()
+    params = jax.jit(layer.init)(jax.random.key(3), x)
+    reference_params = reference.init(jax.random.key(3), x)
+    assert jax.tree.structure(params) == jax.tree.structure(reference_params)
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+    def loss(apply, p, x):
+        y = apply(p, x)
+        return jnp.sum(y * jnp.cos(y)), y  # a cotangent that varies over the output
+
+    def value_and_grads(apply):
+        return jax.value_and_grad(lambda p, x: loss(apply, p, x), argnums=(0, 1), has_aux=True)(params, x)
+    (_, got), got_grads = value_and_grads(layer.apply)
+    (_, want), want_grads = value_and_grads(reference.apply)
+    assert got.shape == (shape[0], 2 * shape[1], 2 * shape[2], shape[3])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+    bf16 = layer.clone(dtype=jnp.bfloat16).apply(params, x)
+    assert bf16.dtype == jnp.bfloat16
+    scale = float(jnp.abs(want).max())
+    assert 1e-4 * scale < float(jnp.abs(bf16.astype(jnp.float32) - want).max()) < 2e-2 * scale
 
 
 @pytest.mark.parametrize("new_order", [True, False])
