@@ -1,12 +1,13 @@
 """Micro-benchmark of the UNet's self-attention kernel: cuDNN and XLA (``jax.nn.dot_product_attention``)
-against the Pallas/Triton flash-attention kernel that ships with JAX
+against jdiff's one-tile kernel for short sequences (``jdiff.models.pallas_attention``, where it applies)
+and the Pallas/Triton flash-attention kernel that ships with JAX
 (``jax.experimental.pallas.ops.gpu.attention.mha``) over its block sizes.
 
     python experiments/bench_attention.py --out attention.json [--batch 512] [--repeats 5]
     python experiments/bench_attention.py --out attention.json --direction training --batch 128
     python experiments/bench_attention.py --smoke --out /tmp/smoke.json   # CPU: XLA and the interpreter
 
-The ADM CIFAR-10 UNet attends over 16×16 and 8×8 positions with 8 heads of 32 channels (SHAPES). cuDNN's
+The ADM CIFAR-10 UNet attends over 16×16, 8×8 and (the middle block) 4×4 positions with 8 heads of 32 channels (SHAPES). cuDNN's
 kernel is built for head widths of 64–128, so at 32 it runs far below the GPU's matrix throughput; whether
 another kernel does better is what this measures. ``--direction forward`` times softmax(q·kᵀ/√d)·v at
 ``--batch`` images (the sampler's 512), ``training`` the gradients of ½Σo² with respect to q, k, v (a
@@ -33,9 +34,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.bench_group_norm import INPUT_BYTES_PER_TIMING, parse_ints, time_per_call  # noqa: E402
+from jdiff.models import pallas_attention  # noqa: E402
 
-SHAPES = [(256, 8, 32), (64, 8, 32)]  # (S = H·W positions, heads, head width) at 16² and 8²
-SMOKE_SHAPES = [(16, 2, 8)]
+SHAPES = [(256, 8, 32), (64, 8, 32), (16, 8, 32)]  # (S = H·W positions, heads, head width) at 16², 8², 4²
+SMOKE_SHAPES = [(16, 2, 16)]
 DTYPE = jnp.bfloat16
 BACKWARD_FLOP_FACTOR = 2.5  # forward + backward ≈ 2.5 forwards for flash attention (recomputed S, P)
 
@@ -52,10 +54,13 @@ def inputs(shape: tuple[int, int, int, int], count: int, seed: int = 0) -> list[
 
 
 def attention(implementation: str, setting: dict | None = None, interpret: bool = False):
-    """(q, k, v) → softmax(q·kᵀ/√d)·v (B, S, heads, d) by ``implementation``: 'xla', 'cudnn' or 'pallas'
-    (``setting``: block_q, block_k, backward blocks, num_warps, num_stages)."""
+    """(q, k, v) → softmax(q·kᵀ/√d)·v (B, S, heads, d) by ``implementation``: 'xla', 'cudnn', 'short'
+    (jdiff's kernel) or 'pallas' (JAX's; ``setting``: block_q, block_k, backward blocks, num_warps,
+    num_stages)."""
     if implementation in ("xla", "cudnn"):
         return lambda qkv: jax.nn.dot_product_attention(*qkv, implementation=implementation)
+    if implementation == "short":
+        return lambda qkv: pallas_attention.attention(*qkv, interpret=interpret)
     attn = pallas_mha()
     setting = dict(setting or {})
     backward = setting.pop("backward_block", None)  # the backward kernels' blocks (training only)
@@ -112,9 +117,11 @@ def bench_shape(shape, args) -> dict:
     print(f"shape (B, S, heads, d) = {shape}, {args.direction}, {calls} calls per timing", flush=True)
     result = dict(shape=list(shape), direction=args.direction, flop=flop, calls_per_timing=calls, pallas=[])
     implementations = ["xla"] if args.smoke else ["xla", "cudnn"]
+    if pallas_attention.unsupported_reason(shape, DTYPE) is None:
+        implementations.append("short")
     for name in implementations:
-        result[name] = timed(name, wrap(attention(name)),
-                             max_diff=max_relative_diff(wrap(attention(name)), reference, xs[0]))
+        fn = wrap(attention(name, interpret=args.smoke))
+        result[name] = timed(name, fn, max_diff=max_relative_diff(fn, reference, xs[0]))
     for setting in settings(seq, args):
         fn = wrap(attention("pallas", setting, args.smoke))
         try:
@@ -134,11 +141,11 @@ def bench_shape(shape, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| B, S, heads, d | direction | XLA ms (TFLOP/s) | cuDNN ms (TFLOP/s) "
+    lines = ["| B, S, heads, d | direction | XLA ms (TFLOP/s) | cuDNN ms (TFLOP/s) | jdiff short ms (TFLOP/s) "
              "| Pallas best ms (TFLOP/s) "
-             "| best setting | vs cuDNN |", "|---|---|---|---|---|---|---|"]
+             "| best setting | vs cuDNN |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        cells = [f"{r[k]['ms']:.3f} ({r[k]['tflops']:.0f})" if k in r else "-" for k in ("xla", "cudnn")]
+        cells = [f"{r[k]['ms']:.3f} ({r[k]['tflops']:.0f})" if k in r else "-" for k in ("xla", "cudnn", "short")]
         ok = [p for p in r["pallas"] if p.get("ok")]
         if ok:
             best = min(ok, key=lambda p: p["ms"])

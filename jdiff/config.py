@@ -21,7 +21,7 @@ CHOICES = {
     "diffusion.weighting": ("constant", "debias", "p2", "min_snr", "snr"),
     "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
     "model.compute_dtype": ("auto", "float32", "bfloat16"),
-    "model.attention_implementation": ("auto", "xla", "cudnn"),
+    "model.attention_implementation": ("auto", "xla", "cudnn", "pallas"),
     "model.norm_variance": ("two_pass", "one_pass"),
     "model.norm_implementation": ("auto", "xla", "pallas"),
     "sampling.sampler": ("ddpm", "ddim", "dpm_solver_pp", "unipc", "heun", "euler"),
@@ -57,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
         resblock_updown=True,
         use_new_attention_order=True,
         compute_dtype="auto",     # bfloat16 on GPU/TPU, float32 on the CPU
-        attention_implementation="auto",  # cuDNN flash attention on sm_80+ GPUs in bf16, else XLA; or 'xla'/'cudnn'
+        attention_implementation="auto",  # sm_80+ GPUs in bf16: Pallas (L <= 64, sampling), else cuDNN; else XLA
         norm_variance="two_pass",     # GroupNorm variance: 'two_pass' as PyTorch, 'one_pass' shifted sums, one read
         norm_implementation="auto",   # GroupNorms by Triton kernels on sm_80+ GPUs, else XLA; 'xla'/'pallas'
     ))

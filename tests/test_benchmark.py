@@ -102,13 +102,15 @@ def test_conv_benchmark_script_smoke(tmp_path):
 
 @pytest.mark.parametrize("direction", ["forward", "training"])
 def test_attention_benchmark_script_smoke(tmp_path, direction):
-    """experiments/bench_attention.py times XLA's attention and the Pallas flash-attention kernel (in its
-    interpreter here), whose result (forward, or the gradients with respect to q, k, v) matches XLA's."""
+    """experiments/bench_attention.py times XLA's attention, jdiff's short-sequence kernel and the Pallas
+    flash-attention kernel (both in the interpreter here), whose results (forward, or the gradients with
+    respect to q, k, v) match XLA's."""
     import bench_attention
 
     out = tmp_path / "attention.json"
     bench_attention.main(["--smoke", "--direction", direction, "--out", str(out)])
     (row,) = json.loads(out.read_text())["results"]
     assert row["direction"] == direction and row["xla"]["ms"] > 0
+    assert row["short"]["ms"] > 0 and row["short"]["max_diff"] < 2e-2
     (pallas,) = row["pallas"]
     assert pallas["ok"] and pallas["max_diff"] < 2e-2 and pallas["ms"] > 0

@@ -238,8 +238,55 @@ def test_attention_implementation_auto_and_choices(monkeypatch):
     assert attention_implementation("auto", jnp.bfloat16, 32) == "xla"
     del FakeGpu.compute_capability                                         # a GPU that is not CUDA
     assert attention_implementation("auto", jnp.bfloat16, 32) == "xla"
-    with pytest.raises(ValueError, match="'auto', 'xla', 'cudnn'"):
+    with pytest.raises(ValueError, match="'auto', 'xla', 'cudnn', 'pallas'"):
         attention_implementation("", jnp.bfloat16, 32)
+    with pytest.raises(ValueError, match="compute capability 8.0"):
+        attention_implementation("pallas", jnp.bfloat16, 32, shape=(2, 64, 8, 32))
+
+
+def test_auto_attention_takes_the_pallas_kernel_for_short_undifferentiated_sequences(monkeypatch):
+    class FakeGpu:
+        compute_capability = "9.0"
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda: [FakeGpu()])
+    short, long = (512, 64, 8, 32), (512, 256, 8, 32)
+    assert attention_implementation("auto", jnp.bfloat16, 32, shape=short, differentiated=False) == "pallas"
+    assert attention_implementation("auto", jnp.bfloat16, 32, shape=(512, 16, 8, 32),
+                                    differentiated=False) == "pallas"
+    assert attention_implementation("auto", jnp.bfloat16, 32, shape=short, differentiated=True) == "cudnn"
+    assert attention_implementation("auto", jnp.bfloat16, 32, shape=long, differentiated=False) == "cudnn"
+    assert attention_implementation("auto", jnp.float32, 32, shape=short, differentiated=False) == "xla"
+    assert attention_implementation("auto", jnp.bfloat16, 32) == "cudnn"  # no shape: not the kernel
+    assert attention_implementation("pallas", jnp.bfloat16, 32, shape=short) == "pallas"
+    with pytest.raises(ValueError, match="L = 256"):
+        attention_implementation("pallas", jnp.bfloat16, 32, shape=long)
+    FakeGpu.compute_capability = "7.5"
+    assert attention_implementation("auto", jnp.bfloat16, 32, shape=short, differentiated=False) == "xla"
+
+
+def test_attention_block_with_the_pallas_kernel_computes_cudnns_network(monkeypatch):
+    """The block with implementation='pallas' (the kernel in the interpreter) against the same block with XLA's
+    attention, same weights, bf16 compute: within bf16 rounding, and the gradients run (XLA's backward)."""
+    from jdiff.models import pallas_attention
+    from jdiff.models.layers import AttentionBlock
+    monkeypatch.setattr("jdiff.models.layers.nvidia_sm80_or_newer", lambda: True)
+    kernel, calls = pallas_attention.attention, []
+    monkeypatch.setattr(pallas_attention, "attention",
+                        lambda q, k, v: calls.append(q.shape) or kernel(q, k, v, interpret=True))
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 64))
+    block = AttentionBlock(num_head_channels=16, use_new_attention_order=True, dtype=jnp.bfloat16)
+    params = block.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape), params)
+    calls.clear()  # init ran 'auto', which here (a GPU, sampling) is the kernel too
+    got = block.clone(implementation="pallas").apply(params, x)
+    want = block.clone(implementation="xla").apply(params, x)
+    assert calls == [(2, 16, 4, 16)]
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=0.02, atol=0.02)
+    assert float(jnp.max(jnp.abs(got - x))) > 0.05  # the attention branch is not zero
+    grad = jax.grad(lambda p: jnp.sum(block.clone(implementation="pallas").apply(p, x).astype(jnp.float32)))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad(params)))
 
 
 def test_dropout_draws_from_the_dropout_key_in_training():

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdiff.models import pallas_attention
 from jdiff.models.group_norm import GroupNorm
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -253,18 +254,34 @@ class ResBlock(nn.Module):
         return x + h
 
 
-def attention_implementation(requested: str, dtype: Dtype, head_channels: int) -> str:
-    """The :func:`jax.nn.dot_product_attention` kernel: 'xla' or 'cudnn' as requested; 'auto' picks
-    cuDNN's fused flash-attention kernel where it applies (an NVIDIA GPU of compute capability 8.0 or
-    newer, i.e. Ampere on, 16-bit compute, head width a multiple of 8 up to 128) and XLA's otherwise
-    (e.g. on a Colab T4). cuDNN made the bf16 train step 10% and sampling 19–25% faster on an H100/H200
-    (docs/benchmarks.md)."""
-    if requested in ("xla", "cudnn"):
-        return requested
+def attention_implementation(requested: str, dtype: Dtype, head_channels: int, *,
+                             shape: tuple[int, ...] | None = None, differentiated: bool = True) -> str:
+    """The attention kernel: 'xla' or 'cudnn' (:func:`jax.nn.dot_product_attention`'s) or 'pallas'
+    (:func:`jdiff.models.pallas_attention.attention`) as requested; 'auto' picks, on an NVIDIA GPU of
+    compute capability 8.0 or newer (Ampere on) in 16-bit compute, the Pallas kernel for q, k, v of
+    ``shape`` (B, L, heads, d) that it takes (L ≤ 64) where nothing is differentiated (its backward is
+    XLA's), else cuDNN's fused flash-attention kernel where it applies (head width a multiple of 8 up to
+    128), and XLA's otherwise (e.g. on a Colab T4). cuDNN made the bf16 train step 10% and sampling 19–25%
+    faster on an H100/H200, the Pallas kernel its 8×8 and 4×4 layers 1.9× and 3.4× faster at batch 512
+    (docs/benchmarks.md). 'pallas' raises ValueError where the kernel cannot run."""
+    if requested not in ("auto", "xla", "cudnn", "pallas"):
+        raise ValueError(f"attention implementation {requested!r} is not one of 'auto', 'xla', 'cudnn', "
+                         f"'pallas'")
+    gpu = nvidia_sm80_or_newer()
+    if requested == "pallas":
+        reason = ("it needs NVIDIA GPUs of compute capability 8.0 or newer" if not gpu else
+                  "it needs q, k, v's shape" if shape is None else
+                  pallas_attention.unsupported_reason(shape, dtype))
+        if reason:
+            raise ValueError(f"attention_implementation='pallas' cannot run here: {reason}; use 'auto'")
     if requested != "auto":
-        raise ValueError(f"attention implementation {requested!r} is not one of 'auto', 'xla', 'cudnn'")
-    fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_channels % 8 == 0 and head_channels <= 128
-    return "cudnn" if fits and nvidia_sm80_or_newer() else "xla"
+        return requested
+    sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    if (gpu and not differentiated and shape is not None
+            and pallas_attention.unsupported_reason(shape, dtype) is None):
+        return "pallas"
+    fits = sixteen_bit and head_channels % 8 == 0 and head_channels <= 128
+    return "cudnn" if fits and gpu else "xla"
 
 
 class QKVProjection(nn.Module):
@@ -332,9 +349,9 @@ class AttentionBlock(nn.Module):
     and free: dropped from k, folded into the output projection for v). ``use_new_attention_order``
     (guided-diffusion's QKVAttention) reads its 3·C channels as (q|k|v, head, channel); the legacy order
     (QKVAttentionLegacy) as (head, q|k|v, channel). The two give different networks for the same weights,
-    so the flag must match the checkpoint. Softmax(q·kᵀ/√d)·v runs in
-    :func:`jax.nn.dot_product_attention` (logits in float32) with the kernel that
-    :func:`attention_implementation` picks from ``implementation``.
+    so the flag must match the checkpoint. Softmax(q·kᵀ/√d)·v (logits in float32) runs
+    in the kernel that :func:`attention_implementation` picks from ``implementation``: one of
+    :func:`jax.nn.dot_product_attention`'s, or jdiff's Pallas kernel for short sequences.
     """
     num_heads: int = 1
     num_head_channels: int = -1
@@ -355,8 +372,12 @@ class AttentionBlock(nn.Module):
             tokens, out_dtype=self.dtype, broadcast_affine=train)
         q, k, v, v_bias = QKVProjection(heads, self.use_new_attention_order, dtype=self.dtype,
                                         param_dtype=self.param_dtype, name="qkv")(normed)
-        implementation = attention_implementation(self.implementation, self.dtype, channels // heads)
-        a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+        implementation = attention_implementation(self.implementation, self.dtype, channels // heads,
+                                                  shape=q.shape, differentiated=train)
+        if implementation == "pallas":
+            a = pallas_attention.attention(q, k, v)
+        else:
+            a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
         h = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="proj_out")(a.reshape(batch, height * width, channels), v_bias)
         return x + h.reshape(x.shape)

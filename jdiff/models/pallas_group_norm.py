@@ -38,9 +38,8 @@ mask, sum-reduced over one axis, and the group values broadcast back to their ch
 way (a reshape to (groups, channels-per-group) would need a power-of-two group size, and a one-hot
 matrix product would run in TF32 on Triton's tensor cores).
 
-Over a batch sharded on a mesh, each device runs the kernels on its own images (the partitioning rule
-below: a custom call is opaque to XLA's SPMD partitioner, which would otherwise gather the batch onto
-every device and repeat the whole computation there).
+Over a batch sharded on a mesh, each device runs the kernels on its own images
+(:func:`jdiff.models.per_image.partitioned_per_image`).
 
 The kernels define no derivative of their own (``jax.grad`` of :func:`forward` fails inside Pallas's
 JVP of the kernel): ``normalise_affine``'s custom VJP pairs them.
@@ -54,12 +53,11 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plt
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jdiff.models.group_norm import (EPS, NUM_GROUPS, check_affine, check_dropout, dropout_keep,
                                      dropout_keep_scale, dropout_threshold)
+from jdiff.models.per_image import partitioned_per_image
 
 Dtype = Any
 
@@ -370,50 +368,15 @@ def _backward_call(*operands_and_settings):
     return _launch(_backward_kernel, "group_norm_backward", settings, tuple(operands))
 
 
-def _split_along_batch(sharding: Any, ndim: int) -> NamedSharding:
-    """A sharding that splits an operand's first (batch) axis as ``sharding`` splits x's, and keeps the
-    other axes whole: each image's statistics need all its positions and the channels of its groups."""
-    if not isinstance(sharding, NamedSharding):
-        raise ValueError(f"the GroupNorm kernel can only be partitioned over a named mesh; x is sharded as "
-                         f"{sharding}: use jax.sharding.NamedSharding, or model.norm_implementation='xla'")
-    spec = tuple(sharding.spec)
-    return NamedSharding(sharding.mesh, P(spec[0] if spec else None, *([None] * (ndim - 1))))
-
-
-def _partitioned_per_image(call, sharding_rule: str):
-    """``call(*arrays, settings)`` with an SPMD rule (a custom call is opaque to XLA's partitioner, which would
-    otherwise gather the batch onto every device and repeat the whole computation there): over a batch
-    split on a mesh, every device runs it on its own images, without collectives. ``sharding_rule`` is
-    Shardy's (JAX's default partitioner); the inference from x's sharding serves GSPMD."""
-    arity = sharding_rule.split("->")[0].count(",") + 1
-
-    def batch_split(x_sharding, shapes):  # (C,) operands, shared by the images, are not split
-        return tuple(_split_along_batch(x_sharding, len(s.shape)) if len(s.shape) > 1
-                     else NamedSharding(x_sharding.mesh, P()) for s in shapes)
-
-    def partition(settings, mesh, arg_shapes, result_shape):
-        x = arg_shapes[0].sharding
-        return (mesh, lambda *operands: call(*operands, settings), batch_split(x, result_shape),
-                batch_split(x, arg_shapes))
-
-    def infer_sharding(settings, mesh, arg_shapes, result_shape):
-        return batch_split(arg_shapes[0].sharding, result_shape)
-
-    partitioned = custom_partitioning(call, static_argnums=(arity,))
-    partitioned.def_partition(partition, infer_sharding_from_operands=infer_sharding,
-                              sharding_rule=sharding_rule, need_replication_factors=("n", "c"))
-    return partitioned
-
-
 _OUTPUTS = " -> b n c, b c, b c"
 _SEEDS = ", b c, b c"
 _AFFINE = {False: ", b c, b c", True: ", c, c"}  # a, b per image, or shared
 _forward_per_image = {
-    (seeded, shared): _partitioned_per_image(_forward_call,
+    (seeded, shared): partitioned_per_image(_forward_call,
                                              "b n c" + _AFFINE[shared] + _SEEDS * seeded + _OUTPUTS)
     for seeded in (False, True) for shared in (False, True)}
 _backward_per_image = {
-    (seeded, shared): _partitioned_per_image(
+    (seeded, shared): partitioned_per_image(
         _backward_call, "b n c, b n c" + _AFFINE[shared] + ", b c, b c" + _SEEDS * seeded + _OUTPUTS)
     for seeded in (False, True) for shared in (False, True)}
 

@@ -39,7 +39,7 @@ class UNet(nn.Module):
     instead of strided / upsampling convs. ``use_new_attention_order`` picks how qkv channels split
     into heads (see :class:`~jdiff.models.layers.AttentionBlock`). ``dtype`` is the compute dtype of
     convs and attention (norms, embeddings and the output conv stay float32); ``param_dtype`` the
-    parameters'. ``attention_implementation`` ('auto', 'xla', 'cudnn') picks the attention kernel
+    parameters'. ``attention_implementation`` ('auto', 'xla', 'cudnn', 'pallas') picks the attention kernel
     (:func:`~jdiff.models.layers.attention_implementation`).
     ``one_pass_norm`` computes every GroupNorm's statistics from one read of the activations (shifted
     sums; a speed option, see :mod:`jdiff.models.group_norm`). ``norm_implementation`` ('auto',

@@ -1,0 +1,101 @@
+"""The short-sequence attention kernel (jdiff/models/pallas_attention.py), run in Pallas's interpreter on the
+CPU: its output against an independent NumPy computation of the same arithmetic, its gradients against
+XLA's attention, the shapes it refuses, and (4 CPU devices, in a subprocess) its partitioning over a
+sharded batch. The interpreter proves the arithmetic and indexing, not that Triton compiles the kernel:
+that is the GPU benchmark's check (experiments/bench_attention.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import xla_flags_with_devices
+from jdiff.models import pallas_attention
+
+
+def qkv(shape, dtype, seed=0, scale=1.0):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    return tuple((scale * jax.random.normal(key, shape)).astype(dtype) for key in keys)
+
+
+def reference(q, k, v):
+    """The kernel's arithmetic in NumPy: float32 logits of the 16-bit q, k; the softmax's numerators rounded to
+    the input dtype for the product with v; the denominator from the unrounded ones."""
+    dtype = q.dtype
+    q, k, v = (np.asarray(a, np.float32) for a in (q, k, v))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    rounded = np.asarray(jnp.asarray(p).astype(dtype), np.float32)
+    out = np.einsum("bhqk,bkhd->bqhd", rounded, v) / p.sum(-1)[..., None].transpose(0, 2, 1, 3)
+    return out
+
+
+@pytest.mark.parametrize("shape,dtype", [((2, 64, 8, 32), jnp.bfloat16), ((3, 16, 2, 16), jnp.float16),
+                                         ((1, 32, 4, 64), jnp.bfloat16)])
+def test_matches_the_arithmetic_and_xla_attention(shape, dtype):
+    q, k, v = qkv(shape, dtype, scale=2.0)
+    got = np.asarray(jax.jit(lambda *a: pallas_attention.attention(*a, interpret=True))(q, k, v), np.float32)
+    assert got.dtype == np.float32 and got.shape == shape
+    want = reference(q, k, v)
+    ulp = 2.0 ** -7 if dtype == jnp.bfloat16 else 2.0 ** -10  # the output's rounding to the input dtype
+    np.testing.assert_allclose(got, want, rtol=ulp, atol=ulp * 1e-2)
+    # and XLA's float32 attention, up to the rounding of the softmax to 16 bits
+    xla = jax.nn.dot_product_attention(*(a.astype(jnp.float32) for a in (q, k, v)), implementation="xla")
+    assert np.max(np.abs(got - np.asarray(xla))) < 8 * ulp * np.max(np.abs(want))
+
+
+def test_gradients_are_xlas_attention_gradients():
+    q, k, v = qkv((2, 16, 4, 32), jnp.bfloat16, seed=1)
+    cotangent = jax.random.normal(jax.random.key(2), q.shape)
+
+    def loss(fn):
+        return lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * cotangent)
+    got = jax.grad(loss(lambda *a: pallas_attention.attention(*a, interpret=True)), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(lambda *a: jax.nn.dot_product_attention(*a, implementation="xla")),
+                    argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+
+
+@pytest.mark.parametrize("shape,dtype,message", [
+    ((2, 256, 8, 32), jnp.bfloat16, "L = 256 must be a power of two from 16 to 64"),
+    ((2, 24, 8, 32), jnp.bfloat16, "L = 24"),
+    ((2, 8, 8, 32), jnp.bfloat16, "L = 8"),
+    ((2, 64, 8, 24), jnp.bfloat16, "d = 24"),
+    ((2, 64, 8, 32), jnp.float32, "bfloat16 or float16"),
+    ((2, 64, 256), jnp.bfloat16, "must be \\(B, L, heads, d\\)"),
+])
+def test_unsupported_shapes_raise(shape, dtype, message):
+    q = jnp.zeros(shape, dtype)
+    with pytest.raises(ValueError, match=message):
+        pallas_attention.attention(q, q, q, interpret=True)
+
+
+def test_q_k_v_must_agree():
+    q = jnp.zeros((2, 16, 2, 16), jnp.bfloat16)
+    with pytest.raises(ValueError, match="share shape and dtype"):
+        pallas_attention.attention(q, q.astype(jnp.float16), q, interpret=True)
+    with pytest.raises(ValueError, match="share shape and dtype"):
+        pallas_attention.attention(q, q, q[:1], interpret=True)
+
+
+def test_partitioned_over_a_sharded_batch():
+    """On 4 devices with the batch split, each device runs the kernel on its own images (no collective in the
+    compiled program, the output split the same way) with the unsharded result; the gradients too."""
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "sharded_attention.py")
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(4),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(helper)) + "/..",
+                                           os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, helper], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("forward", "gradients"):
+        assert result[f"{name}_collectives"] == []
+        assert result[f"{name}_max_diff"] == 0.0
+        assert result[f"{name}_output_axis"] == "data"
