@@ -7,11 +7,11 @@ and the Pallas/Triton flash-attention kernel that ships with JAX
     python experiments/bench_attention.py --out attention.json --direction training --batch 128
     python experiments/bench_attention.py --smoke --out /tmp/smoke.json   # CPU: XLA and the interpreter
 
-The ADM CIFAR-10 UNet attends over 16×16, 8×8 and (the middle block) 4×4 positions with 8 heads of 32 channels (SHAPES). cuDNN's
-kernel is built for head widths of 64–128, so at 32 it runs far below the GPU's matrix throughput; whether
-another kernel does better is what this measures. ``--direction forward`` times softmax(q·kᵀ/√d)·v at
-``--batch`` images (the sampler's 512), ``training`` the gradients of ½Σo² with respect to q, k, v (a
-train step's forward and backward, at 128). Every Pallas setting's float32 result is first compared with
+The ADM CIFAR-10 UNet attends over 16×16, 8×8 and (the middle block) 4×4 positions with 8 heads of 32
+channels (SHAPES). cuDNN's kernel is built for head widths of 64–128, so at 32 it runs far below the GPU's
+matrix throughput; whether another kernel does better is what this measures. ``--direction forward``
+times softmax(q·kᵀ/√d)·v at ``--batch`` images (the sampler's 512), ``training`` the gradients of ½Σo²
+with respect to q, k, v (a train step's forward and backward, at 128). Every Pallas setting's float32 result is first compared with
 XLA's (max abs difference, relative to the largest value); one over ``--tolerance`` is reported and not
 timed. Timing as ``bench_group_norm.py``: distinct inputs per call chained by optimisation barriers,
 median over ``--repeats``. TFLOP/s counts 4·B·H·S²·d per forward (and 2.5× that for forward + backward).
@@ -141,11 +141,12 @@ def bench_shape(shape, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| B, S, heads, d | direction | XLA ms (TFLOP/s) | cuDNN ms (TFLOP/s) | jdiff short ms (TFLOP/s) "
-             "| Pallas best ms (TFLOP/s) "
+    lines = ["| B, S, heads, d | direction | XLA ms (TFLOP/s) | cuDNN ms (TFLOP/s) "
+             "| jdiff short ms (TFLOP/s) | Pallas best ms (TFLOP/s) "
              "| best setting | vs cuDNN |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        cells = [f"{r[k]['ms']:.3f} ({r[k]['tflops']:.0f})" if k in r else "-" for k in ("xla", "cudnn", "short")]
+        cells = [f"{r[k]['ms']:.3f} ({r[k]['tflops']:.0f})" if k in r else "-"
+                 for k in ("xla", "cudnn", "short")]
         ok = [p for p in r["pallas"] if p.get("ok")]
         if ok:
             best = min(ok, key=lambda p: p["ms"])

@@ -57,7 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
         resblock_updown=True,
         use_new_attention_order=True,
         compute_dtype="auto",     # bfloat16 on GPU/TPU, float32 on the CPU
-        attention_implementation="auto",  # sm_80+ GPUs in bf16: Pallas (L <= 64, sampling), else cuDNN; else XLA
+        # sm_80+ GPUs in bf16: jdiff's Pallas kernel (L <= 64, sampling), else cuDNN; else XLA
+        attention_implementation="auto",
         norm_variance="two_pass",     # GroupNorm variance: 'two_pass' as PyTorch, 'one_pass' shifted sums, one read
         norm_implementation="auto",   # GroupNorms by Triton kernels on sm_80+ GPUs, else XLA; 'xla'/'pallas'
     ))

@@ -1,7 +1,10 @@
 """Shared test set-up: a persistent XLA compilation cache, so the many small jitted programs that the
 end-to-end tests build again (a new jit object per run) compile once per machine."""
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -19,6 +22,18 @@ def xla_flags_with_devices(count: int) -> str:
     flags = [f for f in os.environ["XLA_FLAGS"].split()
              if not f.startswith("--xla_force_host_platform_device_count")]
     return " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
+
+
+def run_helper_on_devices(name: str, count: int) -> dict:
+    """Runs tests/helpers/``name`` in a subprocess with ``count`` forced CPU devices and returns the JSON
+    object its last output line holds (the test fails with the helper's error output if it fails)."""
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", name)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(count),
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, helper], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 CACHE_DIR = os.environ.get("JDIFF_TEST_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "jdiff-test-xla-cache"))

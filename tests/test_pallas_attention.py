@@ -4,17 +4,12 @@ XLA's attention, the shapes it refuses, and (4 CPU devices, in a subprocess) its
 sharded batch. The interpreter proves the arithmetic and indexing, not that Triton compiles the kernel:
 that is the GPU benchmark's check (experiments/bench_attention.py)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import xla_flags_with_devices
+from conftest import run_helper_on_devices
 from jdiff.models import pallas_attention
 
 
@@ -24,8 +19,8 @@ def qkv(shape, dtype, seed=0, scale=1.0):
 
 
 def reference(q, k, v):
-    """The kernel's arithmetic in NumPy: float32 logits of the 16-bit q, k; the softmax's numerators rounded to
-    the input dtype for the product with v; the denominator from the unrounded ones."""
+    """The kernel's arithmetic in NumPy: float32 logits of the 16-bit q, k; the softmax's numerators rounded
+    to the input dtype for the product with v; the denominator from the unrounded ones."""
     dtype = q.dtype
     q, k, v = (np.asarray(a, np.float32) for a in (q, k, v))
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
@@ -55,7 +50,8 @@ def test_gradients_are_xlas_attention_gradients():
 
     def loss(fn):
         return lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * cotangent)
-    got = jax.grad(loss(lambda *a: pallas_attention.attention(*a, interpret=True)), argnums=(0, 1, 2))(q, k, v)
+    kernel = loss(lambda *a: pallas_attention.attention(*a, interpret=True))
+    got = jax.grad(kernel, argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(loss(lambda *a: jax.nn.dot_product_attention(*a, implementation="xla")),
                     argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want):
@@ -88,13 +84,7 @@ def test_q_k_v_must_agree():
 def test_partitioned_over_a_sharded_batch():
     """On 4 devices with the batch split, each device runs the kernel on its own images (no collective in the
     compiled program, the output split the same way) with the unsharded result; the gradients too."""
-    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "sharded_attention.py")
-    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(4),
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(helper)) + "/..",
-                                           os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, helper], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_helper_on_devices("sharded_attention.py", 4)
     for name in ("forward", "gradients"):
         assert result[f"{name}_collectives"] == []
         assert result[f"{name}_max_diff"] == 0.0

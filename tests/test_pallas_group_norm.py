@@ -11,7 +11,6 @@ its share of a sharded batch) is checked on 4 CPU devices in a subprocess."""
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import xla_flags_with_devices
+from conftest import run_helper_on_devices
 from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, norm_implementation, normalise_affine
 from jdiff.models import pallas_group_norm
 from jdiff.models.pallas_group_norm import unsupported_reason
@@ -251,13 +250,7 @@ def test_partitioned_over_a_sharded_batch():
     in the compiled program) and the result is the unsharded one; x split along its channels is still right;
     the gradients through both kernels equal the unsharded ones and dx stays split; the same with a, b
     shared by the images."""
-    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "sharded_group_norm.py")
-    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(4),
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(helper)) + "/..",
-                                           os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, helper], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_helper_on_devices("sharded_group_norm.py", 4)
     assert result["batch_split_collectives"] == []
     assert result["batch_split_output_axis"] == "data"
     assert result["batch_split_max_diff"] == 0.0

@@ -266,8 +266,9 @@ def test_auto_attention_takes_the_pallas_kernel_for_short_undifferentiated_seque
 
 
 def test_attention_block_with_the_pallas_kernel_computes_cudnns_network(monkeypatch):
-    """The block with implementation='pallas' (the kernel in the interpreter) against the same block with XLA's
-    attention, same weights, bf16 compute: within bf16 rounding, and the gradients run (XLA's backward)."""
+    """The block with implementation='pallas' (the kernel in the interpreter) against the same block with
+    XLA's attention, same weights, bf16 compute: within bf16 rounding, and the gradients run (XLA's
+    backward)."""
     from jdiff.models import pallas_attention
     from jdiff.models.layers import AttentionBlock
     monkeypatch.setattr("jdiff.models.layers.nvidia_sm80_or_newer", lambda: True)
@@ -283,7 +284,8 @@ def test_attention_block_with_the_pallas_kernel_computes_cudnns_network(monkeypa
     want = block.clone(implementation="xla").apply(params, x)
     assert calls == [(2, 16, 4, 16)]
     assert got.dtype == want.dtype
-    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=0.02, atol=0.02)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=0.02, atol=0.02)
     assert float(jnp.max(jnp.abs(got - x))) > 0.05  # the attention branch is not zero
     grad = jax.grad(lambda p: jnp.sum(block.clone(implementation="pallas").apply(p, x).astype(jnp.float32)))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad(params)))

@@ -18,11 +18,14 @@ def attention(q, k, v):
 
 
 def gradients(q, k, v):
-    return jax.grad(lambda *a: jnp.sum(jnp.sin(attention(*a).astype(jnp.float32))), argnums=(0, 1, 2))(q, k, v)
+    def loss(*args):
+        return jnp.sum(jnp.sin(attention(*args).astype(jnp.float32)))
+    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
 
 def collectives(compiled_text):
-    return [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in compiled_text]
+    ops = ("all-gather", "all-reduce", "all-to-all", "collective-permute")
+    return [op for op in ops if op in compiled_text]
 
 
 def max_diff(got, expected):
