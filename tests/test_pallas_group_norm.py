@@ -214,66 +214,6 @@ def test_dropout_in_the_kernels_drops_what_xla_drops(shape, dtype, silu, setting
                                    seeds=(seeds[0][:1], seeds[1]), **settings)
 
 
-SPLIT_CASES = [  # (B, N, C), input dtype, silu, (statistics, apply) rows, a and b shared
-    ((3, 64, 128), jnp.bfloat16, True, (16, 8), False),  # 4 and 8 chunks, channel blocks of 128
-    ((2, 32, 384), jnp.float32, False, (32, 16), False),  # one statistics chunk, 3 channel blocks
-    ((2, 64, 192), jnp.bfloat16, True, (8, 64), True),  # blocks of 64, (C,) a and b
-]
-
-
-@pytest.mark.parametrize("shape,dtype,silu,rows,shared", SPLIT_CASES)
-def test_the_split_forward_matches_float64_and_drops_what_xla_drops(shape, dtype, silu, rows, shared):
-    """The forward split along the positions (statistics kernel, XLA's exact combination, apply kernel):
-    y, mean and rstd against the float64 reference and normalise_affine as the one kernel is checked; with
-    dropout the same mask as XLA's and the one kernel's backward from its statistics gives XLA's VJP."""
-    x, a, b = inputs(shape, dtype, seed=sum(shape) + 5, mean=50.0)  # a mean large against the spread
-    if shared:
-        a, b = a[0], b[0]
-    y, mean, rstd = pallas_group_norm.forward(x, a, b, silu=silu, out_dtype=jnp.float32, interpret=True,
-                                              split_rows=rows)
-    jaxpr = str(jax.make_jaxpr(lambda x: pallas_group_norm.forward(x, a, b, interpret=True,
-                                                                   split_rows=rows))(x))
-    assert "group_norm_statistics" in jaxpr and "group_norm_apply" in jaxpr
-    full = (jnp.broadcast_to(a, (shape[0], shape[2])), jnp.broadcast_to(b, (shape[0], shape[2])))
-    y64, mean64, rstd64 = reference(x, *full, NUM_GROUPS, silu, with_statistics=True)
-    np.testing.assert_allclose(as64(y), y64, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(as64(mean), mean64, rtol=1e-6, atol=0)
-    np.testing.assert_allclose(as64(rstd), rstd64, rtol=1e-5, atol=0)
-    rate = 0.3
-    seeds = dropout_seeds(jax.random.key(sum(shape)), shape[0], shape[2])
-    y, mean, rstd = pallas_group_norm.forward(x, a, b, silu=silu, interpret=True, dropout=rate, seeds=seeds,
-                                              split_rows=rows)
-    expected, vjp = jax.vjp(lambda x: normalise_affine(x, a, b, NUM_GROUPS, EPS, silu, False, jnp.float32,
-                                                       "xla", rate, seeds), x)
-    np.testing.assert_array_equal(np.asarray(y) == 0, np.asarray(expected) == 0)
-    np.testing.assert_allclose(as64(y), as64(expected), rtol=1e-5, atol=1e-5)
-    dy = jnp.asarray(np.random.default_rng(1).normal(size=shape), dtype)
-    dx = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=silu, interpret=True, dropout=rate,
-                                    seeds=seeds)[0]
-    (want,) = vjp(dy.astype(jnp.float32))
-    tolerance = float(jnp.max(jnp.abs(want))) * (2**-7 if dtype == jnp.bfloat16 else 2e-5)
-    np.testing.assert_allclose(as64(dx), as64(want), rtol=0, atol=tolerance)
-
-
-def test_the_forward_is_split_by_default_from_1024_positions_unless_told():
-    def kernels(shape, **settings):
-        x = jnp.zeros(shape, jnp.bfloat16)
-        a = jnp.ones(shape[2:])
-        return str(jax.make_jaxpr(lambda x: pallas_group_norm.forward(x, a, a, interpret=True,
-                                                                      **settings))(x))
-    assert "group_norm_statistics" in kernels((1, 1024, 128))
-    assert "group_norm_statistics" in kernels((1, 1024, 384))
-    assert "group_norm_statistics" not in kernels((1, 256, 256))  # fewer positions: the one kernel
-    assert "group_norm_statistics" not in kernels((1, 1024, 96))  # C not a multiple of 64
-    assert "group_norm_statistics" not in kernels((1, 1024, 128), block_n=64)  # a one-kernel setting
-    assert "group_norm_statistics" in kernels((1, 256, 256), split_rows=(16, 16))
-    for rows, message in (((12, 16), "powers of two"), ((16,), "two powers"), ((2048, 16), "dividing N")):
-        with pytest.raises(ValueError, match=message):
-            kernels((1, 1024, 128), split_rows=rows)
-    with pytest.raises(ValueError, match="multiple of 64"):
-        kernels((1, 1024, 96), split_rows=(16, 16))
-
-
 def test_normalise_affine_uses_the_kernels_undifferentiated_and_under_grad():
     """implementation='pallas_interpret' gives XLA's output and, through the custom VJP, XLA's gradients."""
     x, a, b = inputs((2, 16, 128), jnp.float32, seed=7)
@@ -324,9 +264,6 @@ def test_partitioned_over_a_sharded_batch():
     assert result["shared_collectives"] == []
     assert result["shared_gradients_max_diff"] < 1e-4
     assert result["shared_gradients_collectives"] == ["all-reduce"]
-    # the forward split along the positions: its kernels and XLA's combination, each device on its images
-    assert result["split_forward_max_diff"] == 0.0
-    assert result["split_forward_collectives"] == []
 
 
 @pytest.mark.parametrize("direction,dropout", [("forward", 0.0), ("training", 0.0), ("training", 0.3)])

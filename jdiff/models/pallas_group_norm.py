@@ -70,12 +70,6 @@ TILE_ELEMENTS = (2048, 4096)  # positions × padded channels per tile: for N < 1
 # "GroupNorm backward settings"); no one rule fits every shape. Other shapes use the rules.
 TUNED_BACKWARD = {(1024, 256): (16, 64, 8), (1024, 384): (16, 48, 8), (256, 256): (16, 64, 8),
                   (256, 512): (32, 64, 8), (16, 512): (8, 128, 8)}
-# The forward split along the positions (:func:`forward`'s ``split_rows``) by default from this many positions
-# on, with these tiles (statistics kernel, apply kernel): 12–25% faster than the one kernel at N = 1024 in
-# a sweep at batch 512 on one H200 (docs/benchmarks.md, ninth session), slower at N = 256.
-SPLIT_MIN_POSITIONS = 1024
-SPLIT_ROWS = (128, 64)
-SPLIT_WARPS = 4
 
 
 def _next_power_of_2(n: int) -> int:
@@ -341,7 +335,6 @@ class _Settings(NamedTuple):
     num_warps: int
     num_stages: int | None
     interpret: bool
-    split_rows: tuple[int, int] | None = None  # the forward split along the positions, and its tiles
 
 
 def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -363,86 +356,9 @@ def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, .
     )(*operands)
 
 
-def split_channel_block(channels: int) -> int:
-    """Channels per program of the split forward's kernels: 128 where they divide C, else 64 (which must)."""
-    return 128 if channels % 128 == 0 else 64
-
-
-def _split_tile(rows: int, width: int):
-    """(image, tile rows, tile columns, position chunk) of a split-forward program, grid (C / width, N / rows,
-    B)."""
-    chunk = pl.program_id(1)
-    return (pl.program_id(2), pl.ds(chunk * rows, rows), pl.ds(pl.program_id(0) * width, width), chunk)
-
-
-def _split_statistics_kernel(x_ref, mean_ref, m2_ref, *, rows: int, width: int):
-    image, tile_rows, cols, chunk = _split_tile(rows, width)
-    x = plt.load(x_ref.at[image, tile_rows, cols]).astype(jnp.float32)
-    mean = x.sum(0) / rows
-    plt.store(mean_ref.at[image, chunk, cols], mean)
-    plt.store(m2_ref.at[image, chunk, cols], jnp.square(x - mean).sum(0))
-
-
-def _split_apply_kernel(x_ref, mean_ref, scale_ref, bias_ref, *refs, rows: int, width: int, silu: bool,
-                        dropout_threshold: int, dropout_scale: float):
-    *seed_refs, y_ref = refs  # the seeds only with dropout
-    image, tile_rows, cols, chunk = _split_tile(rows, width)
-    x = plt.load(x_ref.at[image, tile_rows, cols]).astype(jnp.float32)
-    mean, scale, bias = (plt.load(ref.at[image, cols])[None, :] for ref in (mean_ref, scale_ref, bias_ref))
-    z = (x - mean) * scale + bias
-    y = jax.nn.silu(z) if silu else z
-    if seed_refs:
-        seed0, seed1 = (plt.load(ref.at[image, cols])[None, :] for ref in seed_refs)
-        position = chunk * rows + jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
-        y = jnp.where(dropout_keep(position, seed0, seed1, dropout_threshold), y * dropout_scale, 0.0)
-    plt.store(y_ref.at[image, tile_rows, cols], y.astype(y_ref.dtype), eviction_policy="evict_first")
-
-
-def _combine_chunks(chunk_mean: jax.Array, chunk_m2: jax.Array, rows: int, groups: int, eps: float):
-    """Each channel's group mean and (σ² + ε)^(−1/2) (B, C) from per-chunk means and M2 (B, N / rows, C) of
-    chunks of ``rows`` positions, combined exactly (Chan et al.): M2 of a union = Σ M2_part + Σ n_part·(μ_part
-    − μ)², over the chunks of a channel, then over the channels of a group."""
-    batch, chunks, channels = chunk_mean.shape
-    mean_c = chunk_mean.mean(1)
-    m2_c = chunk_m2.sum(1) + rows * jnp.square(chunk_mean - mean_c[:, None]).sum(1)
-    per_group = mean_c.reshape(batch, groups, -1)
-    mean_g = per_group.mean(-1, keepdims=True)
-    m2_g = (m2_c.reshape(per_group.shape).sum(-1, keepdims=True)
-            + rows * chunks * jnp.square(per_group - mean_g).sum(-1, keepdims=True))
-    rstd = jax.lax.rsqrt(m2_g / (rows * chunks * per_group.shape[-1]) + eps)
-    return tuple(jnp.broadcast_to(v, per_group.shape).reshape(batch, channels) for v in (mean_g, rstd))
-
-
-def _split_forward(settings: _Settings, x, a, b, *seeds):
-    """The forward as a statistics kernel (one program per tile: its channels' mean and M2), their exact
-    combination by XLA, and an apply kernel (one program per tile): every program makes one read and
-    its loads overlap across programs, where the one kernel's programs loop over all N positions."""
-    batch, n, channels = x.shape
-    width = split_channel_block(channels)
-    stats_rows, apply_rows = settings.split_rows
-    params = plt.CompilerParams(num_warps=SPLIT_WARPS)
-    per_chunk = jax.ShapeDtypeStruct((batch, n // stats_rows, channels), jnp.float32)
-    chunk_mean, chunk_m2 = pl.pallas_call(
-        functools.partial(_split_statistics_kernel, rows=stats_rows, width=width), out_shape=(per_chunk,) * 2,
-        grid=(channels // width, n // stats_rows, batch), compiler_params=params,
-        interpret=settings.interpret, name="group_norm_statistics")(x)
-    mean, rstd = _combine_chunks(chunk_mean, chunk_m2, stats_rows, channels // settings.per_group,
-                                 settings.eps)
-    scale, bias = rstd * a, jnp.broadcast_to(b, (batch, channels))
-    apply = functools.partial(_split_apply_kernel, rows=apply_rows, width=width, silu=settings.silu,
-                              dropout_threshold=dropout_threshold(settings.dropout),
-                              dropout_scale=dropout_keep_scale(settings.dropout))
-    y = pl.pallas_call(apply, out_shape=jax.ShapeDtypeStruct(x.shape, settings.out_dtype),
-                       grid=(channels // width, n // apply_rows, batch), compiler_params=params,
-                       interpret=settings.interpret, name="group_norm_apply")(x, mean, scale, bias, *seeds)
-    return y, mean, rstd
-
-
 def _forward_call(*operands_and_settings):
-    """(x, a, b[, seed0, seed1], settings) → the forward's (y, mean, rstd): one kernel, or split."""
+    """(x, a, b[, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
     *operands, settings = operands_and_settings
-    if settings.split_rows:
-        return _split_forward(settings, *operands)
     return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands))
 
 
@@ -492,31 +408,6 @@ def _checked_settings(caller: str, x: jax.Array, affine: tuple[jax.Array, jax.Ar
                      num_stages=num_stages, interpret=interpret)
 
 
-def split_unsupported_reason(x_shape: tuple[int, int, int], split_rows: tuple[int, int]) -> str | None:
-    """Why the split forward cannot take x (B, N, C) with tiles of ``split_rows`` = (statistics, apply)
-    positions, or None if it can."""
-    _, n, channels = x_shape
-    if channels % 64:
-        return f"C = {channels} must be a multiple of 64 (the split kernels' channel blocks)"
-    if len(split_rows) != 2 or any(rows < 1 or rows & (rows - 1) or n % rows for rows in split_rows):
-        return f"split_rows = {split_rows} must be two powers of two dividing N = {n}"
-    return None
-
-
-def _split_rows(caller: str, x_shape, split_rows, one_kernel_settings: bool) -> tuple[int, int] | None:
-    """The split forward's tiles: ``split_rows`` as given (checked), else SPLIT_ROWS from
-    SPLIT_MIN_POSITIONS positions on where the split takes them and the caller set none of the one
-    kernel's settings, else None (the one kernel)."""
-    if split_rows is not None:
-        reason = split_unsupported_reason(x_shape, tuple(split_rows))
-        if reason:
-            raise ValueError(f"{caller}: {reason}")
-        return tuple(split_rows)
-    if one_kernel_settings or x_shape[1] < SPLIT_MIN_POSITIONS or split_unsupported_reason(x_shape, SPLIT_ROWS):
-        return None
-    return SPLIT_ROWS
-
-
 def _seed_operands(settings: _Settings, seeds) -> tuple[jax.Array, ...]:
     return tuple(s.astype(jnp.int32) for s in seeds) if settings.dropout else ()
 
@@ -525,23 +416,16 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
             silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False, dropout: float = 0.0,
             seeds: tuple[jax.Array, jax.Array] | None = None, block_n: int | None = None,
             channels_per_program: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None,
-            split_rows: tuple[int, int] | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+            num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b both (B, C) or both (C,), as
     ``normalise_affine(x, a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds)``
-    computes it (the same dropout mask), in one Pallas Triton kernel or split along the positions (below);
-    mean and rstd = (σ² + ε)^(−1/2) (B, C) float32 are each channel's group statistics, for
-    :func:`backward`.
+    computes it (the same dropout mask), in one Pallas Triton kernel; mean and rstd = (σ² + ε)^(−1/2)
+    (B, C) float32 are each channel's group statistics, for :func:`backward`.
 
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
     ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
-    :func:`default_num_warps`; ``num_stages`` goes to Triton (None: its default). ``split_rows`` =
-    (statistics, apply) positions per tile runs the forward split instead: a kernel writing every tile's
-    per-channel mean and M2 (two passes over the tile in registers), XLA combining them exactly into the
-    group statistics, and a kernel applying them tile by tile. By default (none of these settings given) it
-    is split with :data:`SPLIT_ROWS` from :data:`SPLIT_MIN_POSITIONS` positions on where
-    :func:`split_unsupported_reason` allows. ``interpret`` runs the kernels in Pallas's interpreter (any
-    backend, slow). Under ``jax.jit`` over a mesh with x split along
+    :func:`default_num_warps`; ``num_stages`` goes to Triton (None: its default). ``interpret`` runs the
+    kernel in Pallas's interpreter (any backend, slow). Under ``jax.jit`` over a mesh with x split along
     its batch axis, each device computes its own images. Raises ValueError for what
     :func:`unsupported_reason` rejects. No derivative is defined (``jax.grad`` of it fails inside Pallas):
     :func:`jdiff.models.group_norm.normalise_affine` pairs it with :func:`backward`.
@@ -550,9 +434,6 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
                                  silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout,
                                  seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
                                  num_warps=num_warps, num_stages=num_stages)
-    one_kernel = (block_n, channels_per_program, num_warps, num_stages) != (None,) * 4
-    settings = settings._replace(split_rows=_split_rows("pallas_group_norm.forward", x.shape, split_rows,
-                                                        one_kernel))
     call = _forward_per_image[bool(settings.dropout), a.ndim == 1]
     return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *_seed_operands(settings, seeds), settings)
 

@@ -62,20 +62,7 @@ by_channel = jax.jit(steps, in_shardings=(NamedSharding(mesh, P(None, None, "dat
 # a and b shared by the images, (C,), replicated
 shared = jax.jit(steps, in_shardings=(by_batch, None, None), out_shardings=by_batch)
 shared_grads = jax.jit(gradients, in_shardings=(by_batch, None, None))
-# the forward split along the positions (C = 128: channel blocks of 64)
-x_split, a_split, b_split = x[..., :64].repeat(2, axis=-1), a[:, :64].repeat(2, -1), b[:, :64].repeat(2, -1)
-
-
-def split_forward(x, a, b):
-    return pallas_group_norm.forward(x, a, b, silu=True, out_dtype=x.dtype, interpret=True, split_rows=(16, 8))
-
-
-split_forward_sharded = jax.jit(split_forward, in_shardings=(by_batch, by_batch, by_batch))
 print(json.dumps(dict(
-    split_forward_max_diff=max_diff(split_forward_sharded(x_split, a_split, b_split),
-                                    jax.jit(split_forward)(x_split, a_split, b_split)),
-    split_forward_collectives=collectives(split_forward_sharded.lower(x_split, a_split, b_split).compile()
-                                          .as_text()),
     shared_max_diff=max_diff(shared(x, a[0], b[0]), jax.jit(steps)(x, a[0], b[0])),
     shared_collectives=collectives(shared.lower(x, a[0], b[0]).compile().as_text()),
     shared_gradients_max_diff=max_diff(shared_grads(x, a[0], b[0]), jax.jit(gradients)(x, a[0], b[0])),
