@@ -262,7 +262,7 @@ def attention_implementation(requested: str, dtype: Dtype, head_channels: int, *
     ``shape`` (B, L, heads, d) that it takes (L ≤ 64) where nothing is differentiated (its backward is
     XLA's), else cuDNN's fused flash-attention kernel where it applies (head width a multiple of 8 up to
     128), and XLA's otherwise (e.g. on a Colab T4). cuDNN made the bf16 train step 10% and sampling 19–25%
-    faster on an H100/H200, the Pallas kernel its 8×8 and 4×4 layers 1.9× and 3.4× faster at batch 512
+    faster on an H100/H200, the Pallas kernel its 8×8 and 4×4 layers 1.6× and 3.5× faster at batch 512
     (docs/benchmarks.md). 'pallas' raises ValueError where the kernel cannot run."""
     if requested not in ("auto", "xla", "cudnn", "pallas"):
         raise ValueError(f"attention implementation {requested!r} is not one of 'auto', 'xla', 'cudnn', "

@@ -3,7 +3,7 @@
 At the UNet's 8×8 and 4×4 attention (L = 64 and 16 positions, 8 heads of 32 channels) a head's q, k and v
 are 4 KB each and its logits a 64 × 64 tile: one program loads them, computes the logits in float32 with
 one tensor-core product, the softmax in registers and the output with a second product, and writes it.
-cuDNN's flash-attention kernel, built for long sequences, took 1.9× as long at L = 64 and 3.4× at L = 16
+cuDNN's flash-attention kernel, built for long sequences, took 1.6× as long at L = 64 and 3.5× at L = 16
 on an H200 (batch 512, docs/benchmarks.md), and XLA's writes the logits out.
 
 Arithmetic as :func:`jax.nn.dot_product_attention` with cuDNN: 16-bit q, k, v, logits and softmax in
