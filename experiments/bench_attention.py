@@ -11,11 +11,12 @@ The ADM CIFAR-10 UNet attends over 16×16, 8×8 and (the middle block) 4×4 posi
 channels (SHAPES). cuDNN's kernel is built for head widths of 64–128, so at 32 it runs far below the GPU's
 matrix throughput; whether another kernel does better is what this measures. ``--direction forward``
 times softmax(q·kᵀ/√d)·v at ``--batch`` images (the sampler's 512), ``training`` the gradients of ½Σo²
-with respect to q, k, v (a train step's forward and backward, at 128). Every Pallas setting's float32 result is first compared with
-XLA's (max abs difference, relative to the largest value); one over ``--tolerance`` is reported and not
-timed. Timing as ``bench_group_norm.py``: distinct inputs per call chained by optimisation barriers,
-median over ``--repeats``. TFLOP/s counts 4·B·H·S²·d per forward (and 2.5× that for forward + backward).
-Results as JSON with the device and versions; a markdown table is printed.
+with respect to q, k, v (a train step's forward and backward, at 128). Every Pallas setting's float32
+result is first compared with XLA's (max abs difference, relative to the largest value); one over
+``--tolerance`` is reported and not timed. Timing as ``bench_group_norm.py``: distinct inputs per call
+chained by optimisation barriers, median over ``--repeats``. TFLOP/s counts 4·B·H·S²·d per forward (and
+2.5× that for forward + backward). Results as JSON with the device and versions; a markdown table is
+printed.
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jdiff import sharding
 from jdiff.models import pallas_attention
+from sharded_checks import collectives, max_diff
 
 
 def attention(q, k, v):
@@ -21,16 +21,6 @@ def gradients(q, k, v):
     def loss(*args):
         return jnp.sum(jnp.sin(attention(*args).astype(jnp.float32)))
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-
-
-def collectives(compiled_text):
-    ops = ("all-gather", "all-reduce", "all-to-all", "collective-permute")
-    return [op for op in ops if op in compiled_text]
-
-
-def max_diff(got, expected):
-    return max(float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(e, np.float32))))
-               for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)))
 
 
 assert jax.device_count() == 4, jax.devices()

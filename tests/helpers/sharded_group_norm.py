@@ -8,12 +8,12 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jdiff import sharding
 from jdiff.models import pallas_group_norm
 from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, normalise_affine
+from sharded_checks import collectives, max_diff
 
 
 def steps(x, a, b):
@@ -32,15 +32,6 @@ def gradients(x, a, b):
         return jnp.sum(jnp.sin(y))
     dx, da, db = jax.grad(loss, argnums=(0, 1, 2))(x, a, b)
     return dx, *(g.sum(0) if g.ndim == 2 else g for g in (da, db))  # shared (C,) a, b: summed already
-
-
-def collectives(compiled_text):
-    return [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in compiled_text]
-
-
-def max_diff(got, expected):
-    return max(float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(e, np.float32))))
-               for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)))
 
 
 assert jax.device_count() == 4, jax.devices()
