@@ -92,7 +92,7 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
             return model.apply({"params": params}, x, t, labels, train=False)
 
         shape = (indices.shape[0],) + shape_tail
-        model_fn = samplers.model_fn_with_cast_weights(apply, params, shape, schedule.betas.dtype)
+        model_fn = samplers.model_fn_with_hoisted_weights(apply, params, shape, schedule.betas.dtype)
         return samplers.sample(model_fn, schedule, shape, keys=keys,
                                eps_scaling=eps_scaling, **options)
 

@@ -298,26 +298,38 @@ def test_invalid_options_raise_clear_errors():
         sample(toy_model(False), schedule, SHAPE, keys=jax.random.key(0)[None])
 
 
-def test_cast_as_used_casts_the_leaves_used_only_through_one_conversion():
-    """A leaf used only as x.astype(d) comes back in d, any other keeps its dtype, and the function computes
-    the same bits with the cast leaves, also under jit."""
-    from jdiff.samplers import cast_as_used
+def test_split_weight_computation_hoists_the_weight_only_equations():
+    """The weight-only equations (conversions, slices, a product of weights, a nested jit of weights) move
+    to the weights; broadcasts, reversals, constants and everything that reads x stay in the body; the body
+    computes fn's bits from the weights, also under jit."""
+    from jdiff.samplers import split_weight_computation
 
     rng = np.random.default_rng(0)
     params = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
-              for name, shape in (("w", (3, 4)), ("b", (4,)), ("g", (4,)), ("twice", (4,)), ("unused", (2,)))}
+              for name, shape in (("w", (3, 4)), ("b", (4,)), ("g", (4,)), ("k", (3, 3)), ("unused", (2,)))}
     params["count"] = jnp.arange(4, dtype=jnp.int32)
 
     def fn(p, x):
-        h = x.astype(jnp.bfloat16) @ p["w"].astype(jnp.bfloat16) + p["b"].astype(jnp.bfloat16)
-        h = h.astype(jnp.float32) * p["g"]                               # used in its own dtype
-        h = h + p["twice"].astype(jnp.bfloat16).astype(jnp.float32) + p["twice"]  # a cast and more
-        return h + p["count"].astype(jnp.float32)
+        w = p["w"].astype(jnp.bfloat16)[:, :2]                            # convert, slice: hoisted
+        h = x.astype(jnp.bfloat16) @ w + p["b"][:2].astype(jnp.bfloat16)  # the bias's broadcast: kept
+        h = h.astype(jnp.float32) * p["g"][:2]
+        h = h + jax.jit(lambda k: (k @ k.T).sum(0))(p["k"])[:2]           # a nested jit of weights
+        h = h + jnp.flip(p["k"], 0)[0, :2] + jnp.ones(2) * 3.0            # rev: kept; constants: kept
+        return h + p["count"][:2].astype(jnp.float32)
 
-    x = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
-    cast = cast_as_used(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    assert {k: str(v.dtype) for k, v in cast.items()} == dict(
-        w="bfloat16", b="bfloat16", g="float32", twice="float32", unused="float32", count="float32")
-    np.testing.assert_array_equal(np.asarray(jax.jit(fn)(cast, x)), np.asarray(jax.jit(fn)(params, x)))
-    in_jit = jax.jit(lambda p, x: fn(cast_as_used(fn, p, x), x))(params, x)
-    np.testing.assert_array_equal(np.asarray(in_jit), np.asarray(jax.jit(fn)(params, x)))
+    x = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+    weights, body = split_weight_computation(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    assert sorted((w.shape, str(w.dtype)) for w in weights) == sorted([
+        ((3, 2), "bfloat16"), ((2,), "bfloat16"), ((2,), "float32"), ((2,), "float32"), ((3, 3), "float32"),
+        ((2,), "float32")])  # w, b, g and count slices, k for the reversal, the nested jit's result
+    body_eqns = jax.make_jaxpr(body)(weights, x).jaxpr.eqns
+    body_primitives = [e.primitive.name for e in body_eqns]
+    assert body_primitives.count("dot_general") == 1 and body_primitives.count("convert_element_type") == 2
+    assert [e.params["name"] for e in body_eqns if "jaxpr" in e.params] == ["_flip"]  # jnp.flip: a jit of rev
+    expected = np.asarray(jax.jit(fn)(params, x))
+    np.testing.assert_array_equal(np.asarray(jax.jit(body)(weights, x)), expected)
+
+    def in_jit(p, x):
+        weights, body = split_weight_computation(fn, p, x)
+        return body(weights, x)
+    np.testing.assert_array_equal(np.asarray(jax.jit(in_jit)(params, x)), expected)

@@ -161,8 +161,8 @@ def trajectory_moments(apply_fn: ApplyFn, variables: Any, schedule: Schedule, x0
     z = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], dtype))(start_keys)
     x_start = levels.alpha[0] * x0 + levels.sigma[0] * z
 
-    model_fn = samplers.model_fn_with_cast_weights(lambda v, x, t: apply_fn(v, x, t, labels), variables,
-                                                   x0.shape, dtype)
+    model_fn = samplers.model_fn_with_hoisted_weights(lambda v, x, t: apply_fn(v, x, t, labels), variables,
+                                                      x0.shape, dtype)
 
     _, trajectory = samplers.sample(
         model_fn, schedule, x_start, start_index=steps - 1, keys=sampler_keys, sampler=sampler, target=target,

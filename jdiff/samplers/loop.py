@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -110,45 +109,6 @@ def sample(model_fn: ModelFn, schedule: Schedule, shape_or_x: Sequence[int] | ja
                            eps_scaling, record, options)
     return _sample_discrete(model_fn, schedule, shape, x, draw, stochastic, start, sampler, eta, order,
                             eps_scaling, record, options)
-
-
-def cast_as_used(fn: Callable[..., Any], params: Any, *args: Any) -> Any:
-    """``params`` with every leaf that ``fn(params, *args)`` uses only through conversions to one dtype
-    already in that dtype, so that ``fn`` computes the same values (converting an array to its own dtype is
-    the identity) without converting them.
-
-    For a network called at every step of a loop (the samplers' ``lax.scan``): XLA does not hoist the
-    conversions of loop-invariant weights (float32 master weights to a bfloat16 compute dtype) out of the
-    loop body, so they run at every step, one small kernel per leaf. Casting them once before the loop
-    removes those kernels. ``args`` are the other arguments of ``fn`` (arrays or ``jax.ShapeDtypeStruct``:
-    only their shapes and dtypes matter). Only ``fn``'s top-level computation is inspected: a leaf that
-    is also used otherwise, or passed on whole to a nested function (a custom derivative, an inner jit),
-    keeps its dtype."""
-    leaves, tree = jax.tree.flatten(params)
-    jaxpr = jax.make_jaxpr(lambda ls, *rest: fn(jax.tree.unflatten(tree, ls), *rest))(leaves, *args).jaxpr
-    uses: dict[Any, set] = {v: set() for v in jaxpr.invars[:len(leaves)]}
-    for eqn in jaxpr.eqns:
-        converts = eqn.primitive.name == "convert_element_type"
-        for v in eqn.invars:
-            if isinstance(v, jax.extend.core.Var) and v in uses:
-                uses[v].add(jnp.dtype(eqn.params["new_dtype"]) if converts else None)
-    for v in jaxpr.outvars:
-        if isinstance(v, jax.extend.core.Var) and v in uses:
-            uses[v].add(None)
-    casts = [next(iter(used)) if len(used) == 1 and None not in used else None
-             for used in uses.values()]
-    return jax.tree.unflatten(tree, [leaf if dtype is None else leaf.astype(dtype)
-                                     for leaf, dtype in zip(leaves, casts)])
-
-
-def model_fn_with_cast_weights(apply: Callable[[Any, jax.Array, jax.Array], jax.Array], params: Any,
-                               shape: Sequence[int], dtype: Any) -> ModelFn:
-    """``model_fn(x, t) = apply(params, x, t)`` for :func:`sample`, with ``params`` :func:`cast_as_used` once
-    here rather than at every step; x has ``shape`` (B, ...) and ``dtype`` (the schedule's), t is (B,) int32,
-    as :func:`sample` calls it."""
-    params = cast_as_used(apply, params, jax.ShapeDtypeStruct(tuple(shape), dtype),
-                          jax.ShapeDtypeStruct((shape[0],), jnp.int32))
-    return lambda x, t: apply(params, x, t)
 
 
 def _is_shape(value: Any) -> bool:
