@@ -59,6 +59,56 @@ def test_gradients_are_xlas_attention_gradients():
         np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
 
 
+def split_qkv(qkv, q_bias, heads, new_order):
+    """q + b_q, k, v (B, L, heads, d) sliced out of a (B, L, 3C) product, channel by channel: (q|k|v, head,
+    channel) in the new order, (head, q|k|v, channel) in the legacy one; the sum in qkv's dtype."""
+    d = qkv.shape[-1] // (3 * heads)
+
+    def first(which, h):
+        return (which * heads + h) * d if new_order else (h * 3 + which) * d
+    q, k, v = (jnp.stack([qkv[..., first(which, h):first(which, h) + d] for h in range(heads)], axis=2)
+               for which in range(3))
+    return q + q_bias.reshape(heads, d), k, v
+
+
+@pytest.mark.parametrize("new_order", [True, False])
+def test_from_qkv_reads_the_product_as_the_projection_splits_it(new_order):
+    """attention_from_qkv computes the separate kernel's output, bit for bit, for q + b_q, k, v sliced out of
+    the product in the channel order of each attention variant; its gradients (for the product and b_q) are
+    those of XLA's attention of the same slices, bit for bit."""
+    heads, d = 4, 16
+    qkv_ = (2.0 * jax.random.normal(jax.random.key(3), (2, 32, 3 * heads * d))).astype(jnp.bfloat16)
+    q_bias = jax.random.normal(jax.random.key(4), (heads * d,)).astype(jnp.bfloat16)
+    fused = jax.jit(lambda a, b: pallas_attention.attention_from_qkv(a, b, heads=heads, new_order=new_order,
+                                                                     interpret=True))
+    got = fused(qkv_, q_bias)
+    assert got.shape == (2, 32, heads, d) and got.dtype == jnp.bfloat16
+    want = pallas_attention.attention(*split_qkv(qkv_, q_bias, heads, new_order), interpret=True)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+    cotangent = jax.random.normal(jax.random.key(5), got.shape)
+
+    def loss(fn):
+        return lambda a, b: jnp.sum(fn(a, b).astype(jnp.float32) * cotangent)
+    xla = jax.jit(lambda a, b: jax.nn.dot_product_attention(*split_qkv(a, b, heads, new_order),
+                                                             implementation="xla"))
+    got_grads = jax.grad(loss(fused), argnums=(0, 1))(qkv_, q_bias)
+    want_grads = jax.grad(loss(xla), argnums=(0, 1))(qkv_, q_bias)
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == jnp.bfloat16 and float(jnp.max(jnp.abs(w.astype(jnp.float32)))) > 0
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+
+
+def test_from_qkv_refuses_mismatched_operands():
+    qkv_ = jnp.zeros((2, 16, 3 * 64), jnp.bfloat16)
+    for q_bias, heads, message in ((jnp.zeros(32, jnp.bfloat16), 4, "q_bias \\(64,\\)"),
+                                   (jnp.zeros(64, jnp.float32), 4, "of qkv's dtype"),
+                                   (jnp.zeros(64, jnp.bfloat16), 3, "multiple of heads = 3"),
+                                   (jnp.zeros(64, jnp.bfloat16), 8, "d = 8")):
+        with pytest.raises(ValueError, match=message):
+            pallas_attention.attention_from_qkv(qkv_, q_bias, heads=heads, new_order=True, interpret=True)
+
+
 @pytest.mark.parametrize("shape,dtype,message", [
     ((2, 256, 8, 32), jnp.bfloat16, "L = 256 must be a power of two from 16 to 64"),
     ((2, 24, 8, 32), jnp.bfloat16, "L = 24"),
@@ -83,9 +133,15 @@ def test_q_k_v_must_agree():
 
 def test_partitioned_over_a_sharded_batch():
     """On 4 devices with the batch split, each device runs the kernel on its own images (no collective in the
-    compiled program, the output split the same way) with the unsharded result; the gradients too."""
+    compiled program, the output split the same way) with the unsharded result; the gradients too; also
+    reading a split q|k|v product with a replicated q bias, whose gradient alone is summed over devices."""
     result = run_helper_on_devices("sharded_attention.py", 4)
-    for name in ("forward", "gradients"):
-        assert result[f"{name}_collectives"] == []
-        assert result[f"{name}_max_diff"] == 0.0
+    for name in ("forward", "gradients", "fused_forward", "fused_gradients"):
+        assert result[f"{name}_collectives"] == (["all-reduce"] if name == "fused_gradients" else [])
         assert result[f"{name}_output_axis"] == "data"
+    assert result["forward_max_diff"] == result["gradients_max_diff"] == 0.0
+    assert result["fused_forward_max_diff"] == 0.0
+    # the product's gradient within a bf16 rounding (XLA compiles the sliced backward otherwise when split);
+    # b_q's, summed over the images: per device in float32, then the four bf16 partial sums
+    assert result["qkv_gradient_relative_diff"] <= 2.0 ** -8
+    assert 0.0 < result["bias_gradient_relative_diff"] <= 2.0 ** -5

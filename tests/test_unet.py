@@ -272,9 +272,10 @@ def test_attention_block_with_the_pallas_kernel_computes_cudnns_network(monkeypa
     from jdiff.models import pallas_attention
     from jdiff.models.layers import AttentionBlock
     monkeypatch.setattr("jdiff.models.layers.nvidia_sm80_or_newer", lambda: True)
-    kernel, calls = pallas_attention.attention, []
-    monkeypatch.setattr(pallas_attention, "attention",
-                        lambda q, k, v: calls.append(q.shape) or kernel(q, k, v, interpret=True))
+    kernel, calls = pallas_attention.attention_from_qkv, []
+    monkeypatch.setattr(pallas_attention, "attention_from_qkv",
+                        lambda qkv, q_bias, **kw: calls.append(qkv.shape) or kernel(qkv, q_bias, interpret=True,
+                                                                                   **kw))
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 64))
     block = AttentionBlock(num_head_channels=16, use_new_attention_order=True, dtype=jnp.bfloat16)
     params = block.init(jax.random.key(1), x)
@@ -282,7 +283,7 @@ def test_attention_block_with_the_pallas_kernel_computes_cudnns_network(monkeypa
     calls.clear()  # init ran 'auto', which here (a GPU, sampling) is the kernel too
     got = block.clone(implementation="pallas").apply(params, x)
     want = block.clone(implementation="xla").apply(params, x)
-    assert calls == [(2, 16, 4, 16)]
+    assert calls == [(2, 16, 3 * 64)]  # the q|k|v product, read by the kernel
     assert got.dtype == want.dtype
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                                rtol=0.02, atol=0.02)

@@ -286,12 +286,15 @@ def attention_implementation(requested: str, dtype: Dtype, head_channels: int, *
 
 class QKVProjection(nn.Module):
     """q, k, v (B, L, heads, C/heads) from the 1×1 projection ``qkv`` of x (B, L, C), as three products, with
-    the biases of k and v left out, and v's bias b_v (C,) float32 returned for the output projection.
+    the biases of k and v left out, and v's bias b_v (C,) float32 returned for the output projection; with
+    ``fused=True``, instead of q, k, v, the one product (B, L, 3C) without biases and q's bias b_q (C,) in
+    the compute dtype, for a kernel that reads its heads from the product and adds b_q itself
+    (:func:`jdiff.models.pallas_attention.attention_from_qkv`).
 
     The parameters are the official layer's (kernel (C, 3C), bias (3C)); its output channels are read as
-    (q|k|v, head, channel) with ``new_order``, else (head, q|k|v, channel). Slicing the three out of one
-    (B, L, 3C) product copies them; splitting the (small) kernel instead costs nothing. Each product is a
-    plain (C, C) matrix, split into heads afterwards (a free reshape).
+    (q|k|v, head, channel) with ``new_order``, else (head, q|k|v, channel). For separate q, k, v, slicing
+    them out of one (B, L, 3C) product copies them; splitting the (small) kernel instead costs nothing.
+    Each product is a plain (C, C) matrix, split into heads afterwards (a free reshape).
 
     The attention does not need k's and v's biases where the official layer adds them: softmax(q·(k + b_k)ᵀ)
     = softmax(q·kᵀ), since q·b_k is the same for every key (each row of logits shifts by a constant), and
@@ -305,22 +308,25 @@ class QKVProjection(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, *, fused: bool = False) -> tuple[jax.Array, ...]:
         channels = x.shape[-1]
         init = torch_default_init(channels)
         kernel = self.param("kernel", init, (channels, 3 * channels), self.param_dtype)
         bias = self.param("bias", init, (3 * channels,), self.param_dtype)
-        # cast before splitting, so that the kernel's only use is the cast (see samplers.cast_as_used)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        split = (3, self.heads, channels // self.heads) if self.new_order else (self.heads, 3, channels // self.heads)
-        kernel, bias = kernel.reshape(channels, *split), bias.reshape(split)
+        head_channels = channels // self.heads
+        split = (3, self.heads, head_channels) if self.new_order else (self.heads, 3, head_channels)
+        bias = bias.reshape(split)
+        q_bias, v_bias = ((bias[i] if self.new_order else bias[:, i]).reshape(channels) for i in (0, 2))
+        if fused:
+            return x @ kernel, q_bias.astype(self.dtype), v_bias
+        kernel = kernel.reshape(channels, *split)
         if not self.new_order:
-            kernel, bias = kernel.swapaxes(1, 2), bias.swapaxes(0, 1)
-        heads_shape = (*x.shape[:-1], self.heads, channels // self.heads)
+            kernel = kernel.swapaxes(1, 2)
+        heads_shape = (*x.shape[:-1], self.heads, head_channels)
         q, k, v = ((x @ kernel[:, i].reshape(channels, channels)) for i in range(3))
-        q = q + bias[0].reshape(channels).astype(self.dtype)
-        return (q.reshape(heads_shape), k.reshape(heads_shape), v.reshape(heads_shape),
-                bias[2].reshape(channels))
+        q = q + q_bias.astype(self.dtype)
+        return q.reshape(heads_shape), k.reshape(heads_shape), v.reshape(heads_shape), v_bias
 
 
 class ShiftedDense(nn.Module):
@@ -370,13 +376,17 @@ class AttentionBlock(nn.Module):
         normed = GroupNorm(name="norm", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                            implementation=self.norm_implementation)(
             tokens, out_dtype=self.dtype, broadcast_affine=train)
-        q, k, v, v_bias = QKVProjection(heads, self.use_new_attention_order, dtype=self.dtype,
-                                        param_dtype=self.param_dtype, name="qkv")(normed)
-        implementation = attention_implementation(self.implementation, self.dtype, channels // heads,
-                                                  shape=q.shape, differentiated=train)
+        projection = QKVProjection(heads, self.use_new_attention_order, dtype=self.dtype,
+                                   param_dtype=self.param_dtype, name="qkv")
+        implementation = attention_implementation(
+            self.implementation, self.dtype, channels // heads,
+            shape=(batch, height * width, heads, channels // heads), differentiated=train)
         if implementation == "pallas":
-            a = pallas_attention.attention(q, k, v)
+            qkv, q_bias, v_bias = projection(normed, fused=True)
+            a = pallas_attention.attention_from_qkv(qkv, q_bias, heads=heads,
+                                                    new_order=self.use_new_attention_order)
         else:
+            q, k, v, v_bias = projection(normed)
             a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
         h = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="proj_out")(a.reshape(batch, height * width, channels), v_bias)

@@ -6,12 +6,17 @@ one tensor-core product, the softmax in registers and the output with a second p
 cuDNN's flash-attention kernel, built for long sequences, took 1.6× as long at L = 64 and 3.5× at L = 16
 on an H200 (batch 512, docs/benchmarks.md), and XLA's writes the logits out.
 
+In the UNet the kernel reads its head's q, k and v straight from the attention's one (B, L, 3C) projection
+and adds q's bias itself (:func:`attention_from_qkv`): XLA would otherwise write q + b_q, k and v out of the
+product as three arrays first, three passes over (B, L, C) per layer.
+
 Arithmetic as :func:`jax.nn.dot_product_attention` with cuDNN: 16-bit q, k, v, logits and softmax in
 float32, the probabilities rounded to the input dtype for the product with v, which accumulates in float32.
 
-The kernel has no derivative of its own: :func:`attention` is a custom VJP whose backward is the VJP of
-XLA's attention (``jax.nn.dot_product_attention(implementation='xla')``), recomputed from q, k, v, so it is
-exact wherever it is differentiated; the UNet uses the kernel only where nothing is (sampling).
+The kernel has no derivative of its own: both entry points are a custom VJP whose backward is the VJP of
+XLA's attention (``jax.nn.dot_product_attention(implementation='xla')``) of the same q, k, v (sliced out of
+the product by XLA), recomputed from the operands, so it is exact wherever it is differentiated; the UNet
+uses the kernel only where nothing is (sampling).
 """
 
 from __future__ import annotations
@@ -52,41 +57,77 @@ def unsupported_reason(shape: tuple[int, ...], dtype) -> str | None:
 class _Settings(NamedTuple):
     num_warps: int
     interpret: bool
+    # where q, k, v come from: None: three arrays (B, L, heads, d); 2: one (B, L, 3, heads, d) array with
+    # q's bias (C,) (guided-diffusion's new attention order); 3: one (B, L, heads, 3, d) (the legacy order)
+    fused_axis: int | None = None
 
 
-def _kernel(q_ref, k_ref, v_ref, o_ref):
+def _kernel(*refs, fused_axis: int | None):
+    *sources, o_ref = refs  # q, k, v refs, or the q|k|v ref and q's bias
     head, image = pl.program_id(0), pl.program_id(1)
-    tokens, head_channels = q_ref.shape[1], q_ref.shape[3]
-    at = (image, pl.ds(0, tokens), head, pl.ds(0, head_channels))
-    q, k, v = (plt.load(ref.at[at]) for ref in (q_ref, k_ref, v_ref))
+    tokens, head_channels = o_ref.shape[1], o_ref.shape[3]
+
+    def load(which):
+        if fused_axis is None:
+            return plt.load(sources[which].at[image, pl.ds(0, tokens), head, pl.ds(0, head_channels)])
+        index = [image, pl.ds(0, tokens), head, pl.ds(0, head_channels)]
+        index.insert(fused_axis, jnp.int32(which))  # an array: the interpreter's load takes no int index
+        return plt.load(sources[0].at[tuple(index)])
+
+    q, k, v = load(0), load(1), load(2)
+    if fused_axis is not None:  # q + b_q rounded to q's dtype, as XLA adds two 16-bit arrays
+        bias = plt.load(sources[1].at[pl.ds(head * head_channels, head_channels)])
+        q = (q.astype(jnp.float32) + bias.astype(jnp.float32)[None, :]).astype(q.dtype)
     logits = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * head_channels ** -0.5
     p = jnp.exp(logits - logits.max(axis=1, keepdims=True))
     out = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32) / p.sum(axis=1, keepdims=True)
-    plt.store(o_ref.at[at], out.astype(o_ref.dtype))
+    plt.store(o_ref.at[image, pl.ds(0, tokens), head, pl.ds(0, head_channels)], out.astype(o_ref.dtype))
 
 
-def _call(q: jax.Array, k: jax.Array, v: jax.Array, settings: _Settings) -> jax.Array:
-    batch, _, heads, _ = q.shape
-    return pl.pallas_call(_kernel, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), grid=(heads, batch),
+def _output_shape(first: jax.Array, fused_axis: int | None) -> tuple[int, ...]:
+    shape = list(first.shape)
+    if fused_axis is not None:
+        del shape[fused_axis]
+    return tuple(shape)
+
+
+def _call(*operands_and_settings) -> jax.Array:
+    *operands, settings = operands_and_settings
+    shape = _output_shape(operands[0], settings.fused_axis)
+    return pl.pallas_call(functools.partial(_kernel, fused_axis=settings.fused_axis),
+                          out_shape=jax.ShapeDtypeStruct(shape, operands[0].dtype), grid=(shape[2], shape[0]),
                           compiler_params=plt.CompilerParams(num_warps=settings.num_warps),
-                          interpret=settings.interpret, name="short_attention")(q, k, v)
+                          interpret=settings.interpret, name="short_attention")(*operands)
 
 
-_per_image = partitioned_per_image(_call, "b l h d, b l h d, b l h d -> b l h d")
+_PER_IMAGE = {None: partitioned_per_image(_call, "b l h d, b l h d, b l h d -> b l h d"),
+              2: partitioned_per_image(_call, "b l w h d, c -> b l h d"),
+              3: partitioned_per_image(_call, "b l h w d, c -> b l h d")}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention(q, k, v, settings):
-    return _per_image(q, k, v, settings)
+def _split(operands: tuple[jax.Array, ...], fused_axis: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q, k, v (B, L, heads, d) as the kernel reads them, computed by XLA (q + b_q in q's dtype)."""
+    if fused_axis is None:
+        return operands
+    qkv, q_bias = operands
+    q, k, v = (jnp.take(qkv, which, axis=fused_axis) for which in range(3))
+    return q + q_bias.reshape(q.shape[2:]), k, v
 
 
-def _attention_forward(q, k, v, settings):
-    return _per_image(q, k, v, settings), (q, k, v)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _attention(operands, settings):
+    return _PER_IMAGE[settings.fused_axis](*operands, settings)
 
 
-def _attention_backward(settings, residuals, cotangent):
-    del settings
-    _, vjp = jax.vjp(functools.partial(jax.nn.dot_product_attention, implementation="xla"), *residuals)
+def _attention_forward(operands, settings):
+    return _attention(operands, settings), operands
+
+
+def _attention_backward(settings, operands, cotangent):
+    def reference(operands):
+        return jax.nn.dot_product_attention(*_split(operands, settings.fused_axis), implementation="xla")
+
+    _, vjp = jax.vjp(reference, operands)
     return vjp(cotangent)
 
 
@@ -106,4 +147,25 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool = Fal
     reason = unsupported_reason(q.shape, q.dtype)
     if reason:
         raise ValueError(f"pallas_attention.attention: {reason}")
-    return _attention(q, k, v, _Settings(num_warps=num_warps, interpret=interpret))
+    return _attention((q, k, v), _Settings(num_warps=num_warps, interpret=interpret))
+
+
+def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_order: bool,
+                       interpret: bool = False, num_warps: int = NUM_WARPS) -> jax.Array:
+    """:func:`attention` of q + b_q, k, v read from one (B, L, 3C) product ``qkv`` (16-bit) and q's bias
+    b_q (C,) in qkv's dtype; output (B, L, heads, C/heads). ``new_order`` reads qkv's channels as (q|k|v,
+    head, channel), else as (head, q|k|v, channel) (:class:`jdiff.models.layers.QKVProjection`). The kernel
+    loads its head's q, k, v from the product and adds b_q itself, so neither XLA's slices of the product
+    nor its bias pass are written out (three passes over (B, L, C) per layer otherwise)."""
+    batch, tokens, width = qkv.shape
+    if width % (3 * heads) or q_bias.shape != (width // 3,) or q_bias.dtype != qkv.dtype:
+        raise ValueError(f"pallas_attention.attention_from_qkv: qkv must be (B, L, 3·C) with C a multiple of "
+                         f"heads = {heads} and q_bias ({width // 3},) of qkv's dtype, got {qkv.shape} "
+                         f"{qkv.dtype} and {q_bias.shape} {q_bias.dtype}")
+    head_channels = width // (3 * heads)
+    reason = unsupported_reason((batch, tokens, heads, head_channels), qkv.dtype)
+    if reason:
+        raise ValueError(f"pallas_attention.attention_from_qkv: {reason}")
+    split = (3, heads, head_channels) if new_order else (heads, 3, head_channels)
+    settings = _Settings(num_warps=num_warps, interpret=interpret, fused_axis=2 if new_order else 3)
+    return _attention((qkv.reshape(batch, tokens, *split), q_bias), settings)

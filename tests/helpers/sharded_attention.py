@@ -17,23 +17,39 @@ def attention(q, k, v):
     return pallas_attention.attention(q, k, v, interpret=True)
 
 
-def gradients(q, k, v):
-    def loss(*args):
-        return jnp.sum(jnp.sin(attention(*args).astype(jnp.float32)))
-    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+def from_qkv(qkv, q_bias):
+    return pallas_attention.attention_from_qkv(qkv, q_bias, heads=2, new_order=False, interpret=True)
+
+
+def gradients_of(fn):
+    def gradients(*args):
+        def loss(*args):
+            return jnp.sum(jnp.sin(fn(*args).astype(jnp.float32)))
+        return jax.grad(loss, argnums=tuple(range(len(args))))(*args)
+    return gradients
 
 
 assert jax.device_count() == 4, jax.devices()
 mesh = sharding.make_mesh()
 q, k, v = (jax.random.normal(key, (8, 16, 2, 16)).astype(jnp.bfloat16)
            for key in jax.random.split(jax.random.key(0), 3))
-split = NamedSharding(mesh, P("data"))
-sharded = [jax.device_put(a, split) for a in (q, k, v)]
+qkv = jax.random.normal(jax.random.key(1), (8, 16, 3 * 32)).astype(jnp.bfloat16)
+q_bias = jax.random.normal(jax.random.key(2), (32,)).astype(jnp.bfloat16)
+split, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 result = {}
-for name, fn in (("forward", attention), ("gradients", gradients)):
+for name, fn, args, shardings in (("forward", attention, (q, k, v), (split,) * 3),
+                                  ("gradients", gradients_of(attention), (q, k, v), (split,) * 3),
+                                  ("fused_forward", from_qkv, (qkv, q_bias), (split, replicated)),
+                                  ("fused_gradients", gradients_of(from_qkv), (qkv, q_bias),
+                                   (split, replicated))):
+    sharded = [jax.device_put(a, s) for a, s in zip(args, shardings)]
     compiled = jax.jit(fn).lower(*sharded).compile()
     got = compiled(*sharded)
     result[f"{name}_collectives"] = collectives(compiled.as_text())
-    result[f"{name}_max_diff"] = max_diff(got, jax.jit(fn)(q, k, v))
+    want = jax.jit(fn)(*args)
+    if name == "fused_gradients":  # b_q's gradient is a sum over the images: all-reduced in bf16 when split
+        for leaf, g, w in zip(("qkv", "bias"), got, want):
+            result[f"{leaf}_gradient_relative_diff"] = max_diff(g, w) / max_diff(w, 0 * w)
+    result[f"{name}_max_diff"] = max_diff(got, want)
     result[f"{name}_output_axis"] = jax.tree.leaves(got)[0].sharding.spec[0]
 print(json.dumps(result))
