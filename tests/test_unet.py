@@ -19,8 +19,8 @@ from flax import traverse_util
 from jdiff.convert import convert_state_dict, official_shapes
 from jdiff.models import UNet, create_model, init_inputs, param_shapes, unet_kwargs_from_flags
 from jdiff.models.group_norm import GroupNorm
-from jdiff.models.layers import (QKVProjection, Upsample, attention_implementation, conv2d, upsample_conv,
-                                 upsample_nearest, upsampling_kernel)
+from jdiff.models.layers import (QKVProjection, TapConv3x3, Upsample, attention_implementation, conv2d,
+                                 conv3x3_by_taps, upsample_conv, upsample_nearest, upsampling_kernel)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
 
@@ -175,6 +175,39 @@ def test_upsample_is_the_conv_of_the_upsampled_input(shape):
     assert 1e-4 * scale < float(jnp.abs(bf16.astype(jnp.float32) - want).max()) < 2e-2 * scale
 
 
+def test_conv_by_taps_is_the_3x3_convolution():
+    """conv3x3_by_taps against a direct float64 sum over the 3×3 window (zero padding), and TapConv3x3
+    against conv2d with the same parameters: outputs, and gradients of x and the parameters."""
+    rng = np.random.default_rng(0)
+    x, kernel = rng.normal(size=(2, 5, 7, 8)), rng.normal(size=(3, 3, 8, 6))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = sum(padded[:, u:u + 5, v:v + 7] @ kernel[u, v] for u in range(3) for v in range(3))
+    got = conv3x3_by_taps(jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+    class Conv(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return conv2d(x, 6, name="conv")
+    x = jnp.asarray(x, jnp.float32)
+    layer = TapConv3x3(6)
+    params = layer.init(jax.random.key(0), x)
+    reference = Conv().init(jax.random.key(0), x)["params"]["conv"]
+    assert jax.tree.map(jnp.shape, params["params"]) == jax.tree.map(jnp.shape, reference)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+
+    def value_and_grads(apply, p):
+        return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1))(p, x)
+    got, got_grads = value_and_grads(layer.apply, params)
+    want, want_grads = value_and_grads(Conv().apply, {"params": {"conv": params["params"]}})
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    got_grads = (got_grads[0]["params"], got_grads[1])
+    want_grads = (want_grads[0]["params"]["conv"], want_grads[1])
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4,
+                                   atol=1e-4 * float(jnp.abs(w).max()))
+
+
 @pytest.mark.parametrize("new_order", [True, False])
 def test_qkv_projection_equals_slicing_one_product(new_order):
     """q, k, v from the split kernel are the slices of the official single 3C-wide product (k and v without
@@ -195,6 +228,10 @@ def test_qkv_projection_equals_slicing_one_product(new_order):
     for got, expected in zip((q, k + biases[1], v + biases[2]), want):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(v_bias), np.asarray(biases[2]).reshape(channels), rtol=0, atol=0)
+    qkv, q_bias, fused_v_bias = proj.apply(params, x, fused=True)  # the one product, without biases
+    np.testing.assert_allclose(np.asarray(qkv), np.asarray(x @ kernel), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(q_bias), np.asarray(biases[0]).reshape(channels))
+    np.testing.assert_array_equal(np.asarray(fused_v_bias), np.asarray(v_bias))
 
 
 def test_attention_without_k_and_v_biases_is_the_official_attention():
@@ -273,9 +310,8 @@ def test_attention_block_with_the_pallas_kernel_computes_cudnns_network(monkeypa
     from jdiff.models.layers import AttentionBlock
     monkeypatch.setattr("jdiff.models.layers.nvidia_sm80_or_newer", lambda: True)
     kernel, calls = pallas_attention.attention_from_qkv, []
-    monkeypatch.setattr(pallas_attention, "attention_from_qkv",
-                        lambda qkv, q_bias, **kw: calls.append(qkv.shape) or kernel(qkv, q_bias, interpret=True,
-                                                                                   **kw))
+    monkeypatch.setattr(pallas_attention, "attention_from_qkv", lambda qkv, q_bias, **kw: calls.append(
+        qkv.shape) or kernel(qkv, q_bias, interpret=True, **kw))
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 64))
     block = AttentionBlock(num_head_channels=16, use_new_attention_order=True, dtype=jnp.bfloat16)
     params = block.init(jax.random.key(1), x)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jdiff.models.group_norm import GroupNorm, norm_implementation
-from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv2d, dense
+from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, TapConv3x3, Upsample, conv2d, dense
 from jdiff.models.layers import cotangent_barrier, timestep_embedding
 
 Dtype = Any
@@ -169,11 +169,11 @@ class UNet(nn.Module):
                 block += 1
 
         # The output head runs in float32, as the official fp16 mode does: it is cheap (a few output
-        # channels) and its rounding would land directly on ε.
+        # channels, hence its conv as one product of the taps) and its rounding would land directly on ε.
         h = GroupNorm(name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                       implementation=norm_kw["norm_implementation"])(h, silu=True, broadcast_affine=train)
         out_channels = 2 * self.out_channels if self.learn_sigma else self.out_channels
-        return conv2d(h, out_channels, name="out_2", zero_init=True, param_dtype=self.param_dtype)
+        return TapConv3x3(out_channels, zero_init=True, param_dtype=self.param_dtype, name="out_2")(h)
 
 
 # guided-diffusion's model_and_diffusion_defaults() for the flags that shape the network, plus Debias's
