@@ -74,11 +74,12 @@ VARIANT_OPTIONS = {
 
 
 def apply_variant(config, variant: str) -> dict:
-    """'<bf16|f32>-<auto|xla|cudnn>[-option]…' with options from VARIANT_OPTIONS: sets the config's
+    """'<bf16|f16|f32>-<auto|xla|cudnn>[-option]…' with options from VARIANT_OPTIONS: sets the config's
     compute dtype, attention kernel and GroupNorm variance and kernel, and returns the train-step
-    options (``compiler_options``, ``conv_order``) for :func:`compile_train_step`."""
+    options (``compiler_options``, ``conv_order``) for :func:`compile_train_step`. 'f16' (float16
+    compute) is for timing the sampler: the config refuses it, and the train step has no loss scaling."""
     dtype, attention, *options = variant.split("-")
-    config.model.compute_dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
+    config.model.compute_dtype = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[dtype]
     config.model.attention_implementation = attention
     unknown = set(options) - set(VARIANT_OPTIONS)
     if unknown:

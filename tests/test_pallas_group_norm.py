@@ -146,8 +146,8 @@ def test_the_backward_takes_its_tuned_settings_only_when_given_none(monkeypatch)
     launched = []
     real_launch = pallas_group_norm._launch
     monkeypatch.setattr(pallas_group_norm, "_launch",
-                        lambda kernel, name, settings, operands: launched.append(settings) or real_launch(
-                            kernel, name, settings, operands))
+                        lambda kernel, name, settings, operands, **options: launched.append(settings)
+                        or real_launch(kernel, name, settings, operands, **options))
     shape = (2, 16, 128)
     monkeypatch.setitem(pallas_group_norm.TUNED_BACKWARD, shape[1:], (8, 32, 2))
     x, a, b = inputs(shape, jnp.float32, seed=5)
@@ -249,7 +249,7 @@ def test_partitioned_over_a_sharded_batch():
     """On 4 devices with the batch split, each device runs the forward kernel on its own images (no collective
     in the compiled program) and the result is the unsharded one; x split along its channels is still right;
     the gradients through both kernels equal the unsharded ones and dx stays split; the same with a, b
-    shared by the images."""
+    shared by the images, and the forward with an input shift."""
     result = run_helper_on_devices("sharded_group_norm.py", 4)
     assert result["batch_split_collectives"] == []
     assert result["batch_split_output_axis"] == "data"
@@ -264,6 +264,9 @@ def test_partitioned_over_a_sharded_batch():
     assert result["shared_collectives"] == []
     assert result["shared_gradients_max_diff"] < 1e-4
     assert result["shared_gradients_collectives"] == ["all-reduce"]
+    # an input shift (C,): replicated, no collective
+    assert result["shifted_max_diff"] == 0.0
+    assert result["shifted_collectives"] == []
 
 
 @pytest.mark.parametrize("direction,dropout", [("forward", 0.0), ("training", 0.0), ("training", 0.3)])

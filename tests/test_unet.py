@@ -19,8 +19,8 @@ from flax import traverse_util
 from jdiff.convert import convert_state_dict, official_shapes
 from jdiff.models import UNet, create_model, init_inputs, param_shapes, unet_kwargs_from_flags
 from jdiff.models.group_norm import GroupNorm
-from jdiff.models.layers import (QKVProjection, TapConv3x3, Upsample, attention_implementation, conv2d,
-                                 conv3x3_by_taps, upsample_conv, upsample_nearest, upsampling_kernel)
+from jdiff.models.layers import (QKVProjection, TapConv3x3, Upsample, UpsampleConv, attention_implementation,
+                                 conv2d, conv3x3_by_taps, upsample_conv, upsample_nearest, upsampling_kernel)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
 
@@ -173,6 +173,17 @@ def test_upsample_is_the_conv_of_the_upsampled_input(shape):
     assert bf16.dtype == jnp.bfloat16
     scale = float(jnp.abs(want).max())
     assert 1e-4 * scale < float(jnp.abs(bf16.astype(jnp.float32) - want).max()) < 2e-2 * scale
+
+
+def test_upsample_conv_hands_its_bias_apart():
+    """UpsampleConv(bias_apart=True) returns the conv without its bias and the bias parameter, which sum to its
+    output (the up-sampling ResBlock hands the bias to the GroupNorm that reads the conv's output)."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 4, 8)), jnp.float32)
+    layer = UpsampleConv(16)
+    params = layer.init(jax.random.key(0), x)
+    y, bias = layer.apply(params, x, bias_apart=True)
+    np.testing.assert_array_equal(np.asarray(bias), np.asarray(params["params"]["bias"]))
+    np.testing.assert_allclose(np.asarray(y + bias), np.asarray(layer.apply(params, x)), rtol=1e-6, atol=1e-6)
 
 
 def test_conv_by_taps_is_the_3x3_convolution():

@@ -173,6 +173,11 @@ def _over_positions(per_channel: jax.Array) -> jax.Array:
     return per_channel[..., None, :]
 
 
+def _shifted(x: jax.Array, shift: jax.Array | None) -> jax.Array:
+    """x + c in float32 (x itself without a shift)."""
+    return x.astype(jnp.float32) if shift is None else x.astype(jnp.float32) + shift.astype(jnp.float32)
+
+
 def _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype, dropout, seeds):
     mean, var = _group_stats(x.astype(jnp.float32), groups, one_pass)
     rstd = jax.lax.rsqrt(var + eps)
@@ -222,42 +227,52 @@ def check_dropout(caller: str, dropout: float, seeds, batch: int, channels: int)
 def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM_GROUPS, eps: float = EPS,
                      silu: bool = False, one_pass: bool = False, out_dtype: Dtype = jnp.float32,
                      implementation: str = "xla", dropout: float = 0.0,
-                     seeds: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                     seeds: tuple[jax.Array, jax.Array] | None = None,
+                     shift: jax.Array | None = None) -> jax.Array:
     """y = [SiLU](x̂·a + b) for x (B, N, C), a and b float32, both (B, C) or both (C,) for all images (see
     the module docstring), with
     ``dropout`` > 0 then dropped by the mask of ``seeds`` (:func:`dropout_seeds`) and scaled by 1/p.
+    With ``shift`` c (C,), the norm is of x + c, c added in float32 as x is read: a per-channel bias of
+    x's producer that would otherwise be a pass over x of its own (a transposed convolution's, which cuDNN
+    does not add); its gradient is Σ_{b,n} dx.
 
     ``implementation``: 'xla', or 'pallas' / 'pallas_interpret': the Triton kernels of
     :mod:`jdiff.models.pallas_group_norm` for the forward and the backward (or the same kernels in
     Pallas's interpreter on any backend, for tests). Both drop the same elements."""
-    return _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds)[0]
+    return _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds,
+                    shift)[0]
 
 
-def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds):
+def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds, shift):
     _check_implementation(implementation)
     check_affine("normalise_affine", a, b, x.shape[0], x.shape[-1])
     check_dropout("normalise_affine", dropout, seeds, x.shape[0], x.shape[-1])
+    if shift is not None and shift.shape != (x.shape[-1],):
+        raise ValueError(f"normalise_affine: shift must be (C,) = {(x.shape[-1],)}, got {shift.shape}")
     if implementation == "xla":
-        y, (mean, rstd) = _normalise(x, a, b, groups, eps, silu, one_pass, out_dtype, dropout, seeds)
+        y, (mean, rstd) = _normalise(_shifted(x, shift), a, b, groups, eps, silu, one_pass, out_dtype, dropout,
+                                     seeds)
     else:
         from jdiff.models import pallas_group_norm  # Pallas only where it is asked for
 
-        # mean and rstd come per channel (B, C), as the backward kernel reads them
+        # mean and rstd come per channel (B, C), as the backward kernel reads them; with a shift c the mean
+        # is μ − c, so that x̂ = (x − mean)·rstd for x as it is
         settings = _kernel_settings(groups, silu, implementation, dropout, seeds)
-        y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=eps, out_dtype=out_dtype, **settings)
-    return y, (x, a, b, mean, rstd, seeds)
+        y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=eps, out_dtype=out_dtype, shift=shift,
+                                                  **settings)
+    return y, (x, a, b, mean, rstd, seeds, shift)
 
 
 def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, residuals, dy):
-    x, a, b, mean, rstd, seeds = residuals
+    x, a, b, mean, rstd, seeds, shift = residuals
     if implementation != "xla":
         from jdiff.models import pallas_group_norm
 
         settings = _kernel_settings(groups, silu, implementation, dropout, seeds)
         dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd, **settings)
-        return dx, *_affine_gradients(a, da, db), None
+        return dx, *_affine_gradients(a, da, db), None, _shift_gradient(dx, shift)
     _, n, channels = x.shape
-    xhat = _standardise(x, mean, rstd)
+    xhat = _standardise(_shifted(x, shift), mean, rstd)
     dz = dy.astype(jnp.float32)
     if dropout:
         dz = _dropped(dz, seeds, dropout)
@@ -273,7 +288,13 @@ def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, r
 
     dx = _per_channel(rstd, channels) * (dz * _over_positions(a) - group_mean(a * db)
                                          - xhat * group_mean(a * da))
-    return dx.astype(x.dtype), *_affine_gradients(a, da, db), None  # no cotangent for the integer seeds
+    dx = dx.astype(x.dtype)
+    return dx, *_affine_gradients(a, da, db), None, _shift_gradient(dx, shift)  # None: the integer seeds
+
+
+def _shift_gradient(dx: jax.Array, shift: jax.Array | None) -> jax.Array | None:
+    """Σ_{b,n} dx (C,) in the shift's dtype, the gradient of the shift c added to every x_bn."""
+    return None if shift is None else jnp.sum(dx.astype(jnp.float32), axis=(0, 1)).astype(shift.dtype)
 
 
 def _affine_gradients(a: jax.Array, da: jax.Array, db: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -291,6 +312,8 @@ class GroupNorm(nn.Module):
     ``__call__(x, scale_shift=(s, t), silu=True, out_dtype=..., dropout=rate)`` returns
     [SiLU](GN(x)·(1 + s) + t) in ``out_dtype``, with s, t of shape (B, C), and with ``dropout`` > 0 that
     output dropped at that rate (seeds from the 'dropout' RNG stream; pass 0 outside training).
+    ``input_bias`` c (C,) normalises x + c instead, c added as the norm reads x (:func:`normalise_affine`'s
+    ``shift``), for a producer of x that leaves its bias out.
     Without a scale-shift the norm hands its (C,) scale and bias to :func:`normalise_affine` as they are,
     unless ``broadcast_affine``: then as (B, C) broadcasts. Pass ``broadcast_affine=True`` in training:
     there the parameters are slices of the flat train state, and XLA copies every slice that a kernel
@@ -306,7 +329,7 @@ class GroupNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, scale_shift: tuple[jax.Array, jax.Array] | None = None,
                  silu: bool = False, out_dtype: Dtype = jnp.float32, dropout: float = 0.0,
-                 broadcast_affine: bool = False) -> jax.Array:
+                 broadcast_affine: bool = False, input_bias: jax.Array | None = None) -> jax.Array:
         channels = x.shape[-1]
         if channels % NUM_GROUPS:
             raise ValueError(f"GroupNorm needs channels divisible by {NUM_GROUPS}, got {channels}: choose "
@@ -322,5 +345,5 @@ class GroupNorm(nn.Module):
             a, b = jnp.broadcast_to(a, (batch, channels)), jnp.broadcast_to(b, (batch, channels))
         seeds = dropout_seeds(self.make_rng("dropout"), batch, channels) if dropout else None
         y = normalise_affine(x.reshape(batch, -1, channels), a, b, NUM_GROUPS, EPS, silu, self.one_pass,
-                             jnp.dtype(out_dtype), self.implementation, dropout, seeds)
+                             jnp.dtype(out_dtype), self.implementation, dropout, seeds, input_bias)
         return y.reshape(x.shape)

@@ -160,18 +160,21 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 class UpsampleConv(nn.Module):
     """A biased 3×3 conv (padding 1) of x upsampled ×2 by nearest neighbour: :func:`conv2d` of
     :func:`upsample_nearest` (x), with the same parameters ('kernel' (3, 3, C_in, F), 'bias' (F,)) and
-    initialisation, computed by :func:`upsample_conv`."""
+    initialisation, computed by :func:`upsample_conv`. ``bias_apart=True`` returns the conv without its
+    bias and the bias (F,) in the parameter dtype, for a consumer that adds it as it reads the output
+    (cuDNN's backward-data kernel, which runs the conv, adds none: XLA adds it in a pass of its own)."""
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, bias_apart: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
         inits = _inits(x.shape[-1] * 9, zero_init=False)
         shape = (3, 3, x.shape[-1], self.features)
         kernel = self.param("kernel", inits["kernel_init"], shape, self.param_dtype)
         bias = self.param("bias", inits["bias_init"], (self.features,), self.param_dtype)
-        return upsample_conv(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        y = upsample_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+        return (y, bias) if bias_apart else y + bias.astype(self.dtype)
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:
@@ -262,9 +265,13 @@ class ResBlock(nn.Module):
                        implementation=self.norm_implementation)
         h = GroupNorm(name="in_layers_0", **norm_kw)(x, silu=True, out_dtype=self.dtype,
                                                      broadcast_affine=train)
+        h_bias = None  # the conv's bias when the norm below adds it
         if self.up:
             x = upsample_nearest(x)
-            h = UpsampleConv(self.out_channels, name="in_layers_2", **kw)(h)
+            if self.use_scale_shift_norm:
+                h, h_bias = UpsampleConv(self.out_channels, name="in_layers_2", **kw)(h, bias_apart=True)
+            else:
+                h = UpsampleConv(self.out_channels, name="in_layers_2", **kw)(h)
         else:
             if self.down:
                 h, x = avg_pool2(h), avg_pool2(x)
@@ -277,7 +284,7 @@ class ResBlock(nn.Module):
         dropout = self.dropout if train else 0.0
         if self.use_scale_shift_norm:
             h = out_norm(h, scale_shift=tuple(jnp.split(emb_out, 2, axis=-1)), silu=True,
-                         out_dtype=self.dtype, dropout=dropout)
+                         out_dtype=self.dtype, dropout=dropout, input_bias=h_bias)
         else:
             h = out_norm(h.astype(jnp.float32) + emb_out[:, None, None, :], silu=True, out_dtype=self.dtype,
                          dropout=dropout, broadcast_affine=train)

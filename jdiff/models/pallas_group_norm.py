@@ -249,8 +249,9 @@ def _group_reductions(program: _Program, channels_per_program: int, per_group: i
 
 
 def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, channels_per_program: int,
-                    eps: float, silu: bool, dropout_threshold: int, dropout_scale: float):
-    *seed_refs, y_ref, mean_ref, rstd_ref = refs  # the seeds only with dropout
+                    eps: float, silu: bool, dropout_threshold: int, dropout_scale: float, shifted: bool):
+    *inputs, y_ref, mean_ref, rstd_ref = refs  # the input shift c if shifted; the seeds with dropout
+    shift_ref, seed_refs = (inputs[0], inputs[1:]) if shifted else (None, inputs)
     n = x_ref.shape[1]
     program = _Program.here(n, block_n, channels_per_program)
     # an array, not a Python int, as the row: the interpreter's load takes no int index
@@ -264,10 +265,15 @@ def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, ch
         s1, s2 = sums
         mean_c = shift + s1 / n
         m2_c = jnp.maximum(s2 - s1 * s1 / n, 0.0)
+        if shifted:  # the statistics of x + c: each channel's mean moves by c, its M2 does not
+            c = program.load_channels(shift_ref)
+            mean_c = mean_c + c
         group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
         mean = to_lanes(group_sum(mean_c) / per_group)
         m2 = group_sum(m2_c + n * jnp.square(mean_c - mean))
         rstd = to_lanes(jax.lax.rsqrt(m2 / (n * per_group) + eps))
+        if shifted:  # x + c − μ = x − (μ − c): the apply, and the backward's x̂, read x as it is
+            mean = mean - c
         program.store_channels(mean_ref, mean)
         program.store_channels(rstd_ref, rstd)
         scale = rstd * program.load_channels(a_ref)
@@ -337,15 +343,17 @@ class _Settings(NamedTuple):
     interpret: bool
 
 
-def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, ...],
+            **options: Any) -> tuple[jax.Array, ...]:
     """``kernel`` over the images of operands[0] (B, N, C), however many this device holds: its outputs
-    are one (B, N, C) array in ``settings.out_dtype`` and two (B, C) float32 arrays."""
+    are one (B, N, C) array in ``settings.out_dtype`` and two (B, C) float32 arrays. ``options`` go to the
+    kernel as they are."""
     batch, _, channels = operands[0].shape
     per_channel = jax.ShapeDtypeStruct((batch, channels), jnp.float32)
     kernel = functools.partial(kernel, block_n=settings.block_n, per_group=settings.per_group,
                                channels_per_program=settings.channels_per_program, eps=settings.eps,
                                silu=settings.silu, dropout_threshold=dropout_threshold(settings.dropout),
-                               dropout_scale=dropout_keep_scale(settings.dropout))
+                               dropout_scale=dropout_keep_scale(settings.dropout), **options)
     return pl.pallas_call(
         kernel,
         out_shape=(jax.ShapeDtypeStruct(operands[0].shape, settings.out_dtype), per_channel, per_channel),
@@ -357,9 +365,10 @@ def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, .
 
 
 def _forward_call(*operands_and_settings):
-    """(x, a, b[, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
+    """(x, a, b[, c][, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
     *operands, settings = operands_and_settings
-    return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands))
+    shifted = len(operands) - 3 - 2 * bool(settings.dropout) == 1
+    return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands), shifted=shifted)
 
 
 def _backward_call(*operands_and_settings):
@@ -372,9 +381,9 @@ _OUTPUTS = " -> b n c, b c, b c"
 _SEEDS = ", b c, b c"
 _AFFINE = {False: ", b c, b c", True: ", c, c"}  # a, b per image, or shared
 _forward_per_image = {
-    (seeded, shared): partitioned_per_image(_forward_call,
-                                             "b n c" + _AFFINE[shared] + _SEEDS * seeded + _OUTPUTS)
-    for seeded in (False, True) for shared in (False, True)}
+    (seeded, shared, shifted): partitioned_per_image(
+        _forward_call, "b n c" + _AFFINE[shared] + ", c" * shifted + _SEEDS * seeded + _OUTPUTS)
+    for seeded in (False, True) for shared in (False, True) for shifted in (False, True)}
 _backward_per_image = {
     (seeded, shared): partitioned_per_image(
         _backward_call, "b n c, b n c" + _AFFINE[shared] + ", b c, b c" + _SEEDS * seeded + _OUTPUTS)
@@ -414,13 +423,15 @@ def _seed_operands(settings: _Settings, seeds) -> tuple[jax.Array, ...]:
 
 def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
             silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False, dropout: float = 0.0,
-            seeds: tuple[jax.Array, jax.Array] | None = None, block_n: int | None = None,
-            channels_per_program: int | None = None, num_warps: int | None = None,
+            seeds: tuple[jax.Array, jax.Array] | None = None, shift: jax.Array | None = None,
+            block_n: int | None = None, channels_per_program: int | None = None, num_warps: int | None = None,
             num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b both (B, C) or both (C,), as
-    ``normalise_affine(x, a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds)``
-    computes it (the same dropout mask), in one Pallas Triton kernel; mean and rstd = (σ² + ε)^(−1/2)
-    (B, C) float32 are each channel's group statistics, for :func:`backward`.
+    ``normalise_affine(x, a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds,
+    shift=shift)`` computes it (the same dropout mask), in one Pallas Triton kernel; mean and rstd =
+    (σ² + ε)^(−1/2) (B, C) float32 are each channel's group statistics, for :func:`backward`. With a
+    ``shift`` c (C,), x + c is normalised (c added in float32 as x is read) and ``mean`` is μ − c, the
+    group mean less c, so that :func:`backward` computes x̂ from x as it is.
 
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
     ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
@@ -434,8 +445,15 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
                                  silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout,
                                  seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
                                  num_warps=num_warps, num_stages=num_stages)
-    call = _forward_per_image[bool(settings.dropout), a.ndim == 1]
-    return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *_seed_operands(settings, seeds), settings)
+    shifts = ()
+    if shift is not None:
+        if shift.shape != (x.shape[-1],):
+            raise ValueError(f"pallas_group_norm.forward: shift must be (C,) = {(x.shape[-1],)}, got "
+                             f"{shift.shape}")
+        shifts = (shift.astype(jnp.float32),)
+    call = _forward_per_image[bool(settings.dropout), a.ndim == 1, bool(shifts)]
+    return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, *_seed_operands(settings, seeds),
+                settings)
 
 
 def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.Array, rstd: jax.Array, *,

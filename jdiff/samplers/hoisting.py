@@ -59,8 +59,8 @@ def split_weight_computation(fn: Callable[..., Any], params: Any,
     work out of the loop; both evaluate the same operations on the same values, so the results are the same
     bits. Only ``fn``'s top-level equations are split: a nested function (a custom derivative, an inner
     jit) is hoisted whole when all its inputs are weights, else it stays whole in ``body``. Equations with
-    effects, and those of (or containing) :data:`KEPT_IN_BODY`, stay in ``body``; so does anything computed from constants
-    alone."""
+    effects, and those of (or containing) :data:`KEPT_IN_BODY`, stay in ``body``; so does anything
+    computed from constants alone."""
     leaves, tree = jax.tree.flatten(params)
     closed, out_shapes = jax.make_jaxpr(lambda ls, *rest: fn(jax.tree.unflatten(tree, ls), *rest),
                                         return_shape=True)(leaves, *args)

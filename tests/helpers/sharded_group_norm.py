@@ -1,6 +1,7 @@
 """Run with 4 CPU devices by tests/test_pallas_group_norm.py: the GroupNorm kernels (Pallas interpreter) under
 jax.jit over a batch split on the mesh — the forward inside a lax.scan as in the sampler, and the forward
-and backward (with dropout) under jax.grad as in a train step, with a, b per image (B, C) and shared (C,) —
+and backward (with dropout) under jax.grad as in a train step, with a, b per image (B, C) and shared (C,),
+and the forward with an input shift (C,) —
 against the unsharded calls; prints a JSON line with the
 differences and whether the compiled programs move data between devices."""
 
@@ -16,9 +17,10 @@ from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, normalise_af
 from sharded_checks import collectives, max_diff
 
 
-def steps(x, a, b):
+def steps(x, a, b, shift=None):
     def body(h, _):
-        return pallas_group_norm.forward(h, a, b, silu=True, out_dtype=h.dtype, interpret=True)[0], None
+        return pallas_group_norm.forward(h, a, b, silu=True, out_dtype=h.dtype, interpret=True,
+                                         shift=shift)[0], None
     return jax.lax.scan(body, x, None, length=2)[0]
 
 
@@ -53,7 +55,12 @@ by_channel = jax.jit(steps, in_shardings=(NamedSharding(mesh, P(None, None, "dat
 # a and b shared by the images, (C,), replicated
 shared = jax.jit(steps, in_shardings=(by_batch, None, None), out_shardings=by_batch)
 shared_grads = jax.jit(gradients, in_shardings=(by_batch, None, None))
+# an input shift c (C,), replicated
+shifted = jax.jit(steps, in_shardings=(by_batch, by_batch, by_batch, None), out_shardings=by_batch)
+c = 0.5 * jax.random.normal(keys[2], (96,))
 print(json.dumps(dict(
+    shifted_max_diff=max_diff(shifted(x, a, b, c), jax.jit(steps)(x, a, b, c)),
+    shifted_collectives=collectives(shifted.lower(x, a, b, c).compile().as_text()),
     shared_max_diff=max_diff(shared(x, a[0], b[0]), jax.jit(steps)(x, a[0], b[0])),
     shared_collectives=collectives(shared.lower(x, a[0], b[0]).compile().as_text()),
     shared_gradients_max_diff=max_diff(shared_grads(x, a[0], b[0]), jax.jit(gradients)(x, a[0], b[0])),
