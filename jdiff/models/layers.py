@@ -246,7 +246,9 @@ class ResBlock(nn.Module):
     one :class:`UpsampleConv`];
     scale-shift norm: h = GN(h)·(1 + s) + b with (s, b) = Linear(SiLU(emb)), else GN(h + Linear(SiLU(emb)));
     out = skip(x) + conv₀(Dropout(SiLU(h))), conv₀ zero-initialised; skip is a 1×1 conv when the width
-    changes. The dropout (in training) is the GroupNorm's own (:mod:`jdiff.models.group_norm`).
+    changes. The dropout (in training) is the GroupNorm's own (:mod:`jdiff.models.group_norm`). When
+    ``up`` with the scale-shift norm, the up-sampling conv's bias is added by that norm as it reads h
+    (``input_bias``), not by a pass of its own.
     """
     out_channels: int
     dropout: float = 0.0
