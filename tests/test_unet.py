@@ -417,3 +417,28 @@ def test_cotangent_barrier_is_the_identity_and_fences_its_cotangent():
                                rtol=1e-6)
     assert "optimization_barrier" in jax.jit(jax.grad(loss(cotangent_barrier))).lower(x).as_text()
     assert "optimization_barrier" not in jax.jit(loss(cotangent_barrier)).lower(x).as_text()
+
+
+def test_sampling_split_keeps_the_upsampling_reversal_and_no_weight_conversion_in_the_loop():
+    """samplers.split_weight_computation of the bf16 UNet (as make_generate_fn splits it): the loop body keeps
+    each transposed conv's kernel reversal (jnp.flip: XLA runs the conv as cuDNN's backward-data kernel only
+    when the reversal is in view) and converts no weight; the body computes the whole network's bits."""
+    from jdiff.samplers import split_weight_computation
+
+    model = UNet(**TINY, dtype=jnp.bfloat16)
+    x, t, _ = init_inputs(model, batch=2)
+    params = model.init(jax.random.key(0), x, t, train=False)["params"]
+    params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(1), p.shape), params)
+
+    def apply(p, x, t):
+        return model.apply({"params": p}, x, t, train=False)
+    weights, body = split_weight_computation(apply, params, x, t)
+    jaxpr = jax.make_jaxpr(body)(weights, x, t).jaxpr
+    weight_vars = set(jaxpr.invars[:len(weights)])
+    assert sum(e.params.get("name") == "_flip" for e in jaxpr.eqns) == len(TINY["channel_mult"]) - 1
+    assert [e for e in jaxpr.eqns if e.primitive.name == "convert_element_type"
+            and e.invars[0] in weight_vars] == []
+    x = jax.random.normal(jax.random.key(2), x.shape)
+    t = jnp.asarray([10, 900], jnp.int32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(body)(weights, x, t)),
+                                  np.asarray(jax.jit(apply)(params, x, t)))
