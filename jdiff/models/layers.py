@@ -270,10 +270,9 @@ class ResBlock(nn.Module):
         h_bias = None  # the conv's bias when the norm below adds it
         if self.up:
             x = upsample_nearest(x)
-            if self.use_scale_shift_norm:
-                h, h_bias = UpsampleConv(self.out_channels, name="in_layers_2", **kw)(h, bias_apart=True)
-            else:
-                h = UpsampleConv(self.out_channels, name="in_layers_2", **kw)(h)
+            h, h_bias = UpsampleConv(self.out_channels, name="in_layers_2", **kw)(h, bias_apart=True)
+            if not self.use_scale_shift_norm:  # only the scale-shift norm below takes it as its input bias
+                h, h_bias = h + h_bias.astype(self.dtype), None
         else:
             if self.down:
                 h, x = avg_pool2(h), avg_pool2(x)

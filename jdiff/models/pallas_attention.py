@@ -68,9 +68,9 @@ def _kernel(*refs, fused_axis: int | None):
     tokens, head_channels = o_ref.shape[1], o_ref.shape[3]
 
     def load(which):
-        if fused_axis is None:
-            return plt.load(sources[which].at[image, pl.ds(0, tokens), head, pl.ds(0, head_channels)])
         index = [image, pl.ds(0, tokens), head, pl.ds(0, head_channels)]
+        if fused_axis is None:
+            return plt.load(sources[which].at[tuple(index)])
         index.insert(fused_axis, jnp.int32(which))  # an array: the interpreter's load takes no int index
         return plt.load(sources[0].at[tuple(index)])
 
