@@ -2,18 +2,22 @@
 
     python experiments/profile_step.py --out DIR [--config configs/cifar10_baseline.py] [--variant bf16-auto]
         [--what train,sample] [--train-batch 128] [--sample-batch 512] [--sample-steps 10] [--steps 5]
-    python experiments/profile_step.py --summarize TRACE.json.gz --reps N     # a trace made earlier
+    python experiments/profile_step.py --summarize TRACE.json.gz --reps N [--hlo HLO.txt.gz]   # made earlier
 
 After a warm-up it records ``--steps`` train steps (and/or one ``--sample-steps``-step sampling run) with
 ``jax.profiler`` and writes to DIR: the Perfetto trace (``<what>.trace.json.gz``), the optimised HLO of the
-train step (``train.hlo.txt.gz``, to look up what a fusion computes), and ``<what>.summary.json`` with,
-per repetition: the summed kernel time by category (cuDNN convolutions by direction, matrix products,
-attention, and XLA's fusions by kind), the span from the first kernel to the last, and the largest idle
-gaps between kernels with the operations on either side, and the host time of XLA's GPU runtime
+train step or the sampler (``<what>.hlo.txt.gz``, to look up what a fusion computes), and
+``<what>.summary.json`` with, per repetition: the summed kernel time by category (cuDNN convolutions by
+direction, matrix products, attention, and XLA's fusions by kind), by layer of the network (the HLO's
+``op_name`` of each kernel's operation, cut to two module levels below ``--root``, the model's top
+module; a backward pass's layers marked so), the span from the first kernel to the last, and the largest
+idle gaps between kernels with the operations on either side, and the host time of XLA's GPU runtime
 (``GpuExecutable::ExecuteThunks``, of which ``cuGraphLaunch`` and cuDNN calls): when it is as long as the
-busy time, the step is bound by the host. Printed as a table too. Kernel times under the
-profiler are close to unprofiled ones; the span is not (the profiler adds host work), so compare busy
-times, and wall-clock times from benchmark.py.
+busy time, the step is bound by the host. Printed as a table too. Kernels launched inside XLA's CUDA-graph
+command buffers name the buffer, not their operation, so their time goes to one unattributed line; run
+with ``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` to attribute it all (kernel times do not change).
+Kernel times under the profiler are close to unprofiled ones; the span is not (the profiler adds host
+work), so compare busy times, and wall-clock times from benchmark.py.
 """
 
 from __future__ import annotations
@@ -67,17 +71,57 @@ def device_kernels(trace: dict) -> list[dict]:
     return sorted((e for e in events if e.get("pid") in devices and e.get("ph") == "X"), key=lambda e: e["ts"])
 
 
-def summarize(trace: dict, reps: int, top: int = 25) -> dict:
+IN_COMMAND_BUFFER = "(kernels inside CUDA-graph command buffers: not attributed)"
+NO_METADATA = "(operations without an op_name in the HLO)"
+OUTSIDE = "(outside the network)"
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """The ``op_name`` metadata of every instruction of an optimised HLO module's text, by instruction name
+    (what a trace's kernels give as ``hlo_op``)."""
+    pattern = re.compile(r'^\s*(?:ROOT )?%([^\s=]+) = .*?metadata=\{[^}]*?op_name="([^"]*)"', re.M)
+    return {name: op_name for name, op_name in pattern.findall(hlo_text)}
+
+
+def layer_of(op_name: str, root: str = "UNet") -> str:
+    """The layer of the network an operation belongs to: the two module levels below ``root`` in its
+    ``op_name`` (``.../UNet/input_blocks_5_1/qkv/blc,chd->blhd/dot_general`` → ``input_blocks_5_1/qkv``;
+    the last component, the primitive, is never a level), prefixed ``backward:`` when the root appears
+    transposed (``transpose(jvp(UNet))``), ``root`` itself for operations at its top, and OUTSIDE when
+    the operation is not inside it."""
+    parts = op_name.split("/")
+    for i in range(len(parts) - 1, -1, -1):
+        if re.fullmatch(r"(?:\w+\()*" + re.escape(root) + r"\)*", parts[i]):
+            levels = parts[i + 1:-1][:2]
+            prefix = "backward: " if "transpose(" in parts[i] else ""
+            return prefix + ("/".join(levels) if levels else root)
+    return OUTSIDE
+
+
+def kernel_layer(hlo_op: str, names: dict[str, str], root: str) -> str:
+    if hlo_op.startswith("command_buffer"):
+        return IN_COMMAND_BUFFER
+    return layer_of(names[hlo_op], root) if hlo_op in names else NO_METADATA
+
+
+def summarize(trace: dict, reps: int, top: int = 25, hlo_text: str | None = None, root: str = "UNet") -> dict:
     """Kernel time per repetition by category and by operation, busy time, span and the largest idle gaps
-    (µs → ms)."""
+    (µs → ms); with the optimised HLO's text, also by layer of the network (:func:`layer_of`)."""
     kernels = device_kernels(trace)
     if not kernels:
         raise ValueError("the trace's device timeline has no kernels")
+    names = op_names(hlo_text) if hlo_text is not None else None
     busy, count, by_op = collections.Counter(), collections.Counter(), collections.Counter()
+    layer_time, layer_count = collections.Counter(), collections.Counter()
     for e in kernels:
         busy[category(e["name"])] += e["dur"]
         count[category(e["name"])] += 1
-        by_op[(e.get("args", {}).get("hlo_op", ""), e["name"][:80])] += e["dur"]
+        hlo_op = e.get("args", {}).get("hlo_op", "")
+        by_op[(hlo_op, e["name"][:80])] += e["dur"]
+        if names is not None:
+            layer = kernel_layer(hlo_op, names, root)
+            layer_time[layer] += e["dur"]
+            layer_count[layer] += 1
     gaps, idle = collections.Counter(), 0.0
     end = kernels[0]["ts"] + kernels[0]["dur"]
     for prev, e in zip(kernels, kernels[1:]):
@@ -97,6 +141,9 @@ def summarize(trace: dict, reps: int, top: int = 25) -> dict:
             for name in HOST_EVENTS:
                 if name in e.get("name", ""):
                     host[name] += e["dur"]
+    by_layer = {} if names is None else dict(by_layer=[
+        dict(layer=name, ms=t / per, kernels=layer_count[name] / reps)
+        for name, t in layer_time.most_common()])
     return dict(
         reps=reps, kernels_per_rep=len(kernels) / reps, busy_ms=sum(busy.values()) / per, span_ms=span / per,
         idle_ms=idle / per,
@@ -105,6 +152,7 @@ def summarize(trace: dict, reps: int, top: int = 25) -> dict:
         # the costliest operations by name, to look up in the optimised HLO (train.hlo.txt.gz)
         top_operations=[dict(hlo_op=op, kernel=k, ms=t / per) for (op, k), t in by_op.most_common(4 * top)],
         host_ms={name: host[name] / per for name in HOST_EVENTS},
+        **by_layer,
     )
 
 
@@ -114,16 +162,24 @@ def print_summary(name: str, s: dict) -> None:
     print("| category | ms | kernels |\n|---|---|---|")
     for c in s["categories"]:
         print(f"| {c['category'][:60]} | {c['ms']:.3f} | {c['kernels']:.0f} |")
+    if "by_layer" in s:
+        print("| layer | ms | kernels |\n|---|---|---|")
+        for row in s["by_layer"][:30]:
+            print(f"| {row['layer']} | {row['ms']:.3f} | {row['kernels']:.0f} |")
     print("host time:", ", ".join(f"{name} {ms:.2f} ms" for name, ms in s["host_ms"].items()))
     print("largest idle gaps:", ", ".join(f"{g['ms']:.2f} ms ({g['after']} → {g['before']})"
                                           for g in s["largest_gaps"][:3]))
 
 
-def record(run, reps: int, out_dir: str, name: str) -> dict:
+def record(run, reps: int, out_dir: str, name: str, hlo_text: str | None = None, root: str = "UNet") -> dict:
     """Calls ``run(n)`` (n repetitions back to back, then wait for the device) for a warm-up and then
-    under the profiler with n = ``reps``; saves and summarises the trace. Waiting only at the end keeps
-    the host's dispatch of the next repetition overlapped with the device's work, as in training, so
-    the idle gaps in the trace are those of a real run."""
+    under the profiler with n = ``reps``; saves and summarises the trace (and ``hlo_text``, the optimised
+    HLO of what ``run`` calls, for the summary by layer). Waiting only at the end keeps the host's dispatch
+    of the next repetition overlapped with the device's work, as in training, so the idle gaps in the
+    trace are those of a real run."""
+    if hlo_text is not None:
+        with gzip.open(os.path.join(out_dir, f"{name}.hlo.txt.gz"), "wt") as f:
+            f.write(hlo_text)
     run(2)
     log_dir = tempfile.mkdtemp(prefix=f"jdiff-profile-{name}-")
     jax.profiler.start_trace(log_dir, create_perfetto_trace=True)
@@ -135,7 +191,7 @@ def record(run, reps: int, out_dir: str, name: str) -> dict:
     path = os.path.join(out_dir, f"{name}.trace.json.gz")
     shutil.copy(found[0], path)
     with gzip.open(path) as f:
-        summary = summarize(json.load(f), reps)
+        summary = summarize(json.load(f), reps, hlo_text=hlo_text, root=root)
     with open(os.path.join(out_dir, f"{name}.summary.json"), "w") as f:
         json.dump(dict(environment=benchmark.environment(), **summary), f, indent=1)
     print_summary(name, summary)
@@ -147,6 +203,9 @@ def main() -> None:
     parser.add_argument("--out", help="folder for traces and summaries")
     parser.add_argument("--summarize", help="summarise this trace (.json or .json.gz) instead of recording")
     parser.add_argument("--reps", type=int, default=1, help="repetitions in the trace given to --summarize")
+    parser.add_argument("--hlo", help="with --summarize: the optimised HLO (.txt or .txt.gz) of the traced "
+                                      "module, for the time by layer")
+    parser.add_argument("--root", default="UNet", help="the model's top module in the HLO's op_name paths")
     parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                          "cifar10_baseline.py"))
     parser.add_argument("--variant", default="bf16-auto", help="as benchmark.py's --variants, one of them")
@@ -158,9 +217,15 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.summarize:
-        opener = gzip.open if args.summarize.endswith(".gz") else open
-        with opener(args.summarize) as f:
-            print_summary(args.summarize, summarize(json.load(f), args.reps))
+        def read(path, mode):
+            return (gzip.open if path.endswith(".gz") else open)(path, mode)
+        hlo_text = None
+        if args.hlo:
+            with read(args.hlo, "rt") as f:
+                hlo_text = f.read()
+        with read(args.summarize, "rb") as f:
+            summary = summarize(json.load(f), args.reps, hlo_text=hlo_text, root=args.root)
+        print_summary(args.summarize, summary)
         return
     if not args.out:
         parser.error("--out is required when recording")
@@ -170,8 +235,6 @@ def main() -> None:
         config = benchmark.load_config(args.config)
         options = benchmark.apply_variant(config, args.variant)
         compiled, state, batch, _, _ = benchmark.compile_train_step(config, args.train_batch, **options)
-        with gzip.open(os.path.join(args.out, "train.hlo.txt.gz"), "wt") as f:
-            f.write(compiled.as_text())
         box = [state]
 
         def train_steps(n):
@@ -179,7 +242,7 @@ def main() -> None:
                 box[0], metrics = compiled(box[0], batch)
             jax.block_until_ready(metrics)
 
-        record(train_steps, args.steps, args.out, "train")
+        record(train_steps, args.steps, args.out, "train", compiled.as_text(), args.root)
     if "sample" in what:
         config = benchmark.load_config(args.config)
         benchmark.apply_variant(config, args.variant)
@@ -189,7 +252,8 @@ def main() -> None:
                 images = generate_fn(params, indices, None)
             jax.block_until_ready(images)
 
-        record(sample_runs, 1, args.out, "sample")
+        hlo_text = generate_fn.lower(params, indices, None).compile().as_text()
+        record(sample_runs, 1, args.out, "sample", hlo_text, args.root)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
                      mesh: jax.sharding.Mesh) -> Any:
     """A jitted ``fn(params, indices, labels, eps_scaling=None) -> images in [-1, 1]`` that samples the
     images with the given global indices, the batch sharded over the mesh. ``eps_scaling`` (default: the
-    config's) is an argument of the compiled function, so trying other λ does not recompile."""
+    config's) is an argument of the compiled function, so trying other λ does not recompile.
+    ``fn.lower(...)`` (same arguments) lowers it without running, as ``jax.jit``'s ``lower``: for its HLO,
+    cost analysis or memory use."""
     schedule, options = sampler_settings(config)
     default_eps_scaling = eps_scaling_from_config(config.sampling)
     shape_tail = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -106,6 +108,11 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
         eps_scaling.check(num_steps)  # inside the jit λ is traced and cannot be checked
         return jitted(params, indices, labels, eps_scaling)
 
+    def lower(params, indices, labels, eps_scaling=None) -> jax.stages.Lowered:
+        eps_scaling = default_eps_scaling if eps_scaling is None else eps_scaling
+        return jitted.lower(params, indices, labels, eps_scaling)
+
+    generate_fn.lower = lower
     return generate_fn
 
 

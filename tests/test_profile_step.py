@@ -50,6 +50,62 @@ def test_summary_of_a_known_trace():
                                                                      pytest.approx(0.4))
 
 
+G = "jit(generate)/while/body/eval_jaxpr/UNet/input_blocks_5_1"  # op_name paths as jax writes them
+T = "jit(train_step)/transpose(jvp(UNet))/input_blocks_1_0"
+HLO = f"""
+HloModule jit_generate
+%fused_add.8 (p0: bf16[4], p1: bf16[4]) -> bf16[4] {{
+  ROOT %add.1 = bf16[4]{{0}} add(%p0, %p1), metadata={{op_name="{G}/add"}}
+}}
+ENTRY %main {{
+  %loop_add_fusion.8 = bf16[4]{{0}} fusion(%a, %b), kind=kLoop, metadata={{op_name="{G}/add" x="y"}}
+  %custom-call.3 = (bf16[4]{{0}}) custom-call(%a), metadata={{op_name="{G}/qkv/blc,chd->blhd/dot_general"}}
+  %cudnn-conv.1 = (bf16[4]{{0}}) custom-call(%a), metadata={{op_name="{T}/in_layers_2/conv_general_dilated"}}
+  %select.2 = f32[4]{{0}} select(%p, %a, %b), metadata={{op_name="jit(generate)/while/jit(_where)/select_n"}}
+  ROOT %copy.1 = f32[4]{{0}} copy(%select.2)
+}}
+"""
+
+
+def test_op_names_and_layers():
+    names = profile_step.op_names(HLO)
+    assert names["loop_add_fusion.8"] == G + "/add"
+    assert names["add.1"] == G + "/add"  # the ROOT of a computation
+    assert "copy.1" not in names  # no metadata
+    layer = profile_step.layer_of
+    assert layer(names["loop_add_fusion.8"]) == "input_blocks_5_1"  # the primitive is not a level
+    assert layer(names["custom-call.3"]) == "input_blocks_5_1/qkv"  # two levels, the einsum scope cut
+    assert layer(names["cudnn-conv.1"]) == "backward: input_blocks_1_0/in_layers_2"
+    assert layer("jit(train_step)/jvp(UNet)/out_2/dot_general") == "out_2"
+    assert layer("jit(generate)/UNet/concatenate") == "UNet"  # at the root's top level
+    assert layer(names["select.2"]) == profile_step.OUTSIDE
+    assert layer("jit(f)/UNetX/conv/add") == profile_step.OUTSIDE  # whole module names only
+    assert layer("jit(f)/Classifier/head/dot_general", root="Classifier") == "head"
+
+
+def test_summary_by_layer():
+    events = [
+        dict(ph="M", pid=1, name="process_name", args={"name": "/device:GPU:0"}),
+        *[e for r in range(2) for e in (
+            kernel("loop_add_fusion", 1000 * r, 40, "loop_add_fusion.8"),
+            kernel("nvjet_sm90_tst", 1000 * r + 40, 30, "custom-call.3"),
+            kernel("nvjet_sm90_tst", 1000 * r + 70, 10, "custom-call.3"),
+            kernel("cudnn_sdpa", 1000 * r + 80, 20, "command_buffer_7"),
+            kernel("loop_select_fusion", 1000 * r + 100, 5, "select.2"),
+            kernel("copy_1", 1000 * r + 105, 2, "copy.1"),
+        )],
+    ]
+    s = profile_step.summarize({"traceEvents": events}, reps=2, hlo_text=HLO)
+    got = {row["layer"]: (row["ms"], row["kernels"]) for row in s["by_layer"]}
+    assert got == {"input_blocks_5_1/qkv": (pytest.approx(0.040), 2),
+                   "input_blocks_5_1": (pytest.approx(0.040), 1),
+                   profile_step.IN_COMMAND_BUFFER: (pytest.approx(0.020), 1),
+                   profile_step.OUTSIDE: (pytest.approx(0.005), 1),
+                   profile_step.NO_METADATA: (pytest.approx(0.002), 1)}
+    assert sum(row["ms"] for row in s["by_layer"]) == pytest.approx(s["busy_ms"])
+    assert "by_layer" not in profile_step.summarize({"traceEvents": events}, reps=2)
+
+
 def test_categories():
     assert profile_step.category("sm90_xmma_dgrad_implicit_gemm") == "conv input gradient"
     assert profile_step.category("sm90_xmma_wgrad_indexed_implicit_gemm") == "conv weight gradient"

@@ -45,7 +45,8 @@ def test_resume_and_batch_size_independence(tmp_path):
 def test_generate_fn_hoists_the_weight_computation_and_samples_the_same_bits(tmp_path):
     """With a bfloat16 compute dtype, make_generate_fn computes the network's weight-only part once
     (samplers.split_weight_computation: the conversions, the q|k|v slices and the shifted biases leave the
-    scan's body) and draws exactly the images of the sampler that calls the whole network at every step."""
+    scan's body) and draws exactly the images of the sampler that calls the whole network at every step;
+    what its ``lower`` compiles draws them too."""
     import jax
     import jax.numpy as jnp
 
@@ -58,7 +59,13 @@ def test_generate_fn_hoists_the_weight_computation_and_samples_the_same_bits(tmp
     params = jax.tree.map(jnp.asarray, converted_tiny_unet(str(tmp_path), config))
     model = train.build_model(config)
     indices = jnp.arange(4, dtype=jnp.int32)
-    images = sampling.make_generate_fn(config, model, sharding.make_mesh())(params, indices, None)
+    generate_fn = sampling.make_generate_fn(config, model, sharding.make_mesh())
+    images = generate_fn(params, indices, None)
+    # its lower(): the same computation, compiled without running (profile_step reads the HLO of it)
+    compiled = generate_fn.lower(params, indices, None).compile()
+    eps_scaling = sampling.eps_scaling_from_config(config.sampling)
+    np.testing.assert_array_equal(np.asarray(compiled(params, indices, None, eps_scaling)),
+                                  np.asarray(images))
 
     def apply(p, x, t):
         return model.apply({"params": p}, x, t, None, train=False)
