@@ -99,6 +99,7 @@ def layer_of(op_name: str, root: str = "UNet") -> str:
 
 
 def kernel_layer(hlo_op: str, names: dict[str, str], root: str) -> str:
+    """The layer of a kernel from its ``hlo_op`` and the module's :func:`op_names`, or why it has none."""
     if hlo_op.startswith("command_buffer"):
         return IN_COMMAND_BUFFER
     return layer_of(names[hlo_op], root) if hlo_op in names else NO_METADATA
@@ -149,7 +150,7 @@ def summarize(trace: dict, reps: int, top: int = 25, hlo_text: str | None = None
         idle_ms=idle / per,
         categories=[dict(category=c, ms=t / per, kernels=count[c] / reps) for c, t in busy.most_common(top)],
         largest_gaps=[dict(after=a, before=b, ms=t / per) for (a, b), t in gaps.most_common(8)],
-        # the costliest operations by name, to look up in the optimised HLO (train.hlo.txt.gz)
+        # the costliest operations by name, to look up in the optimised HLO (<what>.hlo.txt.gz)
         top_operations=[dict(hlo_op=op, kernel=k, ms=t / per) for (op, k), t in by_op.most_common(4 * top)],
         host_ms={name: host[name] / per for name in HOST_EVENTS},
         **by_layer,
