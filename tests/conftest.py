@@ -16,12 +16,24 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 
+# XLA's CPU devices of one process meet at every collective, and XLA aborts the process when one of them
+# waits there a minute (by default 20 s until its warning, then 40 s). On the 2-core CI machine, where
+# several multi-device subprocesses run at once, a device thread can be kept from its work that long:
+# test_sharded's 4-device run was aborted so once ("Termination timeout for `all gather RendezvousKey ...`
+# of 40 seconds"). With these flags a device held back 75 s (a callback sleeping on one of 4 devices before
+# a psum) is waited for, where the defaults abort; the limit stays below the tests' own 600 s per
+# subprocess, so a real hang still ends with XLA's message.
+COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=60",
+                       "--xla_cpu_collective_call_terminate_timeout_seconds=300")
+
+
 def xla_flags_with_devices(count: int) -> str:
-    """The suite's XLA_FLAGS (the optimisation level above included) with ``count`` forced CPU devices, for a
-    subprocess that needs several devices: its programs then compile as fast as the in-process ones."""
+    """The suite's XLA_FLAGS (the optimisation level above included) with ``count`` forced CPU devices and
+    the longer COLLECTIVE_TIMEOUTS, for a subprocess that needs several devices: its programs then compile
+    as fast as the in-process ones."""
     flags = [f for f in os.environ["XLA_FLAGS"].split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    return " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
+             if not f.startswith(("--xla_force_host_platform_device_count", "--xla_cpu_collective_call_"))]
+    return " ".join(flags + [f"--xla_force_host_platform_device_count={count}", *COLLECTIVE_TIMEOUTS])
 
 
 def run_helper_on_devices(name: str, count: int) -> dict:
