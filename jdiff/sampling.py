@@ -103,14 +103,16 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
 
     num_steps = options.get("num_steps", schedule.num_steps)
 
-    def generate_fn(params, indices, labels, eps_scaling=None):
+    def checked(eps_scaling):
         eps_scaling = default_eps_scaling if eps_scaling is None else eps_scaling
         eps_scaling.check(num_steps)  # inside the jit λ is traced and cannot be checked
-        return jitted(params, indices, labels, eps_scaling)
+        return eps_scaling
+
+    def generate_fn(params, indices, labels, eps_scaling=None):
+        return jitted(params, indices, labels, checked(eps_scaling))
 
     def lower(params, indices, labels, eps_scaling=None) -> jax.stages.Lowered:
-        eps_scaling = default_eps_scaling if eps_scaling is None else eps_scaling
-        return jitted.lower(params, indices, labels, eps_scaling)
+        return jitted.lower(params, indices, labels, checked(eps_scaling))
 
     generate_fn.lower = lower
     return generate_fn
