@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jdiff import samplers, sharding
+from jdiff import compilation, samplers, sharding
 from jdiff.images import make_grid, save_png, to_uint8
 
 SHARD_PATTERN = re.compile(r"samples_(\d+)_(\d+)\.npz$")
@@ -81,7 +81,8 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
     images with the given global indices, the batch sharded over the mesh. ``eps_scaling`` (default: the
     config's) is an argument of the compiled function, so trying other λ does not recompile.
     ``fn.lower(...)`` (same arguments) lowers it without running, as ``jax.jit``'s ``lower``: for its HLO,
-    cost analysis or memory use."""
+    cost analysis or memory use. Compiled with :func:`jdiff.compilation.compiler_options` (on GPUs: the
+    whole sampling loop as CUDA graphs), so it is called at the top level, not inside another jit."""
     schedule, options = sampler_settings(config)
     default_eps_scaling = eps_scaling_from_config(config.sampling)
     shape_tail = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -99,7 +100,8 @@ def make_generate_fn(config: ml_collections.ConfigDict, model: Any,
                                eps_scaling=eps_scaling, **options)
 
     batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    jitted = jax.jit(generate, in_shardings=(replicated, batch, batch, replicated), out_shardings=batch)
+    jitted = jax.jit(generate, in_shardings=(replicated, batch, batch, replicated), out_shardings=batch,
+                     compiler_options=compilation.compiler_options())
 
     num_steps = options.get("num_steps", schedule.num_steps)
 

@@ -23,7 +23,7 @@ import optax
 from jdiff import checkpoint as ckpt_lib
 from jdiff import config as config_lib
 from jdiff import data as data_lib
-from jdiff import losses, models, schedules, sharding, timestep_sampling
+from jdiff import compilation, losses, models, schedules, sharding, timestep_sampling
 from jdiff.metrics import MetricsWriter, ProgressReporter
 from jdiff.flat_params import FlatLayout, preferred_conv_order
 from jdiff.train_state import TrainState
@@ -197,7 +197,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: models.UNet, tx: o
                     schedule: schedules.Schedule, mesh: jax.sharding.Mesh,
                     state_shardings: Any) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted step over the mesh. With ``training.steps_per_call = K`` > 1 it scans K optimiser
-    steps over a stack of K batches in one call (fewer dispatches; metrics of the last step)."""
+    steps over a stack of K batches in one call (fewer dispatches; metrics of the last step). Compiled with
+    :func:`jdiff.compilation.compiler_options` (on GPUs: convolutions in CUDA graphs), so it is called at
+    the top level, not inside another jit."""
     step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                              base_key=run_keys(config.seed)[1], ema_rate=config.training.ema_rate,
                              ema_warmup=config.training.ema_warmup,
@@ -209,7 +211,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: models.UNet, tx: o
         fn = multi_step
     else:
         fn = step
-    return jax.jit(fn, donate_argnums=0, out_shardings=(state_shardings, sharding.replicated(mesh)))
+    return jax.jit(fn, donate_argnums=0, out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   compiler_options=compilation.compiler_options())
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, model: models.UNet,
