@@ -1,12 +1,12 @@
 """The XLA options that jdiff's train step and sampler are compiled with.
 
 XLA's GPU runtime launches a program's kernels either one by one from the host or, for runs of operations
-it can capture, as CUDA graphs ("command buffers"). By default it captures fusions, cuBLAS and cuDNN
-calls and custom calls (the Pallas kernels), but not cuDNN convolutions or loops, so a UNet step is cut
-into many short graphs between host-launched convolutions, each launch leaving the GPU a few
-microseconds idle. Capturing convolutions too, and the sampler's loop as a whole (``WHILE``,
-``CONDITIONAL``), made a bf16 train step 4.0% and 100-step sampling 0.8% faster on an H200
-(docs/benchmarks.md, "Convolutions and loops in CUDA graphs").
+it can capture, as CUDA graphs ("command buffers", the option ``xla_gpu_enable_command_buffer``). Its
+default set of capturable operations has no cuDNN convolutions, so a UNet step is cut into many short
+graphs between host-launched convolutions, and each launch leaves the GPU a few microseconds idle. With
+convolutions captured as well, a bf16 train step ran 1.9–4.0% faster (two H200 machines) and 100-step sampling
+0.4% faster; capturing the sampler's loop as a whole too (``WHILE``, ``CONDITIONAL``) made sampling 0.8%
+faster (docs/benchmarks.md, "Convolutions and loops in CUDA graphs").
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ def test_on_nvidia_gpus_command_buffers_of_convolutions_and_loops_that_xla_parse
 
 def test_the_users_xla_flag_wins(monkeypatch):
     monkeypatch.setattr(compilation, "nvidia_sm80_or_newer", lambda: True)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer= --xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("XLA_FLAGS",
+                       "--xla_gpu_enable_command_buffer= --xla_force_host_platform_device_count=1")
     assert compilation.compiler_options() is None
 
 
