@@ -44,7 +44,8 @@ from jdiff.models.unet import param_shapes  # noqa: E402
 
 
 def patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-                      padding: Sequence[tuple[int, int]], dimension_numbers=None, precision=None) -> jax.Array:
+                      padding: Sequence[tuple[int, int]], dimension_numbers=None,
+                      precision=None) -> jax.Array:
     """y[b, i, j, f] = Σ_{u, v, c} x_pad[b, s·i + u, s·j + v, c] · w[u, v, c, f] for NHWC x and an HWIO
     kernel w: ``lax.conv_general_dilated``'s result as one matrix product of the (B·H'·W', kh·kw·C) patches
     with w reshaped to (kh·kw·C, F)."""
@@ -102,7 +103,8 @@ def model_convs(config, batch: int) -> collections.Counter:
 def conv_fn(implementation: str, shape: ConvShape, precision=None):
     conv = IMPLEMENTATIONS[implementation]
     numbers = ("NHWC", "HWIO", "NHWC")
-    return lambda x, w: conv(x, w, shape.strides, shape.padding, dimension_numbers=numbers, precision=precision)
+    return lambda x, w: conv(x, w, shape.strides, shape.padding, dimension_numbers=numbers,
+                             precision=precision)
 
 
 def training_fn(forward):
@@ -125,8 +127,8 @@ def bench_conv(shape: ConvShape, count: int, args) -> dict:
     probe = jax.eval_shape(conv_fn("xla", shape), jax.ShapeDtypeStruct(shape.input, dtype),
                            jax.ShapeDtypeStruct(shape.kernel, dtype))
     flops = 2 * np.prod(probe.shape) * kh * kw * channels * (3 if training else 1)
-    calls = 1 if args.smoke else int(np.clip(INPUT_BYTES_PER_TIMING // (np.prod(shape.input) * dtype.itemsize),
-                                             2, 64))
+    calls = 1 if args.smoke else int(np.clip(INPUT_BYTES_PER_TIMING
+                                             // (np.prod(shape.input) * dtype.itemsize), 2, 64))
     keys = jax.random.split(jax.random.key(0), calls + 2)
     xs = [jax.random.normal(k, shape.input, dtype) for k in keys[2:]]
     w = (jax.random.normal(keys[0], shape.kernel) / np.sqrt(kh * kw * channels)).astype(dtype)
@@ -153,32 +155,36 @@ def bench_conv(shape: ConvShape, count: int, args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| input (B, H, W, C) | kernel | stride | count | XLA ms (TFLOP/s) | matmul ms (TFLOP/s) | speed-up "
-             "| step total XLA / matmul / best ms |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| input (B, H, W, C) | kernel | stride | count | XLA ms (TFLOP/s) | matmul ms (TFLOP/s) "
+             "| speed-up | step total XLA / matmul / best ms |", "|---|---|---|---|---|---|---|---|"]
     totals = collections.Counter()
     for r in rows:
         xla, matmul = r["xla"]["ms"], r["matmul"]["ms"]
         step = {"xla": r["count"] * xla, "matmul": r["count"] * matmul, "best": r["count"] * min(xla, matmul)}
         totals.update(step)
-        lines.append(f"| {', '.join(map(str, r['input']))} | {r['kernel'][0]}×{r['kernel'][1]}, {r['kernel'][3]} "
+        lines.append(f"| {', '.join(map(str, r['input']))} | "
+                     f"{r['kernel'][0]}×{r['kernel'][1]}, {r['kernel'][3]} "
                      f"| {r['strides'][0]} | {r['count']} | {xla:.3f} ({r['xla']['tflops']:.0f}) "
                      f"| {matmul:.3f} ({r['matmul']['tflops']:.0f}) | {xla / matmul:.2f}× "
                      f"| {step['xla']:.2f} / {step['matmul']:.2f} / {step['best']:.2f} |")
-    lines.append(f"| all | | | {sum(r['count'] for r in rows)} | | | | {totals['xla']:.2f} / {totals['matmul']:.2f}"
+    lines.append(f"| all | | | {sum(r['count'] for r in rows)} | | | | "
+                 f"{totals['xla']:.2f} / {totals['matmul']:.2f}"
                  f" / {totals['best']:.2f} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON results file")
     parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                          "cifar10_baseline.py"))
     parser.add_argument("--batch", type=int, default=512, help="images (512 as the sampler, 128 as training)")
     parser.add_argument("--direction", choices=("forward", "training"), default="forward")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--smoke", action="store_true", help="a tiny UNet at 2 images, its first two convolutions, "
-                                                             "one repeat: proves the script runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny UNet at 2 images, its first two convolutions, "
+                             "one repeat: proves the script runs")
     args = parser.parse_args(argv)
     config = benchmark.load_config(args.config)
     config.model.compute_dtype = "bfloat16"

@@ -162,8 +162,8 @@ def kernel_gradients(setting: dict, out_dtype, interpret: bool, drop: dict):
     backward kernel's settings can be swept: the forward kernel at its defaults, then the backward with
     ``setting`` and dy = y (½Σy²'s cotangent)."""
     def run(x, a, b):
-        y, mean, rstd = pallas_group_norm.forward(x, a, b, silu=True, out_dtype=out_dtype, interpret=interpret,
-                                                  **drop)
+        y, mean, rstd = pallas_group_norm.forward(x, a, b, silu=True, out_dtype=out_dtype,
+                                                  interpret=interpret, **drop)
         return pallas_group_norm.backward(x, y, a, b, mean, rstd, silu=True, interpret=interpret, **drop,
                                           **setting)
     return run
@@ -199,8 +199,8 @@ def bench_shape(shape, args) -> dict:
                       xla_one_pass=timed("XLA one-pass", gradients("xla", True, DTYPE, drop), max_diff_f32=(
                           max_relative_diff(gradients("xla", True, jnp.float32, drop), reference, x, a, b))))
         result["pallas"].append(timed("Pallas defaults", gradients(kernel, False, DTYPE, drop), ok=True,
-                                      max_diff_f32=max_relative_diff(gradients(kernel, False, jnp.float32, drop),
-                                                                     reference, x, a, b)))
+                                      max_diff_f32=max_relative_diff(
+                                          gradients(kernel, False, jnp.float32, drop), reference, x, a, b)))
         candidate, difference = kernel_gradients, max_relative_diff
     else:
         x = xs[0]
@@ -216,7 +216,8 @@ def bench_shape(shape, args) -> dict:
             row = dict(setting, max_diff_f32=diff, ok=False)
             print(f"  Pallas {json.dumps(row)}: WRONG, not timed", flush=True)
         else:
-            row = timed("Pallas", candidate(setting, DTYPE, args.smoke, drop), **setting, max_diff_f32=diff, ok=True)
+            row = timed("Pallas", candidate(setting, DTYPE, args.smoke, drop), **setting, max_diff_f32=diff,
+                        ok=True)
         result["pallas"].append(row)
     return result
 
@@ -236,8 +237,8 @@ def table(results: list[dict]) -> str:
             setting = (f"{best['block_n']}, {best['channels_per_program']}, {best['num_warps']}"
                        if "block_n" in best else "defaults")
             diff = best["max_diff_f32"]
-            pallas_cells = (f"{best['ms']:.3f} ({best['gbps']:.0f})", setting, f"{two['ms'] / best['ms']:.2f}×",
-                            f"{diff:.1e}", wrong)
+            pallas_cells = (f"{best['ms']:.3f} ({best['gbps']:.0f})", setting,
+                            f"{two['ms'] / best['ms']:.2f}×", f"{diff:.1e}", wrong)
         else:
             pallas_cells = ("-", "-", "-", "-", wrong)
         lines.append(f"| {', '.join(map(str, r['shape']))} | {two['ms']:.3f} ({two['gbps']:.0f}) | "
@@ -261,15 +262,18 @@ def main(argv=None):
                         help="fewest elements (block_n × width) per tile")
     parser.add_argument("--max-tile", type=int, default=4096, help="most elements (block_n × width) per tile")
     parser.add_argument("--direction", choices=("forward", "training"), default="forward",
-                        help="the forward alone (with the kernel's sweep), or forward and backward as in training")
+                        help="the forward alone (with the kernel's sweep), or forward and backward as in "
+                             "training")
     parser.add_argument("--batch", type=int, default=512, help="images per call (B)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dropout", type=float, default=0.0,
-                        help="dropout rate of the norm's output, as in the ResBlocks in training (same seeds for "
-                             "XLA and the kernels, so their outputs and gradients are compared as without)")
+                        help="dropout rate of the norm's output, as in the ResBlocks in training (same seeds "
+                             "for XLA and the kernels, so their outputs and gradients are compared "
+                             "as without)")
     parser.add_argument("--shapes", type=int, default=0, help="time only the first this many shapes (0: all)")
     parser.add_argument("--tolerance", type=float, default=1e-3,
-                        help="largest max difference of a correct setting's float32 output (training: relative)")
+                        help="largest max difference of a correct setting's float32 output "
+                             "(training: relative)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats, args.min_tile = 1, 1

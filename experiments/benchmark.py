@@ -15,7 +15,7 @@ one full ``--sample-steps``-step run with Epsilon Scaling of each of ``--sampler
 32×32 uint8 images (random weights: speed does not depend on them). ``maxbatch`` finds the largest
 training batch that fits in device memory (:func:`largest_train_batch`). Results go to ``--out`` as JSON with
 the device and the versions, and a markdown table is printed.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def apply_variant(config, variant: str) -> dict:
     config.model.attention_implementation = attention
     unknown = set(options) - set(VARIANT_OPTIONS)
     if unknown:
-        raise ValueError(f"variant {variant!r}: unknown options {sorted(unknown)} (known: {sorted(VARIANT_OPTIONS)})")
+        raise ValueError(f"variant {variant!r}: unknown options {sorted(unknown)} "
+                         f"(known: {sorted(VARIANT_OPTIONS)})")
     config.model.norm_variance = "one_pass" if "onepass" in options else "two_pass"
     for option, implementation in (("pallasnorm", "pallas"), ("xlanorm", "xla")):
         if option in options:
@@ -115,7 +116,8 @@ def initial_state_key(kind: str, abstract) -> tuple[str, str, str]:
     return kind, str(jax.tree.structure(abstract)), str(jax.tree.leaves(abstract))
 
 
-def compile_train_step(config, batch: int, *, compiler_options: dict | None = None, conv_order: str | None = None):
+def compile_train_step(config, batch: int, *, compiler_options: dict | None = None,
+                       conv_order: str | None = None):
     """The config's jitted train step compiled for ``batch`` images (synthetic, already on the devices):
     (compiled step, fresh train state, batch, seconds to initialise, seconds to compile).
 
@@ -175,7 +177,8 @@ class TrainRun:
         result = dict(batch=self.batch, steps_per_call=self.k, step_ms=step_seconds * 1e3,
                       images_per_sec=self.batch / step_seconds, compile_seconds=self.compile_seconds,
                       init_seconds=self.init_seconds, peak_memory_gib=peak_memory_gib(),
-                      loss=float(self.metrics["loss"]), spread=(max(self.times) - min(self.times)) / step_seconds,
+                      loss=float(self.metrics["loss"]),
+                      spread=(max(self.times) - min(self.times)) / step_seconds,
                       windows_ms=[t * 1e3 for t in self.times])
         # layout changes XLA makes between the state and the kernels (e.g. conv kernels for cuDNN)
         result["hlo_transposes"] = self.compiled.as_text().count(" transpose(")
@@ -187,7 +190,8 @@ class TrainRun:
         return result
 
 
-def bench_train(config, batch: int, steps: int, repeats: int, lock_path: str | None = None, **options) -> dict:
+def bench_train(config, batch: int, steps: int, repeats: int, lock_path: str | None = None,
+                **options) -> dict:
     run = TrainRun(config, batch, steps, **options)
     with timing_lock(lock_path):
         run.warm_up()
@@ -205,7 +209,8 @@ def bench_train_interleaved(runs: dict[str, TrainRun], repeats: int) -> dict[str
     for round_ in range(repeats):
         times = {name: run.window() * 1e3 for name, run in runs.items()}
         # printed as it goes, so that a run cut short by a time limit still leaves its numbers
-        print(f"round {round_}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in times.items()), flush=True)
+        print(f"round {round_}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in times.items()),
+              flush=True)
     results = {name: run.result() for name, run in runs.items()}
     first = next(iter(runs.values()))
     for name, run in runs.items():
@@ -353,7 +358,8 @@ def bench_fid(batch: int, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     rate = len(images) / seconds
-    return dict(batch=batch, images_per_sec=rate, seconds_per_50k=50_000 / rate, compile_seconds=compile_seconds)
+    return dict(batch=batch, images_per_sec=rate, seconds_per_50k=50_000 / rate,
+                compile_seconds=compile_seconds)
 
 
 def environment() -> dict:
@@ -362,12 +368,14 @@ def environment() -> dict:
 
     device = jax.devices()[0]
     return dict(device=getattr(device, "device_kind", str(device)), device_count=jax.device_count(),
-                backend=jax.default_backend(), jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
-                python=platform.python_version(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                backend=jax.default_backend(), jax=jax.__version__, flax=flax.__version__,
+                optax=optax.__version__, python=platform.python_version(),
+                time=time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
                                                          "cifar10_baseline.py"))
@@ -379,7 +387,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sample-batch", type=int, default=512)
     parser.add_argument("--sample-steps", type=int, default=100)
-    parser.add_argument("--samplers", default="ddpm", help="sampling.sampler values to time, e.g. ddpm,ddim,heun")
+    parser.add_argument("--samplers", default="ddpm",
+                        help="sampling.sampler values to time, e.g. ddpm,ddim,heun")
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit-gib", type=float, default=None,
@@ -427,7 +436,7 @@ def main() -> None:
         if "train" in what and not args.interleave:
             config, options, key = train_config(variant)
             results["train"][key] = bench_train(config, args.train_batch, args.steps, args.repeats,
-                                                  args.timing_lock, **options)
+                                                args.timing_lock, **options)
             print("train", key, results["train"][key], flush=True)
             save()
         for sampler in (args.samplers.split(",") if "sample" in what else []):
@@ -468,8 +477,10 @@ def main() -> None:
     print("| what | variant | img/s | ms/step or s/batch | TFLOP/s | compile s | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for key, r in results["train"].items():
-        ratio = f" (×{1 / r['step_time_ratio_to_first']:.3f} speed)" if "step_time_ratio_to_first" in r else ""
-        print(f"| train | {key}{ratio} | {r['images_per_sec']:.0f} | {r['step_ms']:.1f} | {r.get('tflops_per_sec', 0):.0f} "
+        ratio = (f" (×{1 / r['step_time_ratio_to_first']:.3f} speed)" if "step_time_ratio_to_first" in r
+                 else "")
+        print(f"| train | {key}{ratio} | {r['images_per_sec']:.0f} | {r['step_ms']:.1f} "
+              f"| {r.get('tflops_per_sec', 0):.0f} "
               f"| {r['compile_seconds']:.0f} | {r['peak_memory_gib'] or 0:.1f} |")
     for key, r in results["sample"].items():
         print(f"| sample | {key} | {r['images_per_sec']:.0f} | {r['seconds_per_batch']:.2f} | | "

@@ -133,8 +133,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, only_keys: Sequence[st
     parser.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
                         help="cache of the classifier-FID network (trained there if missing)")
     parser.add_argument("--inception-weights", default=None, metavar="PATH",
-                        help="score with Inception FID instead, with pytorch-fid's weights at PATH (.pth or its "
-                             ".npz); its results need their own --results folder")
+                        help="score with Inception FID instead, with pytorch-fid's weights at PATH "
+                             "(.pth or its .npz); its results need their own --results folder")
     parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
                         help=f"run only these units; keys: {', '.join(only_keys)} (repeatable)")
     parser.add_argument("--seeds", type=_ints, default=None, help="override the budget's seeds, e.g. 0,1,2")
@@ -239,15 +239,16 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def digits_config(weighting: str, seed: int, budget: Budget,
                   overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
-    """configs/digits.py with ``weighting``, ``seed``, the budget's steps, steps per call and checkpoints (all kept), no
-    sample grids, then ``overrides`` ({"section.key": value})."""
+    """configs/digits.py with ``weighting``, ``seed``, the budget's steps, steps per call and checkpoints
+    (all kept), no sample grids, then ``overrides`` ({"section.key": value})."""
     config = load_config_file(DIGITS_CONFIG)
     config.seed = seed
     config.diffusion.weighting = weighting
     config.training.num_steps = budget.train_steps
     config.training.checkpoint_every = budget.checkpoint_every
     config.training.steps_per_call = budget.steps_per_call
-    config.training.keep_every = budget.checkpoint_every     # every point of the curve, whatever else is saved
+    # every point of the curve, whatever else is saved
+    config.training.keep_every = budget.checkpoint_every
     config.training.sample_every = 0
     for key, value in (overrides or {}).items():
         node = config
@@ -544,8 +545,8 @@ def header(title: str, records: Sequence[Mapping[str, Any]], report_command: str
               f"Yardstick: {scorer_info['real_heldout_images']} held-out real digits score "
               f"{scorer_info['real_heldout_score']:.3g}.",
               "- computed by: " + "; ".join(f"`{c}`" for c in commands),
-              f"- wall time of the units (training included): {sum(seconds):.0f} s in all, {max(seconds):.0f} s "
-              "the longest",
+              f"- wall time of the units (training included): {sum(seconds):.0f} s in all, "
+              f"{max(seconds):.0f} s the longest",
               f"- report built by: `{report_command}`", ""]
     return lines
 

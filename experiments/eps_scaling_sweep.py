@@ -163,8 +163,8 @@ def report(directory: str, command: str) -> None:
                           command)
     lines += [f"Model: the {first['weighting']} run, seed {first['seed']}, checkpoint "
               f"{first['checkpoint_step']}. "
-              "Constant λ (ε̂/λ at every step). Steps are network evaluations: Heun-s runs on (s + 1) // 2 EDM "
-              "noise levels. Every λ of a setting is scored on the same noise.", "",
+              "Constant λ (ε̂/λ at every step). Steps are network evaluations: Heun-s runs on "
+              "(s + 1) // 2 EDM noise levels. Every λ of a setting is scored on the same noise.", "",
               *([f"Unfinished units, left out: {', '.join(unfinished)}.", ""] if unfinished else []),
               f"## The λ found: grid against the search tool ({metric}; Σδ_t = jdiff's δ summed over "
               "the steps)",

@@ -16,7 +16,7 @@ classifier-FID (digits):
   same noise, for three sampling seeds; the paired difference against the spread over sampling seeds.
 
 Writes ``<results>/precision/precision.{md,json,png}`` and ``units/seed<seed>.json``.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def loss_curve(workdir: str, metrics_dir: str | None) -> dict[str, float] | None
     return {str(int(m["step"])): float(m["loss"]) for m in logged if "loss" in m}
 
 
-def evaluate_seed(seed: int, budget: common.Budget, scorer: common.Scorer, programs: Mapping[str, common.Programs],
+def evaluate_seed(seed: int, budget: common.Budget, scorer: common.Scorer,
+                  programs: Mapping[str, common.Programs],
                   units: common.Units, root: str, f32_root: str | None, overrides: Mapping[str, Any],
                   force: bool, metrics_dir: str | None = None) -> dict[str, Any]:
     """Scores of the Debias run of ``seed`` (bfloat16-trained on a GPU) sampled in each dtype, and the
@@ -99,7 +100,8 @@ def evaluate_seed(seed: int, budget: common.Budget, scorer: common.Scorer, progr
         setting = common.with_sampler(config, sampler, steps)
         setting.model.compute_dtype = dtype
         setting.seed = s
-        images = programs[dtype].images(setting, params, np.arange(budget.num_samples), None, budget.sample_batch)
+        images = programs[dtype].images(setting, params, np.arange(budget.num_samples), None,
+                                        budget.sample_batch)
         key = f"{common.setting_name(sampler, steps)}/{dtype}/{s}"
         scores[key] = scorer(images)
         logging.info("seed %d %s: %s %.4g", seed, key, scorer.name, scores[key])
@@ -145,9 +147,11 @@ def report(directory: str, command: str) -> None:
                       for key in [f"{r['train_steps']}/{setting}"] if key in r["scores"]]
             row.append(common.format_mean_std(values))
         rows.append(row)
-    final_loss = {dtype: [np.mean([v for k, v in r["loss"][dtype].items() if int(k) > r["checkpoint_step"] // 2])
+    final_loss = {dtype: [np.mean([v for k, v in r["loss"][dtype].items()
+                                   if int(k) > r["checkpoint_step"] // 2])
                           for r in records if dtype in r.get("loss", {})] for dtype in DTYPES}
-    rows.append(["training loss, mean over the second half"] + [common.format_mean_std(final_loss[d]) for d in DTYPES])
+    rows.append(["training loss, mean over the second half"]
+                + [common.format_mean_std(final_loss[d]) for d in DTYPES])
     lines += common.markdown_table(["last checkpoint", "bfloat16 training", "float32 training"], rows)
     lines += ["", f"Seeds: bfloat16 {[r['seed'] for r in training['bfloat16']]}, float32 "
               f"{[r['seed'] for r in training['float32']]}.", "",
@@ -158,7 +162,8 @@ def report(directory: str, command: str) -> None:
                                   for r in records for k in r["scores"]}):
         setting = common.setting_name(sampler, steps)
         for r in records:
-            per = {dtype: [r["scores"].get(f"{setting}/{dtype}/{s}") for s in SAMPLING_SEEDS] for dtype in DTYPES}
+            per = {dtype: [r["scores"].get(f"{setting}/{dtype}/{s}") for s in SAMPLING_SEEDS]
+                   for dtype in DTYPES}
             if any(v is None for values in per.values() for v in values):
                 continue
             diff = np.subtract(per["bfloat16"], per["float32"])
@@ -169,15 +174,16 @@ def report(directory: str, command: str) -> None:
                                     "float32 sampling", "paired difference bf16 − f32"], rows)
     lines += ["", f"![bfloat16 against float32]({EXPERIMENT}.png)"]
     results = dict(experiment=EXPERIMENT, metric=metric, command=command, sampling_differences=summary,
-                   training={d: [dict(seed=r["seed"], scores=r["scores"]) for r in training[d]] for d in DTYPES},
+                   training={d: [dict(seed=r["seed"], scores=r["scores"]) for r in training[d]]
+                             for d in DTYPES},
                    units={f"seed{r['seed']}": r for r in records})
     common.write_report(directory, EXPERIMENT, lines, results)
     plot(records, training, metric, os.path.join(directory, f"{EXPERIMENT}.png"),
          smoke=common.is_smoke_report(records))
 
 
-def plot(records: Sequence[Mapping[str, Any]], training: Mapping[str, Sequence[Mapping[str, Any]]], metric: str,
-         path: str, smoke: bool) -> None:
+def plot(records: Sequence[Mapping[str, Any]], training: Mapping[str, Sequence[Mapping[str, Any]]],
+         metric: str, path: str, smoke: bool) -> None:
     plt = common.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = {"bfloat16": "tab:blue", "float32": "tab:orange"}
@@ -195,9 +201,10 @@ def plot(records: Sequence[Mapping[str, Any]], training: Mapping[str, Sequence[M
     for dtype, units in training.items():
         for r in units:
             curve_name = common.setting_name(*common.parse_setting(r["curve_setting"]))
-            points = sorted((int(k.split("/")[0]), v) for k, v in r["scores"].items() if k.endswith("/" + curve_name))
-            right.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colors[dtype], alpha=0.8,
-                       label=f"{dtype} training" if r is units[0] else None)
+            points = sorted((int(k.split("/")[0]), v) for k, v in r["scores"].items()
+                            if k.endswith("/" + curve_name))
+            right.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colors[dtype],
+                       alpha=0.8, label=f"{dtype} training" if r is units[0] else None)
     right.set_xlabel("training step")
     right.set_ylabel(f"{metric} (lower is better)")
     right.set_yscale("log")
@@ -232,7 +239,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--f32-workdir-root", default=None,
                         help="the scratch folder of the float32 runs (for their loss curves)")
     parser.add_argument("--metrics-dir", default=None,
-                        help="copies <run folder name>.jsonl of runs' metrics.jsonl, for runs no longer on disk")
+                        help="copies <run folder name>.jsonl of runs' metrics.jsonl, "
+                             "for runs no longer on disk")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

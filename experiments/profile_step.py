@@ -70,7 +70,8 @@ def device_kernels(trace: dict) -> list[dict]:
     if not devices:
         raise ValueError("the trace holds no device timeline ('/device:…' process): was it recorded on an "
                          "accelerator, inside jax.profiler.start_trace/stop_trace?")
-    return sorted((e for e in events if e.get("pid") in devices and e.get("ph") == "X"), key=lambda e: e["ts"])
+    return sorted((e for e in events if e.get("pid") in devices and e.get("ph") == "X"),
+                  key=lambda e: e["ts"])
 
 
 IN_COMMAND_BUFFER = "(kernels inside CUDA-graph command buffers: not attributed)"
@@ -202,7 +203,8 @@ def record(run, reps: int, out_dir: str, name: str, hlo_text: str | None = None,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="folder for traces and summaries")
     parser.add_argument("--summarize", help="summarise this trace (.json or .json.gz) instead of recording")
     parser.add_argument("--reps", type=int, default=1, help="repetitions in the trace given to --summarize")

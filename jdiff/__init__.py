@@ -8,4 +8,6 @@ samplers, the model, training, checkpoints, data, evaluation) is imported where 
 from jdiff import schedules, targets
 from jdiff.schedules import Schedule, beta_schedule, make_schedule, space_timesteps
 
+__all__ = ["schedules", "targets", "Schedule", "beta_schedule", "make_schedule", "space_timesteps"]
+
 __version__ = "0.1.0"

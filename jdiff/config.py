@@ -59,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
         compute_dtype="auto",     # bfloat16 on GPU/TPU, float32 on the CPU
         # sm_80+ GPUs in bf16: jdiff's Pallas kernel (L <= 64, sampling), else cuDNN; else XLA
         attention_implementation="auto",
-        norm_variance="two_pass",     # GroupNorm variance: 'two_pass' as PyTorch, 'one_pass' shifted sums, one read
+        # GroupNorm variance: 'two_pass' as PyTorch, 'one_pass' shifted sums, one read
+        norm_variance="two_pass",
         norm_implementation="auto",   # GroupNorms by Triton kernels on sm_80+ GPUs, else XLA; 'xla'/'pallas'
     ))
 
@@ -152,8 +153,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             errors.append(f"config.{key}={_get(config, key)!r} must be positive")
     d = config.diffusion
     try:
-        weighting.check_weighting(d.weighting, p2_k=d.p2_k, p2_gamma=d.p2_gamma, min_snr_gamma=d.min_snr_gamma,
-                                  max_weight=d.max_weight or None)
+        weighting.check_weighting(d.weighting, p2_k=d.p2_k, p2_gamma=d.p2_gamma,
+                                  min_snr_gamma=d.min_snr_gamma, max_weight=d.max_weight or None)
     except ValueError as error:
         if d.weighting in weighting.WEIGHTINGS:       # an unknown name is reported with the choices above
             errors.append(f"config.diffusion: {error}")

@@ -358,4 +358,3 @@ def load_tfds(name: str, *, split: str = "train", data_dir: str | None = None) -
     if images.dtype != np.uint8:
         raise ValueError(f"{name!r}: expected uint8 images, got {images.dtype}")
     return ArrayDataset(images, None if labels is None else labels.astype(np.int32), name)
-

@@ -62,7 +62,8 @@ class FlatLayout:
         leaves, treedef = jax.tree.flatten(tree)
         dtypes = {np.dtype(leaf.dtype) for leaf in leaves}
         if len(dtypes) != 1:
-            raise ValueError(f"a flat parameter vector needs one dtype for all parameters, got {sorted(map(str, dtypes))}: "
+            raise ValueError("a flat parameter vector needs one dtype for all parameters, got "
+                             f"{sorted(map(str, dtypes))}: "
                              "keep config.model's parameters in one dtype (float32)")
         count = sum(math.prod(leaf.shape) for leaf in leaves)
         return cls(treedef, tuple(tuple(leaf.shape) for leaf in leaves), dtypes.pop(),
@@ -82,7 +83,8 @@ class FlatLayout:
         shapes = tuple(tuple(leaf.shape) for leaf in leaves)
         if shapes != self.shapes:
             wrong = next(i for i, (a, b) in enumerate(zip(shapes, self.shapes)) if a != b)
-            raise ValueError(f"parameter {wrong} has shape {shapes[wrong]}, the layout expects {self.shapes[wrong]}")
+            raise ValueError(f"parameter {wrong} has shape {shapes[wrong]}, "
+                             f"the layout expects {self.shapes[wrong]}")
         stored = [jnp.transpose(leaf, _OHWI_FROM_HWIO) if self._stored(shape) else leaf
                   for leaf, shape in zip(leaves, shapes)]
         vector = jnp.concatenate([jnp.ravel(leaf).astype(self.dtype) for leaf in stored])

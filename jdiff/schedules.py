@@ -94,7 +94,8 @@ def space_timesteps(num_timesteps: int, spec: str | Sequence[int] | None) -> np.
 
 
 def respaced_betas(betas: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """β of the respaced chain: 1 − ᾱ_{t_i}/ᾱ_{t_{i−1}} over the kept timesteps t_0 < t_1 < … (ᾱ_{t_{−1}} = 1)."""
+    """β of the respaced chain: 1 − ᾱ_{t_i}/ᾱ_{t_{i−1}} over the kept timesteps t_0 < t_1 < …
+    (ᾱ_{t_{−1}} = 1)."""
     alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))[kept]
     previous = np.concatenate([[1.0], alphas_cumprod[:-1]])
     return 1.0 - alphas_cumprod / previous
@@ -107,7 +108,8 @@ class Schedule:
     With ᾱ_i the cumulative product of (1 − β) and ᾱ_{−1} = 1 (Ho et al. 2020, eqs. 4, 6, 7):
       q(x_i | x_0) = N(√ᾱ_i x_0, (1 − ᾱ_i) I),
       q(x_{i−1} | x_i, x_0) = N(c1_i x_0 + c2_i x_i, β̃_i I),
-      c1 = β √ᾱ_{i−1} / (1 − ᾱ_i),  c2 = (1 − ᾱ_{i−1}) √(1 − β) / (1 − ᾱ_i),  β̃ = β (1 − ᾱ_{i−1}) / (1 − ᾱ_i).
+      c1 = β √ᾱ_{i−1} / (1 − ᾱ_i),  c2 = (1 − ᾱ_{i−1}) √(1 − β) / (1 − ᾱ_i),
+      β̃ = β (1 − ᾱ_{i−1}) / (1 − ᾱ_i).
     ``posterior_log_variance_clipped`` replaces log β̃_0 = log 0 by log β̃_1, as guided-diffusion does.
     """
 
@@ -169,7 +171,8 @@ def schedule_from_betas(betas: np.ndarray, timesteps: np.ndarray | None = None,
     return Schedule(**arrays, timesteps=jnp.asarray(np.asarray(timesteps), dtype=jnp.int32))
 
 
-def make_schedule(name: str = "cosine", num_timesteps: int = 1000, respacing: str | Sequence[int] | None = None,
+def make_schedule(name: str = "cosine", num_timesteps: int = 1000,
+                  respacing: str | Sequence[int] | None = None,
                   dtype: jnp.dtype = jnp.float32) -> Schedule:
     """The named schedule of ``num_timesteps`` steps, respaced to the steps ``respacing`` keeps.
 

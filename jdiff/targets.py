@@ -48,4 +48,3 @@ def to_eps(target: str, output: jax.Array, x_t: jax.Array, alpha: jax.Array, sig
     if target == "x0":
         return (x_t - alpha * output) / sigma
     return sigma * x_t + alpha * output
-

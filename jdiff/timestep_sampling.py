@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+
 @struct.dataclass
 class LossSecondMomentState:
     """The last H losses at each of the T steps, as a ring buffer per step.

@@ -222,7 +222,8 @@ def abstract_train_state(config: ml_collections.ConfigDict, model: models.UNet,
     shapes = jax.eval_shape(functools.partial(init_train_state, config=config, model=model, tx=tx,
                                               conv_order=conv_order), jax.random.key(0))
     shardings = sharding.tree_shardings(shapes, mesh, config.training.shard_params)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                            shardings)
     return abstract, shardings
 
 
@@ -251,10 +252,12 @@ def _check_compatible(saved_config: dict, config: ml_collections.ConfigDict) -> 
     # Turning the clip on or off changes the optimiser state's tree (its value may change freely).
     saved_clip = saved_config.get("training", {}).get("grad_clip")
     if saved_clip is not None and (saved_clip > 0) != (config.training.grad_clip > 0):
-        raise ValueError(f"the checkpoint in the workdir was trained with config.training.grad_clip={saved_clip} "
-                         f"and this run has {config.training.grad_clip}: switching the clip on or off changes the "
-                         "optimiser state, which cannot be restored; keep it "
-                         + ("on (any value > 0)" if saved_clip > 0 else "off (0)") + " or use a new --workdir")
+        raise ValueError("the checkpoint in the workdir was trained with "
+                         f"config.training.grad_clip={saved_clip} "
+                         f"and this run has {config.training.grad_clip}: switching the clip on or off "
+                         "changes the optimiser state, which cannot be restored; keep it "
+                         + ("on (any value > 0)" if saved_clip > 0 else "off (0)")
+                         + " or use a new --workdir")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -268,10 +271,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     mesh = sharding.make_mesh()
     sharding.check_batch_divides(t_cfg.batch_size, mesh)
     # The data set is loaded before anything is written, so a missing download fails at start-up.
-    dataset = data_lib.load_dataset(config.data.name, split=config.data.split, image_size=config.data.image_size,
-                                    channels=config.data.channels, data_dir=config.data.data_dir or None)
+    dataset = data_lib.load_dataset(config.data.name, split=config.data.split,
+                                    image_size=config.data.image_size, channels=config.data.channels,
+                                    data_dir=config.data.data_dir or None)
     if config.data.class_conditional and dataset.labels is None:
-        raise ValueError(f"config.data.class_conditional is set but data set {config.data.name!r} has no labels")
+        raise ValueError(f"config.data.class_conditional is set but data set {config.data.name!r} "
+                         "has no labels")
     model = build_model(config)
     schedule = build_schedule(config)
     tx = make_optimizer(t_cfg)
@@ -361,7 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                         from jdiff import sampling
 
                         generate_fn = sampling.make_generate_fn(config, model, mesh)
-                    write_sample_grid(config, model, state.ema_params_tree(), step, workdir, writer, mesh, generate_fn)
+                    write_sample_grid(config, model, state.ema_params_tree(), step, workdir, writer, mesh,
+                                      generate_fn)
             flush(pending)
     finally:
         checkpointer.wait()
@@ -376,10 +382,12 @@ def restore_ema_params(workdir: str, config: ml_collections.ConfigDict, model: m
     mesh, and their step; the optimiser state is not read. A checkpoint written by
     ``python -m jdiff.convert`` is refused (ValueError naming the config keys) when ``config`` describes
     another network."""
-    abstract = jax.eval_shape(lambda k: model.init({"params": k}, *dummy_inputs(config), train=False)["params"],
+    abstract = jax.eval_shape(lambda k: model.init({"params": k}, *dummy_inputs(config),
+                                                   train=False)["params"],
                               jax.random.key(0))
     shardings = sharding.tree_shardings(abstract, mesh, shard=False)
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
+                          shardings)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         if checkpointer.latest_step() is None:
@@ -407,5 +415,6 @@ def write_sample_grid(config: ml_collections.ConfigDict, model: models.UNet, par
                                generate_fn)
     grid = make_grid(images)
     if jax.process_index() == 0:
-        save_png(os.path.join(workdir, "samples", f"grid_{step:08d}.png"), grid, scale=max(1, 128 // images.shape[1]))
+        save_png(os.path.join(workdir, "samples", f"grid_{step:08d}.png"), grid,
+                 scale=max(1, 128 // images.shape[1]))
         writer.image(step, "ema_samples", grid)

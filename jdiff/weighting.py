@@ -106,4 +106,3 @@ def loss_weight(name: str, snr: jax.Array, target: str, *, p2_k: float = 1.0, p2
     if max_weight is not None:
         weight = jnp.minimum(weight, max_weight)
     return weight.astype(snr.dtype)
-

@@ -237,7 +237,7 @@ for ax, (title, images) in zip(axes, grids.items()):
 show(fig)
 first, second = grids.values()
 print(f"mean |difference| per pixel: {np.abs(first.astype(float) - second.astype(float)).mean():.3f} of 255")
-'''),
+'''),  # noqa: E501
     ("markdown", """
 ## Exposure bias δ_t, without and with Epsilon Scaling
 
@@ -264,7 +264,7 @@ results = exposure_bias.exposure_bias_for_checkpoint(config, WORKDIR, NUM_IMAGES
 for label, result in results.items():
     print(f"{label:>12}: Σδ_t = {result.delta.sum():.4g} (jdiff's), {result.delta_paired.sum():.4g} (authors')")
 display(Image(filename=os.path.join(WORKDIR, "exposure_bias", sampling.run_name(config, step) + ".png")))
-'''),
+'''),  # noqa: E501
     ("markdown", """
 ## Next
 

@@ -13,7 +13,8 @@ import jax
 # compiles the tiny train step ~20% faster (44 → 36 s for its first run) and runs it about as fast. It
 # must be in XLA_FLAGS before JAX starts its backend, which no import here does.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
 
 
 # XLA's CPU devices of one process meet at every collective, and XLA aborts the process when one of them
@@ -48,7 +49,8 @@ def run_helper_on_devices(name: str, count: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-CACHE_DIR = os.environ.get("JDIFF_TEST_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "jdiff-test-xla-cache"))
+CACHE_DIR = os.environ.get("JDIFF_TEST_COMPILATION_CACHE",
+                           os.path.join(tempfile.gettempdir(), "jdiff-test-xla-cache"))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

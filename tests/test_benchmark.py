@@ -77,7 +77,8 @@ def test_patch_matmul_conv_equals_lax_conv(kernel, stride, channels):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (stride, stride), pad, dimension_numbers=numbers,
                                                  precision="highest")))
 
-    reference = lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=numbers, precision="highest")
+    reference = lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=numbers,
+                                         precision="highest")
     ours = patch_matmul_conv(x, w, (stride, stride), pad, dimension_numbers=numbers, precision="highest")
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)

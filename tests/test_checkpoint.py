@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import xla_flags_with_devices
 from jdiff import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def save_steps(directory, steps, keep=3):
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 120) -> str:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(devices), JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
                             text=True, timeout=timeout)
@@ -246,7 +247,7 @@ def test_save_converted_restores_for_sampling(tmp_path):
         assert np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
     with pytest.raises(ckpt.CheckpointError, match="has no item.*opt_state"):     # no optimizer to resume
         checkpointer.restore(targets={"opt_state": {"count": jax.ShapeDtypeStruct((), jnp.int32,
-                                                                                    sharding=ONE_DEVICE)}})
+                                                                                  sharding=ONE_DEVICE)}})
     checkpointer.close()
     with pytest.raises(ckpt.CheckpointError, match="already has checkpoints"):
         ckpt.save_converted(tmp_path, params, {})

@@ -19,6 +19,7 @@ from test_unet import OFFICIAL_PARAM_COUNTS, count
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
 
+
 def load_fixture(name):
     with np.load(FIXTURE) as data:
         prefix = f"{name}/state/"
@@ -140,7 +141,8 @@ def test_config_overrides_of_an_official_command():
         "model.attention_resolutions": (32, 16, 8), "model.num_heads": 4, "model.num_head_channels": 64,
         "model.dropout": 0.1, "model.use_scale_shift_norm": True, "model.resblock_updown": True,
         "model.use_new_attention_order": True, "diffusion.variance": "learned_range",
-        "diffusion.schedule": "cosine", "diffusion.num_timesteps": 1000, "diffusion.rescale_learned_sigmas": True,
+        "diffusion.schedule": "cosine", "diffusion.num_timesteps": 1000,
+        "diffusion.rescale_learned_sigmas": True,
         "sampling.respacing": "100", "sampling.eps_scaling": "constant", "sampling.eps_scale_b": 1.006}
     assert untranslated == ["batch_size", "model_path", "num_samples", "use_fp16"]
     text = convert.format_overrides({"model.attention_resolutions": (16,), "sampling.respacing": "ddim50"})

@@ -70,7 +70,9 @@ def test_lambda_one_is_bitwise_unscaled_and_lambda_acts_only_through_eps(sampler
 
         @jax.jit
         def variants(bank):
-            run = lambda fn, es: sample(fn, shape_or_x=SHAPE, noise=bank, eps_scaling=es, **options)
+            def run(fn, es):
+                return sample(fn, shape_or_x=SHAPE, noise=bank, eps_scaling=es, **options)
+
             return (run(model, None), run(model, EpsScaling.constant(1.0)),
                     run(model, EpsScaling.constant(lam)), run(eps_over_lambda, None))
 
@@ -119,8 +121,9 @@ def test_x0_and_v_networks_are_scaled_through_their_implied_eps(target):
 
         @jax.jit
         def variants(bank):
-            run = lambda fn, tgt, es: sample(fn, schedule, SHAPE, sampler="ddpm", target=tgt, noise=bank,
-                                             eps_scaling=es)
+            def run(fn, tgt, es):
+                return sample(fn, schedule, SHAPE, sampler="ddpm", target=tgt, noise=bank, eps_scaling=es)
+
             scaling = EpsScaling.linear(0.003, 1.01)
             return (run(eps_net, "eps", scaling), run(converted, target, scaling),
                     run(converted, target, None), run(converted, target, EpsScaling.constant(1.0)))

@@ -97,7 +97,8 @@ def test_experiments_end_to_end(tmp_path):
         differences = json.load(f)["sampling_differences"]["ddim-3"]
     # The same noise and parameters in bfloat16 and float32: close, not equal.
     assert len(differences) == 3 and 0 < max(abs(d) for d in differences) < 50
-    for name in ("wc/weighting_comparison", "es/eps_scaling_sweep", "dpe/debias_plus_es", "precision/precision"):
+    for name in ("wc/weighting_comparison", "es/eps_scaling_sweep", "dpe/debias_plus_es",
+                 "precision/precision"):
         with open(os.path.join(results, f"{name}.md")) as f:
             text = f.read()
         assert "Smoke run" in text and "classifier-FID (digits)" in text
@@ -126,7 +127,8 @@ def test_inception_scorer_on_a_small_digit_set(tmp_path, monkeypatch):
     monkeypatch.setattr(common.data_lib, "load_dataset", lambda *args, **kwargs: small)
     config = common.digits_config("debias", 0, common.BUDGETS["small"])
     scorer = common.make_scorer(common.DEFAULT_CLASSIFIER, config, inception_weights=weights)
-    assert scorer.name == "Inception FID (digits)" and scorer.info["classifier_sha256"].startswith("inception-")
+    assert (scorer.name == "Inception FID (digits)"
+            and scorer.info["classifier_sha256"].startswith("inception-"))
     assert 2 <= scorer.info["real_heldout_images"] < 8 and scorer.info["real_heldout_score"] > 0
     assert abs(scorer(small.images)) < 1e-3          # the reference set against itself
     record = dict(scorer=scorer.info, budget=common.BUDGETS["small"].describe(), seconds=1.0,

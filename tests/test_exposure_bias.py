@@ -163,6 +163,7 @@ def converted_tiny_unet(workdir, config):
     from jdiff import train
 
     model = train.build_model(config)
+
     def init(key):
         return model.init({"params": key}, *train.dummy_inputs(config), train=False)["params"]
 

@@ -31,7 +31,8 @@ def test_ravel_unravel_round_trip_and_padding(multiple, conv_order):
     # for OHWI), then zeros.
     stored = [np.transpose(leaf, (3, 0, 1, 2)) if conv_order == "OHWI" and leaf.ndim == 4 else leaf
               for leaf in jax.tree.leaves(tree)]
-    np.testing.assert_array_equal(flat[:layout.num_params], np.concatenate([np.ravel(leaf) for leaf in stored]))
+    np.testing.assert_array_equal(flat[:layout.num_params],
+                                  np.concatenate([np.ravel(leaf) for leaf in stored]))
     np.testing.assert_array_equal(flat[layout.num_params:], 0.0)
     back = jax.jit(layout.unravel)(flat)
     assert jax.tree.structure(back) == jax.tree.structure(tree)

@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdiff.models.group_norm import (EPS, NUM_GROUPS, GroupNorm, dropout_keep, dropout_keep_scale, dropout_seeds,
-                                     dropout_threshold, normalise_affine)
-
+from jdiff.models.group_norm import (EPS, NUM_GROUPS, GroupNorm, dropout_keep, dropout_keep_scale,
+                                     dropout_seeds, dropout_threshold, normalise_affine)
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +87,8 @@ def test_input_shift_normalises_the_shifted_input(implementation, dtype, rate):
     seeds = dropout_seeds(jax.random.key(3), shape[0], shape[2]) if rate else None
 
     def norm(x, a, b, shift=None):
-        return normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate, seeds,
-                                shift)
+        return normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate,
+                                seeds, shift)
 
     def shifted_loss(x, a, b, c):
         return jnp.vdot(norm(x, a, b, c), dy.astype(np.float32))
@@ -145,16 +144,19 @@ def test_dropout_forward_and_gradients_match_autodiff_with_the_same_mask(impleme
                         dropout_threshold(rate))
 
     def ours(x, a, b):
-        return normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate, seeds)
+        return normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation, rate,
+                                seeds)
 
     def ref(x, a, b):
         return jnp.where(keep, reference(x, a, b, True) * dropout_keep_scale(rate), 0.0)
 
     x64, a64, b64 = (v.astype(jnp.float64) for v in (x, a, b))
     y = jax.jit(ours)(x, a, b)
-    np.testing.assert_array_equal(np.asarray(y) == 0, ~np.asarray(keep) | (np.asarray(ref(x64, a64, b64)) == 0))
+    np.testing.assert_array_equal(np.asarray(y) == 0,
+                                  ~np.asarray(keep) | (np.asarray(ref(x64, a64, b64)) == 0))
     assert rel(y, ref(x64, a64, b64)) < 2e-6
-    grads = jax.jit(jax.grad(lambda *v: jnp.vdot(ours(*v), dy.astype(np.float32)), argnums=(0, 1, 2)))(x, a, b)
+    grads = jax.jit(jax.grad(lambda *v: jnp.vdot(ours(*v), dy.astype(np.float32)),
+                             argnums=(0, 1, 2)))(x, a, b)
     grads_ref = jax.grad(lambda *v: jnp.vdot(ref(*v), dy), argnums=(0, 1, 2))(x64, a64, b64)
     for got, want in zip(grads, grads_ref):
         assert rel(got, want) < 1e-5
@@ -196,7 +198,8 @@ def test_group_norm_module_dropout_uses_the_dropout_rng():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 64))
     norm = GroupNorm()
     params = norm.init(jax.random.key(1), x)
-    y = {k: norm.apply(params, x, silu=True, dropout=0.5, rngs={"dropout": jax.random.key(k)}) for k in (2, 3)}
+    y = {k: norm.apply(params, x, silu=True, dropout=0.5, rngs={"dropout": jax.random.key(k)})
+         for k in (2, 3)}
     np.testing.assert_array_equal(y[2], norm.apply(params, x, silu=True, dropout=0.5,
                                                    rngs={"dropout": jax.random.key(2)}))
     assert not np.array_equal(np.asarray(y[2]) == 0, np.asarray(y[3]) == 0)
@@ -211,7 +214,8 @@ def test_group_norm_module_dropout_uses_the_dropout_rng():
 def test_output_dtype_and_one_pass_statistics():
     x, a, b, _ = inputs((2, 32, 64), jnp.float32, seed=0)
     want = reference(*(v.astype(jnp.float64) for v in (x, a, b)), True)
-    y16 = normalise_affine(x.astype(jnp.bfloat16), a, b, NUM_GROUPS, EPS, True, False, jnp.dtype(jnp.bfloat16))
+    y16 = normalise_affine(x.astype(jnp.bfloat16), a, b, NUM_GROUPS, EPS, True, False,
+                           jnp.dtype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
     assert rel(y16, want) < 1e-2
     y1 = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, True, jnp.dtype(jnp.float32))

@@ -95,7 +95,7 @@ def test_quickstart_runs_with_the_small_budget(tmp_path):
     # λ search: the printed best is the report's best and the smallest of the printed scores.
     search_text = stream_text(cell_with(notebook, "lambda_search.search_lambda("))
     scores = {float(lam): float(score) for lam, score in re.findall(r"λ = ([\d.]+): Σδ_t = ([\d.e+-]+)",
-                                                                     search_text)}
+                                                                    search_text)}
     assert sorted(scores) == [0.98, 1.01, 1.04]          # 3 points, 1 round over (0.98, 1.04)
     best = float(re.search(r"best λ = ([\d.]+)", search_text).group(1))
     assert best == min(scores, key=scores.get)

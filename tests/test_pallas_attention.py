@@ -91,7 +91,7 @@ def test_from_qkv_reads_the_product_as_the_projection_splits_it(new_order):
     def loss(fn):
         return lambda a, b: jnp.sum(fn(a, b).astype(jnp.float32) * cotangent)
     xla = jax.jit(lambda a, b: jax.nn.dot_product_attention(*split_qkv(a, b, heads, new_order),
-                                                             implementation="xla"))
+                                                            implementation="xla"))
     got_grads = jax.grad(loss(fused), argnums=(0, 1))(qkv_, q_bias)
     want_grads = jax.grad(loss(xla), argnums=(0, 1))(qkv_, q_bias)
     for g, w in zip(got_grads, want_grads):

@@ -1,9 +1,9 @@
-"""The Pallas GroupNorm kernels, run in Pallas's interpreter on the CPU: the forward against ``normalise_affine``
-and an independent float64 NumPy computation, the backward against XLA's hand-written VJP (itself checked
-against float64 autodiff in test_group_norm.py, which also runs both kernels through that check): channel
-widths that are and are not powers of two, one and several row chunks and channel blocks per image, SiLU
-on and off, bf16 and float32 in and out, and a large mean against the spread (where unshifted one-pass
-statistics would cancel).
+"""The Pallas GroupNorm kernels, run in Pallas's interpreter on the CPU: the forward against
+``normalise_affine`` and an independent float64 NumPy computation, the backward against XLA's hand-written
+VJP (itself checked against float64 autodiff in test_group_norm.py, which also runs both kernels through
+that check): channel widths that are and are not powers of two, one and several row chunks and channel
+blocks per image, SiLU on and off, bf16 and float32 in and out, and a large mean against the spread (where
+unshifted one-pass statistics would cancel).
 
 The interpreter proves the kernels' arithmetic and indexing, not that Triton compiles them: that is
 experiments/bench_group_norm.py's check on the GPU. The partitioning rule (each device runs the kernels on
@@ -173,7 +173,8 @@ def test_backward_matches_the_xla_vjp(shape, dtype, silu, settings):
     dy = jnp.asarray(np.random.default_rng(sum(shape)).normal(size=shape), dtype)
     _, mean, rstd = pallas_group_norm.forward(x, a, b, eps=EPS, silu=silu, interpret=True, **settings)
     dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=silu, interpret=True, **settings)
-    _, vjp = jax.vjp(lambda x, a, b: normalise_affine(x, a, b, groups, EPS, silu, False, dtype, "xla"), x, a, b)
+    _, vjp = jax.vjp(lambda x, a, b: normalise_affine(x, a, b, groups, EPS, silu, False, dtype, "xla"),
+                     x, a, b)
     expected = vjp(dy)
     assert dx.dtype == dtype and dx.shape == x.shape
     assert da.dtype == db.dtype == jnp.float32 and da.shape == db.shape == a.shape
@@ -196,13 +197,13 @@ def test_dropout_in_the_kernels_drops_what_xla_drops(shape, dtype, silu, setting
     dy = jnp.asarray(np.random.default_rng(sum(shape)).normal(size=shape), dtype)
     y, mean, rstd = pallas_group_norm.forward(x, a, b, eps=EPS, silu=silu, interpret=True, dropout=rate,
                                               seeds=seeds, **settings)
-    expected, vjp = jax.vjp(lambda x, a, b: normalise_affine(x, a, b, groups, EPS, silu, False, jnp.float32, "xla",
-                                                             rate, seeds), x, a, b)
+    expected, vjp = jax.vjp(lambda x, a, b: normalise_affine(x, a, b, groups, EPS, silu, False, jnp.float32,
+                                                             "xla", rate, seeds), x, a, b)
     np.testing.assert_array_equal(np.asarray(y) == 0, np.asarray(expected) == 0)
     assert 0.2 < float(jnp.mean(y == 0)) < 0.4
     np.testing.assert_allclose(as64(y), as64(expected), rtol=1e-5, atol=1e-5)
-    got = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=silu, interpret=True, dropout=rate, seeds=seeds,
-                                     **settings)
+    got = pallas_group_norm.backward(x, dy, a, b, mean, rstd, silu=silu, interpret=True, dropout=rate,
+                                     seeds=seeds, **settings)
     for g, want in zip(got, vjp(dy.astype(jnp.float32))):
         scale = float(jnp.max(jnp.abs(want)))
         tolerance = scale * (2**-7 if dtype == jnp.bfloat16 and g is got[0] else 2e-5)
@@ -273,13 +274,15 @@ def test_partitioned_over_a_sharded_batch():
 def test_benchmark_script_smoke(tmp_path, direction, dropout):
     """experiments/bench_group_norm.py runs end to end (kernels in the interpreter) and every setting it
     times agrees with XLA's two-pass result (with dropout: with XLA's on the same mask)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "experiments"))
     import bench_group_norm
 
     out = tmp_path / "gn.json"
     bench_group_norm.main(["--smoke", "--direction", direction, "--dropout", str(dropout), "--out", str(out)])
     result = json.loads(out.read_text())["results"][0]
-    assert result["direction"] == direction and result["shape"] == [2, 16, 384] and result["dropout"] == dropout
+    assert (result["direction"] == direction and result["shape"] == [2, 16, 384]
+            and result["dropout"] == dropout)
     rows = result["pallas"]
     assert len(rows) == 2  # the defaults and the one swept setting
     assert all(row["ok"] and row["max_diff_f32"] < 1e-5 and row["ms"] > 0 for row in rows)

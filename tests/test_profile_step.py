@@ -44,10 +44,11 @@ def test_summary_of_a_known_trace():
     top = s["top_operations"][0]
     assert (top["hlo_op"], top["kernel"], top["ms"]) == ("cudnn-conv.1", "sm90_xmma_fprop_implicit_gemm_bf16",
                                                          pytest.approx(0.100))
-    assert [o["hlo_op"] for o in s["top_operations"]] == ["cudnn-conv.1", "input_reduce_fusion_12", "custom-call.3"]
+    assert [o["hlo_op"] for o in s["top_operations"]] == ["cudnn-conv.1", "input_reduce_fusion_12",
+                                                          "custom-call.3"]
     largest = s["largest_gaps"][0]
     assert (largest["after"], largest["before"], largest["ms"]) == ("custom-call.3", "cudnn-conv.1",
-                                                                     pytest.approx(0.4))
+                                                                    pytest.approx(0.4))
 
 
 G = "jit(generate)/while/body/eval_jaxpr/UNet/input_blocks_5_1"  # op_name paths as jax writes them

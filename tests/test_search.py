@@ -70,7 +70,9 @@ def test_respects_bounds():
 
 
 def test_bad_ranges_and_scores_raise():
-    f = lambda p: 0.0
+    def f(p):
+        return 0.0
+
     for bounds in [{}, {"b": (1.02, 1.0)}, {"b": (1.0, 1.0)}, {"b": (0.99, float("nan"))}, {"b": (1.0,)},
                    {"b": 1.0}]:
         with pytest.raises(ValueError, match="bounds"):

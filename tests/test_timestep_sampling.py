@@ -12,6 +12,7 @@ update = jax.jit(ts.update_loss_second_moment)
 sample = jax.jit(ts.sample_timesteps, static_argnums=(2, 3))
 probabilities = jax.jit(ts.timestep_probabilities)
 
+
 class NumpyLossSecondMoment:
     """guided-diffusion's LossSecondMomentResampler semantics: a per-step list of the last H losses,
     appended one example at a time in batch order, shifting out the oldest once full."""

@@ -86,7 +86,8 @@ def test_initial_state_of_a_network_set_up_for_gpu_kernels():
     _, shardings = train.abstract_train_state(config, model, tx, sharding.make_mesh())
     gpu_model = model.clone(attention_implementation="cudnn", norm_implementation="pallas")
     with pytest.raises(ValueError, match="NVIDIA GPUs"):
-        jax.eval_shape(lambda k: gpu_model.init(k, *train.dummy_inputs(config), train=False), jax.random.key(0))
+        jax.eval_shape(lambda k: gpu_model.init(k, *train.dummy_inputs(config), train=False),
+                       jax.random.key(0))
     state = train.initial_train_state(config, gpu_model, tx, shardings)
     np.testing.assert_array_equal(np.asarray(state.params),
                                   np.asarray(train.initial_train_state(config, model, tx, shardings).params))
@@ -110,7 +111,8 @@ def test_conv_kernels_stored_output_first_train_identically():
         vectors[order] = np.asarray(state.params)
         results[order] = jax.device_get((state.checkpoint_items(), metrics["loss"]))
     assert not np.array_equal(vectors["HWIO"], vectors["OHWI"])  # the same numbers, stored differently
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), results["HWIO"], results["OHWI"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), results["HWIO"],
+                 results["OHWI"])
 
 
 def test_resume_is_exact(tmp_path, six_steps):
@@ -181,8 +183,8 @@ def test_changed_model_config_is_refused_on_resume(tmp_path, six_steps):
 
 
 def run_cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "jdiff.main", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env_with_compilation_cache(), **kwargs)
+    return subprocess.run([sys.executable, "-m", "jdiff.main", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env_with_compilation_cache(), **kwargs)
 
 
 # configs/digits.py with the network, diffusion and optimiser of tiny_config(): the command line trains and
@@ -225,7 +227,8 @@ def test_cli_refuses_unknown_key_and_bad_value(tmp_path):
     result = run_cli("--config=configs/digits.py", f"--workdir={tmp_path}", "--config.training.batch_sise=3")
     assert result.returncode != 0
     assert "batch_size" in result.stderr  # the keys that exist are listed
-    result = run_cli("--config=configs/digits.py", f"--workdir={tmp_path}", "--config.diffusion.weighting=debaised")
+    result = run_cli("--config=configs/digits.py", f"--workdir={tmp_path}",
+                     "--config.diffusion.weighting=debaised")
     assert result.returncode != 0
     assert "debias" in result.stderr and "min_snr" in result.stderr
     assert not os.listdir(tmp_path)
@@ -235,7 +238,8 @@ def test_cli_refuses_unknown_key_and_bad_value(tmp_path):
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
     workdir = str(tmp_path)
     process = subprocess.Popen([sys.executable, "-m", "jdiff.main", *TINY_FLAGS, f"--workdir={workdir}",
-                                "--config.training.num_steps=100000", "--config.training.checkpoint_every=100000",
+                                "--config.training.num_steps=100000",
+                                "--config.training.checkpoint_every=100000",
                                 "--config.training.sample_every=0"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=env_with_compilation_cache())
     metrics = os.path.join(workdir, "metrics.jsonl")

@@ -112,7 +112,8 @@ def test_bfloat16_compute_is_close_to_float32_and_params_stay_float32():
 def test_one_pass_norm_variance_matches_the_official_output(name):
     """One-pass (shifted) GroupNorm statistics: the same network to float32 rounding."""
     model, params, inputs, official = fixture_model(name)
-    out = jax.jit(lambda p: model.clone(one_pass_norm=True).apply({"params": p}, *inputs, train=False))(params)
+    out = jax.jit(lambda p: model.clone(one_pass_norm=True).apply({"params": p}, *inputs,
+                                                                  train=False))(params)
     rel = float(jnp.abs(out - official).max() / np.abs(official).max())
     assert rel < 1e-5, rel
 
@@ -176,8 +177,8 @@ def test_upsample_is_the_conv_of_the_upsampled_input(shape):
 
 
 def test_upsample_conv_hands_its_bias_apart():
-    """UpsampleConv(bias_apart=True) returns the conv without its bias and the bias parameter, which sum to its
-    output (the up-sampling ResBlock hands the bias to the GroupNorm that reads the conv's output)."""
+    """UpsampleConv(bias_apart=True) returns the conv without its bias and the bias parameter, which sum to
+    its output (the up-sampling ResBlock hands the bias to the GroupNorm that reads the conv's output)."""
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 4, 8)), jnp.float32)
     layer = UpsampleConv(16)
     params = layer.init(jax.random.key(0), x)
@@ -265,13 +266,16 @@ def test_attention_without_k_and_v_biases_is_the_official_attention():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
     shift = jnp.arange(32.0)
     np.testing.assert_allclose(np.asarray(ShiftedDense(32).apply({"params": out}, tokens, shift)),
-                               np.asarray((tokens + shift) @ out["kernel"] + out["bias"]), rtol=1e-5, atol=1e-3)
+                               np.asarray((tokens + shift) @ out["kernel"] + out["bias"]), rtol=1e-5,
+                               atol=1e-3)
 
 
 def test_attention_implementation_auto_and_choices(monkeypatch):
     assert attention_implementation("xla", jnp.bfloat16, 32) == "xla"
     assert attention_implementation("cudnn", jnp.float32, 32) == "cudnn"  # as asked; cuDNN itself refuses f32
-    assert attention_implementation("auto", jnp.bfloat16, 32) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+    assert attention_implementation("auto", jnp.bfloat16, 32) == ("cudnn" if jax.default_backend() == "gpu"
+                                                                  else "xla")
+
     class FakeGpu:
         compute_capability = "9.0"
 
@@ -279,7 +283,8 @@ def test_attention_implementation_auto_and_choices(monkeypatch):
     monkeypatch.setattr(jax, "devices", lambda: [FakeGpu()])
     assert attention_implementation("auto", jnp.bfloat16, 32) == "cudnn"
     assert attention_implementation("auto", jnp.float16, 128) == "cudnn"
-    assert attention_implementation("auto", jnp.float32, 32) == "xla"     # cuDNN flash attention is 16-bit only
+    # cuDNN flash attention is 16-bit only
+    assert attention_implementation("auto", jnp.float32, 32) == "xla"
     assert attention_implementation("auto", jnp.bfloat16, 256) == "xla"   # head too wide
     assert attention_implementation("auto", jnp.bfloat16, 20) == "xla"    # not a multiple of 8
     FakeGpu.compute_capability = "7.5"                                     # a T4: no cuDNN flash attention

@@ -12,5 +12,5 @@ from jdiff.evaluation.search import SearchResult, grid_search, plot_search
 
 __all__ = ["InceptionV3", "SearchResult", "Statistics", "convert_pth_to_npz", "dataset_statistics",
            "frechet_distance", "grid_search", "inception_score", "load_inception_params",
-           "load_reference_statistics", "make_feature_fn", "plot_search", "precision_recall", "save_statistics",
-           "statistics"]
+           "load_reference_statistics", "make_feature_fn", "plot_search", "precision_recall",
+           "save_statistics", "statistics"]

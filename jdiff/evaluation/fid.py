@@ -263,8 +263,9 @@ def load_reference_statistics(path: str, feature_fn: FeatureFn | None = None,
 
 
 def statistics_cache_path(dataset: str, split: str, network: str, cache_dir: str | None = None) -> str:
-    """``<cache_dir>/fid_stats/<dataset>_<split>_<network>.npz`` (cache_dir: ``inception.default_cache_dir()``;
-    network: which feature network, e.g. :func:`jdiff.evaluation.inception.fingerprint` of its weights)."""
+    """``<cache_dir>/fid_stats/<dataset>_<split>_<network>.npz`` (cache_dir:
+    ``inception.default_cache_dir()``; network: which feature network, e.g.
+    :func:`jdiff.evaluation.inception.fingerprint` of its weights)."""
     if not network:
         raise ValueError("name the feature network (e.g. inception.fingerprint(params)): statistics of "
                          "different networks must not share a cache file")

@@ -141,7 +141,9 @@ class InceptionA(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = lambda f, k, p=(0, 0), name=None: ConvBN(f, k, padding=p, precision=self.precision, name=name)
+        def conv(f, k, p=(0, 0), name=None):
+            return ConvBN(f, k, padding=p, precision=self.precision, name=name)
+
         b1 = conv(64, (1, 1), name="branch1x1")(x)
         b5 = conv(48, (1, 1), name="branch5x5_1")(x)
         b5 = conv(64, (5, 5), (2, 2), name="branch5x5_2")(b5)
@@ -175,7 +177,10 @@ class InceptionC(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c7 = self.channels_7x7
-        conv = lambda f, k, p=(0, 0), name=None: ConvBN(f, k, padding=p, precision=self.precision, name=name)
+
+        def conv(f, k, p=(0, 0), name=None):
+            return ConvBN(f, k, padding=p, precision=self.precision, name=name)
+
         row, col = ((1, 7), (0, 3)), ((7, 1), (3, 0))
         b1 = conv(192, (1, 1), name="branch1x1")(x)
         b7 = conv(c7, (1, 1), name="branch7x7_1")(x)
@@ -197,7 +202,9 @@ class InceptionD(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = lambda f, k, s=(1, 1), p=(0, 0), name=None: ConvBN(f, k, s, p, self.precision, name=name)
+        def conv(f, k, s=(1, 1), p=(0, 0), name=None):
+            return ConvBN(f, k, s, p, self.precision, name=name)
+
         b3 = conv(192, (1, 1), name="branch3x3_1")(x)
         b3 = conv(320, (3, 3), (2, 2), name="branch3x3_2")(b3)
         b7 = conv(192, (1, 1), name="branch7x7x3_1")(x)
@@ -216,7 +223,9 @@ class InceptionE(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = lambda f, k, p=(0, 0), name=None: ConvBN(f, k, padding=p, precision=self.precision, name=name)
+        def conv(f, k, p=(0, 0), name=None):
+            return ConvBN(f, k, padding=p, precision=self.precision, name=name)
+
         b1 = conv(320, (1, 1), name="branch1x1")(x)
         b3 = conv(384, (1, 1), name="branch3x3_1")(x)
         b3 = jnp.concatenate([conv(384, (1, 3), (0, 1), name="branch3x3_2a")(b3),

@@ -250,8 +250,8 @@ def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dr
     if shift is not None and shift.shape != (x.shape[-1],):
         raise ValueError(f"normalise_affine: shift must be (C,) = {(x.shape[-1],)}, got {shift.shape}")
     if implementation == "xla":
-        y, (mean, rstd) = _normalise(_shifted(x, shift), a, b, groups, eps, silu, one_pass, out_dtype, dropout,
-                                     seeds)
+        y, (mean, rstd) = _normalise(_shifted(x, shift), a, b, groups, eps, silu, one_pass, out_dtype,
+                                     dropout, seeds)
     else:
         from jdiff.models import pallas_group_norm  # Pallas only where it is asked for
 
@@ -333,7 +333,8 @@ class GroupNorm(nn.Module):
         channels = x.shape[-1]
         if channels % NUM_GROUPS:
             raise ValueError(f"GroupNorm needs channels divisible by {NUM_GROUPS}, got {channels}: choose "
-                             f"model_channels and channel_mult so that every level's width is a multiple of 32")
+                             f"model_channels and channel_mult so that every level's width is "
+                             f"a multiple of 32")
         scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
         a, b = scale.astype(jnp.float32), bias.astype(jnp.float32)

@@ -260,7 +260,7 @@ def unet_kwargs_from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
         image_size=f["image_size"], in_channels=3, model_channels=f["num_channels"], out_channels=3,
         num_res_blocks=f["num_res_blocks"],
         attention_resolutions=tuple(int(r) for r in _number_list("attention_resolutions",
-                                                                  f["attention_resolutions"])),
+                                                                 f["attention_resolutions"])),
         dropout=f["dropout"], channel_mult=channel_mult,
         num_classes=f["num_classes"] if f["class_cond"] else None, num_heads=f["num_heads"],
         num_head_channels=f["num_head_channels"], num_heads_upsample=f["num_heads_upsample"],

@@ -30,7 +30,8 @@ def gradients(x, a, b):
     seeds = dropout_seeds(jax.random.key(5), x.shape[0], x.shape[2])
 
     def loss(x, a, b):
-        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, "pallas_interpret", 0.3, seeds)
+        y = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, "pallas_interpret", 0.3,
+                             seeds)
         return jnp.sum(jnp.sin(y))
     dx, da, db = jax.grad(loss, argnums=(0, 1, 2))(x, a, b)
     return dx, *(g.sum(0) if g.ndim == 2 else g for g in (da, db))  # shared (C,) a, b: summed already

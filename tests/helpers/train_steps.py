@@ -31,7 +31,8 @@ def main():
 
     if args.process_id >= 0:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        sharding.maybe_initialize_distributed("yes", f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
+        sharding.maybe_initialize_distributed("yes", f"127.0.0.1:{args.port}", args.num_processes,
+                                              args.process_id)
 
     import numpy as np
 
