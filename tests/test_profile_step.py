@@ -1,6 +1,7 @@
 """experiments/profile_step.py's trace summary, on a hand-made trace whose numbers are known, and on a real
 trace recorded here (CPU: no device timeline, which must be said, not summarised as zero)."""
 
+import functools
 import os
 import sys
 
@@ -129,3 +130,93 @@ def test_a_trace_without_a_device_timeline_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no device timeline"):
         profile_step.record(run, 2, str(tmp_path), "toy")
     assert (tmp_path / "toy.trace.json.gz").exists()   # the trace is kept even when it cannot be summarised
+
+
+WORK_HLO = "\n".join([
+    "HloModule jit_generate",
+    "%fused_rows (param_0.1: f32[64,32], param_1.2: f32[32]) -> f32[32] {",
+    "  %param_0.1 = f32[64,32]{1,0} parameter(0)",
+    "  %slice.1 = f32[1,32]{1,0} slice(%param_0.1), slice={[3:4], [0:32]}",
+    "  %bitcast.9 = f32[32]{0} bitcast(%slice.1)",
+    "  %param_1.2 = f32[32]{0} parameter(1)",
+    "  ROOT %add.3 = f32[32]{0} add(%bitcast.9, %param_1.2)",
+    "}",
+    "%gemm_fusion_dot.4_computation (parameter_0.4: bf16[128,64], parameter_1.4: bf16[64,16]) "
+    "-> bf16[128,16] {",
+    "  %parameter_0.4 = bf16[128,64]{1,0} parameter(0)",
+    "  %parameter_1.4 = bf16[64,16]{1,0} parameter(1)",
+    "  ROOT %dot.2 = bf16[128,16]{1,0} dot(%parameter_0.4, %parameter_1.4), lhs_contracting_dims={1}, "
+    "rhs_contracting_dims={0}",
+    "}",
+    "ENTRY %main (x: bf16[2,8,8,16]) -> bf16[2,8,8,32] {",
+    "  %x = bf16[2,8,8,16]{3,2,1,0} parameter(0)",
+    "  %w = bf16[32,3,3,16]{3,2,1,0} parameter(1)",
+    "  %d = bf16[2,4,4,32]{3,2,1,0} parameter(2)",
+    "  %wt = bf16[32,4,4,16]{3,2,1,0} parameter(3)",
+    "  %p = f32[16,40]{1,0} parameter(4)",
+    "  %r = f32[40,24]{1,0} parameter(5)",
+    "  %a = bf16[128,64]{1,0} parameter(6)",
+    "  %b = bf16[64,16]{1,0} parameter(7)",
+    "  %q = bf16[2,16,4,8]{3,2,1,0} parameter(8)",
+    "  %table = f32[64,32]{1,0} parameter(9)",
+    "  %v = f32[32]{0} parameter(10)",
+    "  %conv.1 = (bf16[2,8,8,32]{3,2,1,0}, u8[131]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, "
+    'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"',
+    "  %conv-bw-input.2 = (bf16[2,8,8,16]{3,2,1,0}, u8[0]{0}) custom-call(%d, %wt), "
+    'window={size=4x4 stride=2x2 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, '
+    'custom_call_target="__cudnn$convBackwardInput"',
+    "  %mm.3 = (f32[16,24]{1,0}, s8[1024]{0}) custom-call(%p, %r), "
+    'custom_call_target="__cublas$lt$matmul", '
+    'backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_batch_dimensions":[],'
+    '"lhs_contracting_dimensions":["1"],"rhs_batch_dimensions":[],"rhs_contracting_dimensions":["0"]}}}',
+    "  %gemm_fusion_dot.4 = bf16[128,16]{1,0} fusion(%a, %b), kind=kCustom, "
+    "calls=%gemm_fusion_dot.4_computation",
+    "  %attention.5 = (bf16[2,4,16,8]{3,1,2,0}, u8[256]{0}) custom-call(%q, %q, %q), "
+    'custom_call_target="__cudnn$fmhaSoftmax"',
+    "  %loop_add_fusion.7 = f32[32]{0} fusion(%table, %v), kind=kLoop, calls=%fused_rows",
+    "  ROOT %tuple.8 = (bf16[2,8,8,32]{3,2,1,0}) tuple(%conv.1#0)",
+    "}",
+])
+
+
+def test_kernel_work_from_the_hlo():
+    """Bytes read and written and FLOPs of each kind of instruction, against the formulas worked by hand."""
+    instructions = profile_step.hlo_instructions(WORK_HLO)
+    work = functools.partial(profile_step.kernel_work, instructions)
+    assert instructions["conv.1"].computation == "main" and instructions["add.3"].computation == "fused_rows"
+    assert instructions["conv.1"].arrays == (("bf16", (2, 8, 8, 32)), ("u8", (131,)))
+    # x, w, y in bf16 (the u8 scratch left out); each of the 2·8·8·32 outputs sums 3·3·16 products
+    assert work("conv.1") == (2 * (2 * 8 * 8 * 16 + 32 * 9 * 16 + 2 * 8 * 8 * 32),
+                              2.0 * 2 * 8 * 8 * 32 * 9 * 16)
+    # transposed: the forward conv's output is the operand, 2·4·4·32 sums over its 4·4·16-element window
+    assert work("conv-bw-input.2")[1] == 2.0 * (2 * 4 * 4 * 32) * 4 * 4 * 16
+    assert work("mm.3") == (4 * (16 * 40 + 40 * 24 + 16 * 24), 2.0 * 16 * 24 * 40)
+    assert work("gemm_fusion_dot.4") == (2 * (128 * 64 + 64 * 16 + 128 * 16), 2.0 * 128 * 16 * 64)
+    assert work("attention.5")[1] == 4.0 * (2 * 16 * 4 * 8) * 16  # 4·B·N·T²·H
+    assert work("loop_add_fusion.7") == (4 * (32 + 32 + 32), 0.0)  # the table's one sliced row, not all 64
+
+
+def test_floors_count_each_instruction_once_at_its_main_kernel():
+    events = [
+        dict(ph="M", pid=1, name="process_name", args={"name": "/device:GPU:0"}),
+        *[e for r in range(2) for e in (
+            kernel("Memset 3", 1000 * r, 1, "conv.1"),
+            kernel("nhwcAddPaddingKernel", 1000 * r + 2, 3, "conv.1"),
+            kernel("sm90_xmma_fprop_implicit_gemm", 1000 * r + 5, 2000, "conv.1"),
+            kernel("loop_add_fusion_7", 1000 * r + 10, 1, "loop_add_fusion.7"),
+            kernel("cudnn_sdpa", 1000 * r + 20, 5, "command_buffer_3"),
+        )],
+    ]
+    # at 1 GB/s and 1 GFLOP/s a floor is bytes/1000 or FLOPs/1000 µs
+    s = profile_step.summarize({"traceEvents": events}, reps=2, hlo_text=WORK_HLO, bandwidth_tbps=1e-3,
+                               peak_tflops=1e-3)
+    by = {c["category"]: c for c in s["floors"]["categories"]}
+    conv_bytes, conv_flops = profile_step.kernel_work(profile_step.hlo_instructions(WORK_HLO), "conv.1")
+    assert by["conv forward"]["floor_ms"] == pytest.approx(conv_flops / 1e3 / 1e3)  # once per repetition
+    assert by["conv forward"]["gb"] == pytest.approx(conv_bytes / 1e9)
+    assert by["conv forward"]["tflop"] == pytest.approx(conv_flops / 1e12)
+    assert by["Memset 3"]["floor_ms"] == 0 and by["nhwcAddPaddingKernel"]["floor_ms"] == 0
+    assert by["loop_add_fusion"]["floor_ms"] == pytest.approx(4 * 96 / 1e3 / 1e3)
+    assert by["attention (cuDNN)"]["floor_ms"] == 0  # in a command buffer: no instruction to read
+    assert by["conv forward"]["ms"] == pytest.approx(2.0)
+    assert "floors" not in profile_step.summarize({"traceEvents": events}, reps=2)
