@@ -164,18 +164,21 @@ def _bytes(arrays) -> int:
     return sum(_size(dims) * ITEM_BYTES.get(t, 4) for t, dims in arrays)
 
 
+def _fused(instructions: dict[str, Instruction], instruction: Instruction) -> dict[str, Instruction]:
+    """The instructions of the computation a fusion calls (none for other instructions)."""
+    called = instruction.opcode == "fusion" and re.search(r"calls=%([^\s,]+)", instruction.attributes)
+    return {n: i for n, i in instructions.items() if i.computation == called.group(1)} if called else {}
+
+
 def _operand_bytes(instructions: dict[str, Instruction], instruction: Instruction) -> int:
     """The bytes an instruction reads of its operands: each whole, except a fusion's operand that its fused
     computation only slices, which counts as the slices' sizes."""
-    called = instruction.opcode == "fusion" and re.search(r"calls=%([^\s,]+)", instruction.attributes)
-    sliced = {}
-    if called:
-        inner = {n: i for n, i in instructions.items() if i.computation == called.group(1)}
-        for name, parameter in inner.items():
-            if parameter.opcode == "parameter":
-                users = [i for i in inner.values() if name in i.operands]
-                if users and all(i.opcode in ("slice", "dynamic-slice") for i in users):
-                    sliced[int(parameter.arguments)] = sum(_bytes(i.arrays) for i in users)
+    inner, sliced = _fused(instructions, instruction), {}
+    for name, parameter in inner.items():
+        if parameter.opcode == "parameter":
+            users = [i for i in inner.values() if name in i.operands]
+            if users and all(i.opcode in ("slice", "dynamic-slice") for i in users):
+                sliced[int(parameter.arguments)] = sum(_bytes(i.arrays) for i in users)
     return sum(sliced[k] if k in sliced else _bytes(_operand_arrays(instructions, o))
                for k, o in enumerate(instruction.operands))
 
@@ -205,9 +208,9 @@ def _conv_flops(instructions: dict[str, Instruction], instruction: Instruction, 
 def kernel_work(instructions: dict[str, Instruction], name: str) -> tuple[int, float]:
     """(bytes, FLOPs) that instruction ``name`` must at least move and compute: its operands read once (a
     fusion's operand that it only slices: the slices) and its result written once (custom calls' u8/s8
-    scratch buffers left out), and 2 FLOPs per multiply-add of
-    its convolutions (cuDNN), products (cuBLAS, or a dot inside a fusion: Triton's) or attention (cuDNN,
-    q and k laid out (B, T, N, H) as JAX's cuDNN path passes them: 4·B·N·T_q·T_k·H)."""
+    scratch buffers left out), and 2 FLOPs per multiply-add of its convolutions (cuDNN), products (cuBLAS,
+    or a dot inside a fusion: Triton's) or attention (cuDNN, q and k laid out (B, T, N, H) as JAX's cuDNN
+    path passes them: 4·B·N·T_q·T_k·H)."""
     instruction = instructions[name]
     target = re.search(r'custom_call_target="([^"]+)"', instruction.attributes)
     target = target.group(1) if target else ""
@@ -223,13 +226,11 @@ def kernel_work(instructions: dict[str, Instruction], name: str) -> tuple[int, f
         contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', instruction.attributes)
         dims = [int(d) for d in re.findall(r"\d+", contracting.group(1))] if contracting else []
         flops = _dot_flops(instructions, instruction, dims)
-    elif instruction.opcode == "fusion":
-        called = re.search(r"calls=%([^\s,]+)", instruction.attributes)
-        for inner in (instructions.values() if called else ()):
-            if inner.computation == called.group(1) and inner.opcode == "dot":
-                contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inner.attributes)
-                flops += _dot_flops(instructions, inner, [int(d) for d in contracting.group(1).split(",")
-                                                          if d] if contracting else [])
+    for inner in _fused(instructions, instruction).values():
+        if inner.opcode == "dot":
+            contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inner.attributes)
+            dims = re.findall(r"\d+", contracting.group(1)) if contracting else []
+            flops += _dot_flops(instructions, inner, [int(d) for d in dims])
     return moved, flops
 
 
