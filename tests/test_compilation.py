@@ -56,3 +56,14 @@ def test_the_sampler_and_the_train_step_are_compiled_with_them(monkeypatch, tmp_
     params = jax.eval_shape(lambda state: state.params_tree(), abstract)
     with pytest.raises(Exception, match="NOT_A_COMMAND_TYPE"):
         generate_fn.lower(params, indices, None).compile()
+
+
+def test_compile_time_options_override_them():
+    """benchmark.py's 'nocmdbuf' variant compiles the train step with the option set to '' at compile time:
+    that value replaces the one the jit carries (here a value XLA would refuse)."""
+    f = jax.jit(lambda v: v * 2, compiler_options={"xla_gpu_enable_command_buffer": "NOT_A_COMMAND_TYPE"})
+    x = jnp.ones(3)
+    compiled = f.lower(x).compile(compiler_options={"xla_gpu_enable_command_buffer": ""})
+    np.testing.assert_array_equal(compiled(x), x * 2)
+    with pytest.raises(Exception, match="NOT_A_COMMAND_TYPE"):
+        f.lower(x).compile()
