@@ -30,12 +30,13 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import shutil
 import sys
-from typing import NamedTuple
 import tempfile
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +95,7 @@ class Instruction(NamedTuple):
 
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([^\s=]+) = (.*)$")
-_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([\d,]*)\]")  # dtype[dims], f8e4m3fn too
 
 
 def _split_shape(rest: str) -> tuple[str, str]:
@@ -143,15 +144,13 @@ def op_names(hlo: str | dict[str, Instruction]) -> dict[str, str]:
     return names
 
 
-ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4,
-              "u32": 4, "f64": 8, "s64": 8, "u64": 8}
-
-
-def _size(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= d
-    return n
+def _item_bytes(dtype: str) -> float:
+    """Bytes per element of an HLO element type, from the bit width in its name (bf16 → 2, f8e4m3fn → 1,
+    s4 → ½); pred is a byte, a token holds no data."""
+    if dtype == "pred":
+        return 1
+    bits = re.match(r"[a-z]+(\d+)", dtype)
+    return int(bits.group(1)) / 8 if bits else 0
 
 
 def _operand_arrays(instructions: dict[str, Instruction], operand: str):
@@ -161,7 +160,7 @@ def _operand_arrays(instructions: dict[str, Instruction], operand: str):
 
 
 def _bytes(arrays) -> int:
-    return sum(_size(dims) * ITEM_BYTES.get(t, 4) for t, dims in arrays)
+    return sum(math.prod(dims) * _item_bytes(t) for t, dims in arrays)
 
 
 def _fused(instructions: dict[str, Instruction], instruction: Instruction) -> dict[str, Instruction]:
@@ -187,8 +186,8 @@ def _dot_flops(instructions: dict[str, Instruction], instruction: Instruction,
                contracting: list[int]) -> float:
     """2·(output elements)·K, K the product of the first operand's contracting dimensions."""
     lhs = _operand_arrays(instructions, instruction.operands[0])
-    k = _size(lhs[0][1][d] for d in contracting) if lhs else 0
-    return 2.0 * _size(instruction.arrays[0][1]) * k
+    k = math.prod(lhs[0][1][d] for d in contracting) if lhs else 0
+    return 2.0 * math.prod(instruction.arrays[0][1]) * k
 
 
 def _conv_flops(instructions: dict[str, Instruction], instruction: Instruction, target: str) -> float:
@@ -202,10 +201,10 @@ def _conv_flops(instructions: dict[str, Instruction], instruction: Instruction, 
         kernel = operand[1][1]
         output = instruction.arrays[0][1] if "BackwardInput" not in target else operand[0][1]
     out_channels = kernel[labels.group(1).index("o")] if labels else 1
-    return 2.0 * _size(output) * _size(kernel) / out_channels
+    return 2.0 * math.prod(output) * math.prod(kernel) / out_channels
 
 
-def kernel_work(instructions: dict[str, Instruction], name: str) -> tuple[int, float]:
+def kernel_work(instructions: dict[str, Instruction], name: str) -> tuple[float, float]:
     """(bytes, FLOPs) that instruction ``name`` must at least move and compute: its operands read once (a
     fusion's operand that it only slices: the slices) and its result written once (custom calls' u8/s8
     scratch buffers left out), and 2 FLOPs per multiply-add of its convolutions (cuDNN), products (cuBLAS,
@@ -221,7 +220,7 @@ def kernel_work(instructions: dict[str, Instruction], name: str) -> tuple[int, f
         flops = _conv_flops(instructions, instruction, target)
     elif target.startswith("__cudnn$fmha"):
         q, k = (_operand_arrays(instructions, o)[0][1] for o in instruction.operands[:2])
-        flops = 4.0 * _size(q) * k[1]
+        flops = 4.0 * math.prod(q) * k[1]
     elif target.startswith("__cublas"):
         contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', instruction.attributes)
         dims = [int(d) for d in re.findall(r"\d+", contracting.group(1))] if contracting else []

@@ -18,19 +18,27 @@ def kernel(name, ts, dur, op=None):
     return dict(ph="X", pid=1, tid=7, name=name, ts=ts, dur=dur, args={"hlo_op": op or name})
 
 
+GPU = dict(ph="M", pid=1, name="process_name", args={"name": "/device:GPU:0"})
+
+
+def two_repetitions(kernels_at):
+    """The kernels that ``kernels_at(t0)`` gives for a repetition starting at t0 µs, at t0 = 0 and 1000."""
+    return [e for t0 in (0, 1000) for e in kernels_at(t0)]
+
+
 def test_summary_of_a_known_trace():
     events = [
-        dict(ph="M", pid=1, name="process_name", args={"name": "/device:GPU:0"}),
+        GPU,
         dict(ph="M", pid=2, name="process_name", args={"name": "/host:CPU"}),
         dict(ph="X", pid=2, tid=1, name="host work", ts=0, dur=10_000, args={}),   # not a kernel
         dict(ph="X", pid=2, tid=1, name="GpuExecutable::ExecuteThunks", ts=0, dur=300, args={}),
         dict(ph="X", pid=2, tid=1, name="GpuExecutable::ExecuteThunks", ts=1000, dur=500, args={}),
         # two repetitions of: a conv (100 µs), a reduction (50 µs), a gap of 30 µs, a cuBLAS product (20 µs)
-        *[e for r in range(2) for e in (
-            kernel("sm90_xmma_fprop_implicit_gemm_bf16", 1000 * r, 100, "cudnn-conv.1"),
-            kernel("input_reduce_fusion_12", 1000 * r + 100, 50),
-            kernel("nvjet_sm90_tst_128x128", 1000 * r + 180, 20, "custom-call.3"),
-        )],
+        *two_repetitions(lambda t: (
+            kernel("sm90_xmma_fprop_implicit_gemm_bf16", t, 100, "cudnn-conv.1"),
+            kernel("input_reduce_fusion_12", t + 100, 50),
+            kernel("nvjet_sm90_tst_128x128", t + 180, 20, "custom-call.3"),
+        )),
     ]
     s = profile_step.summarize({"traceEvents": events}, reps=2)
     assert s["busy_ms"] == pytest.approx(0.170)
@@ -87,15 +95,15 @@ def test_op_names_and_layers():
 
 def test_summary_by_layer():
     events = [
-        dict(ph="M", pid=1, name="process_name", args={"name": "/device:GPU:0"}),
-        *[e for r in range(2) for e in (
-            kernel("loop_add_fusion", 1000 * r, 40, "loop_add_fusion.8"),
-            kernel("nvjet_sm90_tst", 1000 * r + 40, 30, "custom-call.3"),
-            kernel("nvjet_sm90_tst", 1000 * r + 70, 10, "custom-call.3"),
-            kernel("cudnn_sdpa", 1000 * r + 80, 20, "command_buffer_7"),
-            kernel("loop_select_fusion", 1000 * r + 100, 5, "select.2"),
-            kernel("copy_1", 1000 * r + 105, 2, "copy.1"),
-        )],
+        GPU,
+        *two_repetitions(lambda t: (
+            kernel("loop_add_fusion", t, 40, "loop_add_fusion.8"),
+            kernel("nvjet_sm90_tst", t + 40, 30, "custom-call.3"),
+            kernel("nvjet_sm90_tst", t + 70, 10, "custom-call.3"),
+            kernel("cudnn_sdpa", t + 80, 20, "command_buffer_7"),
+            kernel("loop_select_fusion", t + 100, 5, "select.2"),
+            kernel("copy_1", t + 105, 2, "copy.1"),
+        )),
     ]
     s = profile_step.summarize({"traceEvents": events}, reps=2, hlo_text=HLO)
     got = {row["layer"]: (row["ms"], row["kernels"]) for row in s["by_layer"]}
@@ -194,18 +202,24 @@ def test_kernel_work_from_the_hlo():
     assert work("gemm_fusion_dot.4") == (2 * (128 * 64 + 64 * 16 + 128 * 16), 2.0 * 128 * 16 * 64)
     assert work("attention.5")[1] == 4.0 * (2 * 16 * 4 * 8) * 16  # 4·B·N·T²·H
     assert work("loop_add_fusion.7") == (4 * (32 + 32 + 32), 0.0)  # the table's one sliced row, not all 64
+    # element widths from the type's name: 8-bit floats and 4-bit integers too
+    narrow = profile_step.hlo_instructions("ENTRY %m {\n  %x = f8e4m3fn[6]{0} parameter(0)\n"
+                                           "  %y = s4[6]{0} parameter(1)\n"
+                                           "  ROOT %z = (f8e4m3fn[6]{0}, pred[2]{0}) custom-call(%x, %y)\n}")
+    assert narrow["x"].arrays == (("f8e4m3fn", (6,)),)
+    assert profile_step.kernel_work(narrow, "z") == (6 + 2 + 6 + 3, 0.0)
 
 
 def test_floors_count_each_instruction_once_at_its_main_kernel():
     events = [
-        dict(ph="M", pid=1, name="process_name", args={"name": "/device:GPU:0"}),
-        *[e for r in range(2) for e in (
-            kernel("Memset 3", 1000 * r, 1, "conv.1"),
-            kernel("nhwcAddPaddingKernel", 1000 * r + 2, 3, "conv.1"),
-            kernel("sm90_xmma_fprop_implicit_gemm", 1000 * r + 5, 2000, "conv.1"),
-            kernel("loop_add_fusion_7", 1000 * r + 10, 1, "loop_add_fusion.7"),
-            kernel("cudnn_sdpa", 1000 * r + 20, 5, "command_buffer_3"),
-        )],
+        GPU,
+        *two_repetitions(lambda t: (
+            kernel("Memset 3", t, 1, "conv.1"),
+            kernel("nhwcAddPaddingKernel", t + 2, 3, "conv.1"),
+            kernel("sm90_xmma_fprop_implicit_gemm", t + 5, 2000, "conv.1"),
+            kernel("loop_add_fusion_7", t + 10, 1, "loop_add_fusion.7"),
+            kernel("cudnn_sdpa", t + 20, 5, "command_buffer_3"),
+        )),
     ]
     # at 1 GB/s and 1 GFLOP/s a floor is bytes/1000 or FLOPs/1000 µs
     s = profile_step.summarize({"traceEvents": events}, reps=2, hlo_text=WORK_HLO, bandwidth_tbps=1e-3,
