@@ -57,6 +57,7 @@ from jax.experimental.pallas import triton as plt
 
 from jdiff.models.group_norm import (EPS, NUM_GROUPS, check_affine, check_dropout, dropout_keep,
                                      dropout_keep_scale, dropout_threshold)
+from jdiff.models import mosaic_group_norm
 from jdiff.models.per_image import partitioned_per_image
 
 Dtype = Any
@@ -70,6 +71,9 @@ TILE_ELEMENTS = (2048, 4096)  # positions × padded channels per tile: for N < 1
 # "GroupNorm backward settings"); no one rule fits every shape. Other shapes use the rules.
 TUNED_BACKWARD = {(1024, 256): (16, 64, 8), (1024, 384): (16, 48, 8), (256, 256): (16, 64, 8),
                   (256, 512): (32, 64, 8), (16, 512): (8, 128, 8)}
+
+
+KERNELS = ("auto", "triton", "mosaic")  # the forward's
 
 
 def _next_power_of_2(n: int) -> int:
@@ -425,7 +429,7 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
             silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False, dropout: float = 0.0,
             seeds: tuple[jax.Array, jax.Array] | None = None, shift: jax.Array | None = None,
             block_n: int | None = None, channels_per_program: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+            num_stages: int | None = None, kernel: str = "auto") -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b both (B, C) or both (C,), as
     ``normalise_affine(x, a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds,
     shift=shift)`` computes it (the same dropout mask), in one Pallas Triton kernel; mean and rstd =
@@ -440,7 +444,23 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     its batch axis, each device computes its own images. Raises ValueError for what
     :func:`unsupported_reason` rejects. No derivative is defined (``jax.grad`` of it fails inside Pallas):
     :func:`jdiff.models.group_norm.normalise_affine` pairs it with :func:`backward`.
+
+    ``kernel``: 'triton' (this module's kernel), 'mosaic' (:func:`jdiff.models.mosaic_group_norm.forward`, the
+    TMA kernel for Hopper GPUs, which reads x once; no dropout, y in x's dtype) or 'auto': 'mosaic' where
+    :func:`~jdiff.models.mosaic_group_norm.preferred` (it runs there and was measured faster, N ≥ 1024),
+    unless a Triton setting or ``interpret`` is given, else 'triton'.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"pallas_group_norm.forward: kernel {kernel!r} is not one of {KERNELS}")
+    triton_settings = (block_n, channels_per_program, num_warps, num_stages) != (None,) * 4
+    if kernel == "mosaic" or (kernel == "auto" and not (interpret or triton_settings)
+                              and mosaic_group_norm.preferred(x.shape, x.dtype, out_dtype, groups=groups,
+                                                              dropout=dropout)):
+        if triton_settings or dropout:
+            raise ValueError("pallas_group_norm.forward: kernel='mosaic' takes no Triton settings (block_n, "
+                             "channels_per_program, num_warps, num_stages) and no dropout")
+        return mosaic_group_norm.forward(x, a, b, groups=groups, eps=eps, silu=silu, out_dtype=out_dtype,
+                                         shift=shift, interpret=interpret)
     settings = _checked_settings("pallas_group_norm.forward", x, (a, b), {}, groups=groups, eps=eps,
                                  silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout,
                                  seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
