@@ -38,6 +38,10 @@ mask, sum-reduced over one axis, and the group values broadcast back to their ch
 way (a reshape to (groups, channels-per-group) would need a power-of-two group size, and a one-hot
 matrix product would run in TF32 on Triton's tensor cores).
 
+On Hopper GPUs (jax ≥ 0.11) :func:`forward` hands the norms of N ≥ 1024 positions without dropout to
+:mod:`jdiff.models.mosaic_group_norm`, whose TMA copies keep each slab in shared memory between the two passes
+(``kernel`` chooses explicitly); the backward kernel reads either forward's mean and rstd.
+
 Over a batch sharded on a mesh, each device runs the kernels on its own images
 (:func:`jdiff.models.per_image.partitioned_per_image`).
 
