@@ -151,8 +151,10 @@ class _Settings:
     interpret: Any  # False, True, or Mosaic GPU's InterpretGPUParams
 
 
-def _kernel(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: int, plan_: Plan, blocks: int, slabs: int,
-            ctas: int, eps: float, silu: bool, shifted: bool):
+def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: int, plan_: Plan, blocks: int,
+                            slabs: int, ctas: int, eps: float, silu: bool, shifted: bool):
+    """One CTA's work (the module docstring has the scheme): its slabs in turn, each chunk's load issued
+    R − 1 chunks ahead. The function's name is the kernel's in profiles."""
     shift_gmem, refs = (refs[0], refs[1:]) if shifted else (None, refs)
     y_gmem, mean_gmem, rstd_gmem, ring_buf, lanes, mean_out, rstd_out, loaded = refs
     cpp, chunk_rows, ring = plan_.channels_per_cta, plan_.chunk_rows, plan_.ring
@@ -289,8 +291,8 @@ def _call(*operands_and_settings):
     per_channel = jax.ShapeDtypeStruct((batch, channels), jnp.float32)
     lanes_pad = _round_up(plan_.channels_per_cta, 64)
     kernel = functools.partial(
-        _kernel, n=n, per_group=channels // settings.groups, plan_=plan_, blocks=blocks, slabs=slabs,
-        ctas=ctas, eps=settings.eps, silu=settings.silu, shifted=len(operands) == 4)
+        _group_norm_forward_tma, n=n, per_group=channels // settings.groups, plan_=plan_, blocks=blocks,
+        slabs=slabs, ctas=ctas, eps=settings.eps, silu=settings.silu, shifted=len(operands) == 4)
     return plgpu.kernel(
         kernel,
         out_type=(jax.ShapeDtypeStruct(x.shape, x.dtype), per_channel, per_channel),
