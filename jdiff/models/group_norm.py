@@ -213,6 +213,16 @@ def check_affine(caller: str, a: jax.Array, b: jax.Array, batch: int, channels: 
                          f"{(batch, channels)}, got {a.shape} and {b.shape}")
 
 
+def shift_operands(caller: str, shift: jax.Array | None, channels: int) -> tuple[jax.Array, ...]:
+    """The kernels' optional shift operand: () without a shift, else (c,) as float32; raises ValueError unless
+    c is (C,)."""
+    if shift is None:
+        return ()
+    if shift.shape != (channels,):
+        raise ValueError(f"{caller}: shift must be (C,) = {(channels,)}, got {shift.shape}")
+    return (shift.astype(jnp.float32),)
+
+
 def check_dropout(caller: str, dropout: float, seeds, batch: int, channels: int) -> None:
     """Raises ValueError unless ``dropout`` is a rate in [0, 1) and, when it is > 0, ``seeds`` are the
     pair (seed0, seed1) of (B, C) arrays that :func:`dropout_seeds` gives (XLA's path and the kernels')."""
@@ -252,8 +262,7 @@ def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dr
     _check_implementation(implementation)
     check_affine("normalise_affine", a, b, x.shape[0], x.shape[-1])
     check_dropout("normalise_affine", dropout, seeds, x.shape[0], x.shape[-1])
-    if shift is not None and shift.shape != (x.shape[-1],):
-        raise ValueError(f"normalise_affine: shift must be (C,) = {(x.shape[-1],)}, got {shift.shape}")
+    shift_operands("normalise_affine", shift, x.shape[-1])
     if implementation == "xla":
         y, (mean, rstd) = _normalise(_shifted(x, shift), a, b, groups, eps, silu, one_pass, out_dtype,
                                      dropout, seeds)

@@ -44,7 +44,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine
+from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, shift_operands
 from jdiff.models.per_image import partitioned_per_image
 
 Dtype = Any
@@ -343,12 +343,7 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     if reason:
         raise ValueError(f"mosaic_group_norm.forward: {reason}")
     check_affine("mosaic_group_norm.forward", a, b, x.shape[0], x.shape[-1])
-    shifts = ()
-    if shift is not None:
-        if shift.shape != (x.shape[-1],):
-            raise ValueError(f"mosaic_group_norm.forward: shift must be (C,) = {(x.shape[-1],)}, got "
-                             f"{shift.shape}")
-        shifts = (shift.astype(jnp.float32),)
+    shifts = shift_operands("mosaic_group_norm.forward", shift, x.shape[-1])
     settings = _Settings(groups=groups, eps=float(eps), silu=silu, chunk_rows=chunk_rows,
                          ring_bytes_per_sm=ring_bytes_per_sm, interpret=interpret)
     return _per_image[a.ndim == 1, bool(shifts)](x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts,

@@ -60,7 +60,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from jdiff.models.group_norm import (EPS, NUM_GROUPS, check_affine, check_dropout, dropout_keep,
-                                     dropout_keep_scale, dropout_threshold)
+                                     dropout_keep_scale, dropout_threshold, shift_operands)
 from jdiff.models import mosaic_group_norm
 from jdiff.models.per_image import partitioned_per_image
 
@@ -469,12 +469,7 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
                                  silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout,
                                  seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
                                  num_warps=num_warps, num_stages=num_stages)
-    shifts = ()
-    if shift is not None:
-        if shift.shape != (x.shape[-1],):
-            raise ValueError(f"pallas_group_norm.forward: shift must be (C,) = {(x.shape[-1],)}, got "
-                             f"{shift.shape}")
-        shifts = (shift.astype(jnp.float32),)
+    shifts = shift_operands("pallas_group_norm.forward", shift, x.shape[-1])
     call = _forward_per_image[bool(settings.dropout), a.ndim == 1, bool(shifts)]
     return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, *_seed_operands(settings, seeds),
                 settings)
