@@ -8,10 +8,11 @@
 For each activation shape of the ADM CIFAR-10 UNet in bf16 (POSITIONS_CHANNELS, at ``--batch`` images:
 512 as the sampler, 128 as a training step) it times
 (a) ``normalise_affine(..., silu=True, one_pass=False)`` jitted by XLA, (b) the same with
-``one_pass=True``, and (c) the kernel (``pallas_group_norm.forward``) at its defaults and for every
-setting of the sweep (block_n positions per tile × num_warps × padded channel width per program, the
-settings the kernel rejects or whose tile is outside [--min-tile, --max-tile] elements skipped), all with
-bf16 output. Before timing,
+``one_pass=True``, and (c) the Triton kernel (``pallas_group_norm.forward(kernel='triton')``) at its
+defaults, the Mosaic GPU kernel (``kernel='mosaic'``) where it runs and takes the shape (Hopper GPUs,
+jax ≥ 0.11, no dropout), and the Triton kernel for every setting of the sweep (block_n positions per
+tile × num_warps × padded channel width per program, the settings the kernel rejects or whose tile is
+outside [--min-tile, --max-tile] elements skipped), all with bf16 output. Before timing,
 each kernel setting's float32 output is checked against (a)'s (max abs difference; a setting over
 --tolerance is reported and not timed). ``--direction training`` times instead the forward and backward
 of one norm as a train step runs them (the gradients of ½Σy², :func:`gradients`): XLA two-pass,
@@ -45,7 +46,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, normalise_affine  # noqa: E402
-from jdiff.models import pallas_group_norm  # noqa: E402
+from jdiff.models import mosaic_group_norm, pallas_group_norm  # noqa: E402
 from jdiff.models.pallas_group_norm import unsupported_reason  # noqa: E402
 
 POSITIONS_CHANNELS = [(1024, 128), (1024, 256), (1024, 384), (256, 256), (256, 512), (64, 256), (64, 512),
@@ -115,8 +116,10 @@ def xla(one_pass: bool, out_dtype, drop: dict):
 
 
 def pallas(setting: dict, out_dtype, interpret: bool, drop: dict):
+    """The forward kernel with these settings: the Triton kernel unless ``setting`` names another."""
     return lambda x, a, b: pallas_group_norm.forward(x, a, b, silu=True, out_dtype=out_dtype,
-                                                     interpret=interpret, **drop, **setting)[0]
+                                                     interpret=interpret, **drop,
+                                                     **{"kernel": "triton", **setting})[0]
 
 
 def max_abs_diff(fn, reference, x, a, b) -> float:
@@ -209,7 +212,10 @@ def bench_shape(shape, args) -> dict:
                       xla_one_pass=timed("XLA one-pass", xla(True, DTYPE, drop), max_diff_f32=(
                           max_abs_diff(xla(True, jnp.float32, drop), reference, x, a, b))))
         candidate, difference = pallas, max_abs_diff
-    sweep = settings(shape, args) if training else [{}] + settings(shape, args)  # {}: the kernel's defaults
+    # {}: the Triton kernel's defaults; the Mosaic GPU kernel where it runs and takes the shape
+    mosaic = [dict(kernel="mosaic")] if (mosaic_group_norm.runs_here() and not args.dropout and (
+        mosaic_group_norm.unsupported_reason(shape, DTYPE, DTYPE) is None)) else []
+    sweep = settings(shape, args) if training else [{}] + mosaic + settings(shape, args)
     for setting in sweep:
         diff = difference(candidate(setting, jnp.float32, args.smoke, drop), reference, x, a, b)
         if not diff <= args.tolerance:  # also NaN
@@ -235,7 +241,7 @@ def table(results: list[dict]) -> str:
         if ok:
             best = min(ok, key=lambda p: p["ms"])
             setting = (f"{best['block_n']}, {best['channels_per_program']}, {best['num_warps']}"
-                       if "block_n" in best else "defaults")
+                       if "block_n" in best else best.get("kernel", "defaults"))
             diff = best["max_diff_f32"]
             pallas_cells = (f"{best['ms']:.3f} ({best['gbps']:.0f})", setting,
                             f"{two['ms'] / best['ms']:.2f}×", f"{diff:.1e}", wrong)
