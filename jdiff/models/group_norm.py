@@ -39,7 +39,7 @@ backward reads the per-channel statistics its forward saved). On the UNet's shap
 is 1.1–1.6× faster than XLA's reduction and apply passes, and forward plus backward 0.84–1.6×
 (docs/benchmarks.md); a bf16 train step is 6.7% faster with them, 100-step sampling 7.8%. On Hopper GPUs
 with jax ≥ 0.11 the forward of the 32×32 norms (N ≥ 1024, no dropout, output in the input's dtype) is
-instead the TMA kernel of :mod:`jdiff.models.mosaic_group_norm`, which reads each activation once (25–30%
+instead the TMA kernel of :mod:`jdiff.models.mosaic_group_norm`, which reads each activation once (12–30%
 less time per norm; sampling 2.4%, training 2.5% faster); the Triton backward reads its statistics alike.
 'auto' (the default) is 'pallas' where it runs, see :func:`norm_implementation`.
 """

@@ -23,9 +23,10 @@ both passes read it:
   buffer of chunk m − 1, as soon as that buffer's store has been read out. The next slab's loads are in
   flight while the current slab is normalised, and DRAM sees one read and one write of every element.
 
-On an H200 (docs/benchmarks.md, thirteenth session) it took 21–26% less time than the Triton kernel at
-N = 1024 (C = 128, 256, 384; within 12% of one XLA pass over x at C = 128) and more at N ≤ 256, where the
-Triton kernel's slabs are small; :func:`preferred` says where jdiff uses it.
+On an H200 (docs/benchmarks.md, thirteenth session) it took 12–17% less time than the Triton kernel at
+N = 1024 (C = 128, 256, 384) on inputs read from DRAM, 21–30% less on calls back to back on one input (as
+in the UNet, where a norm's input was just written), within 12% of one XLA pass over x; and more time at
+N ≤ 256, where the Triton kernel's slabs are small: :func:`preferred` says where jdiff uses it.
 
 It runs on NVIDIA GPUs of compute capability 9.x (TMA, sm_90a code) with jax ≥ 0.11 (the Mosaic GPU API it
 is written against), and in Mosaic GPU's interpreter (``interpret=True``, jax ≥ 0.11, any backend).
