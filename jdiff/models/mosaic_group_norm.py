@@ -29,7 +29,7 @@ in the UNet, where a norm's input was just written), within 12% of one XLA pass 
 N ≤ 256, where the Triton kernel's slabs are small: :func:`preferred` says where jdiff uses it.
 
 It runs on NVIDIA GPUs of compute capability 9.x (TMA, sm_90a code) with jax ≥ 0.11 (the Mosaic GPU API it
-is written against), and in Mosaic GPU's interpreter (``interpret=True``, jax ≥ 0.11, any backend).
+is written against), and in Mosaic GPU's interpreter (``interpret=True``, jax ≥ 0.10, any backend).
 Dropout is not implemented: the Triton kernel takes those norms.
 """
 
@@ -152,8 +152,29 @@ class _Settings:
     interpret: Any  # False, True, or Mosaic GPU's InterpretGPUParams
 
 
+class _Registers:
+    """Arrays in registers, in Mosaic GPU's register layouts when compiled. The interpreter computes the same
+    values without them (jax 0.10's cannot interpret layouts at all), so it checks the kernel's arithmetic,
+    indexing and synchronisation, and the lowering tests and the GPU check the layouts."""
+
+    def __init__(self, layouts: bool):
+        self.layouts = layouts
+
+    def load(self, ref, layout):
+        return plgpu.load(ref, layout=layout, optimized=False) if self.layouts else ref[...]
+
+    def iota(self, shape, dimension):
+        if self.layouts:
+            return plgpu.broadcasted_iota(jnp.int32, shape, dimension, layout=_TILE)
+        return lax.broadcasted_iota(jnp.int32, shape, dimension)
+
+    def zeros(self, shape):
+        zeros = jnp.zeros(shape, jnp.float32)
+        return plgpu.layout_cast(zeros, _TILE) if self.layouts else zeros
+
+
 def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: int, plan_: Plan, blocks: int,
-                            slabs: int, ctas: int, eps: float, silu: bool, shifted: bool):
+                            slabs: int, ctas: int, eps: float, silu: bool, shifted: bool, layouts: bool):
     """One CTA's work (the module docstring has the scheme): its slabs in turn, each chunk's load issued
     R − 1 chunks ahead. The function's name is the kernel's in profiles."""
     shift_gmem, refs = (refs[0], refs[1:]) if shifted else (None, refs)
@@ -181,8 +202,9 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
 
     # Channels → groups and back with a (lanes, groups) membership mask summed over one axis: the register
     # layouts have no reshape that would put a group's channels on one axis.
-    lane = plgpu.broadcasted_iota(jnp.int32, (lanes_pad, groups_pad), 0, layout=_TILE)
-    first = plgpu.broadcasted_iota(jnp.int32, (lanes_pad, groups_pad), 1, layout=_TILE) * per_group
+    regs = _Registers(layouts)
+    lane = regs.iota((lanes_pad, groups_pad), 0)
+    first = regs.iota((lanes_pad, groups_pad), 1) * per_group
     member = (lane >= first) & (lane < first + per_group) & (lane < cpp)
 
     def group_sum_on_lanes(per_channel):
@@ -191,20 +213,20 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
         plgpu.commit_smem()  # every thread has read the last contents of ``lanes``
         lanes.at[pl.ds(0, cpp)][...] = per_channel
         plgpu.commit_smem()
-        column = plgpu.load(lanes, layout=_PER_ROW, optimized=False)
+        column = regs.load(lanes, _PER_ROW)
         totals = jnp.where(member, lax.broadcast_in_dim(column, member.shape, [0]), 0.0).sum(axis=0)
         back = jnp.where(member, lax.broadcast_in_dim(totals, member.shape, [1]), 0.0).sum(axis=1)
         plgpu.commit_smem()
         lanes[...] = back
         plgpu.commit_smem()
-        return plgpu.load(lanes.at[pl.ds(0, cpp)], layout=_PER_COLUMN, optimized=False)
+        return regs.load(lanes.at[pl.ds(0, cpp)], _PER_COLUMN)
 
     def over_rows(per_channel):
         return lax.broadcast_in_dim(per_channel, (ROWS, cpp), [1])
 
     def channels(ref, image, cols):  # a (B, C) operand's row of this image, or a (C,) one
         at = ref.at[cols] if len(ref.shape) == 1 else ref.at[image, cols]
-        return plgpu.load(at, layout=_PER_COLUMN, optimized=False)
+        return regs.load(at, _PER_COLUMN)
 
     @pl.loop(0, my_slabs)
     def _(s):
@@ -213,12 +235,11 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
         cols = pl.ds(col0, cpp)
 
         def tile(m, i):
-            return plgpu.load(ring_buf.at[m % ring, pl.ds(i * ROWS, ROWS)], layout=_TILE,
-                              optimized=False).astype(jnp.float32)
+            return regs.load(ring_buf.at[m % ring, pl.ds(i * ROWS, ROWS)], _TILE).astype(jnp.float32)
 
         plgpu.barrier_wait(loaded.at[m0 % ring])
         shift = tile(m0, 0).sum(axis=0) * (1.0 / ROWS)
-        zeros = plgpu.layout_cast(jnp.zeros((ROWS, cpp), jnp.float32), _TILE)
+        zeros = regs.zeros((ROWS, cpp))
         sums = (zeros, zeros)
         for k in range(k_chunks):
             if k:
@@ -267,11 +288,19 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
     plgpu.wait_smem_to_gmem(0)
 
 
+def interpret_params(**options: Any) -> Any:
+    """Mosaic GPU's interpreter parameters (``InterpretGPUParams(**options)``, e.g. ``detect_races=True``),
+    for ``forward(interpret=...)``: jax 0.10 has the interpreter but does not export them yet."""
+    try:
+        params = plgpu.InterpretGPUParams
+    except AttributeError:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams as params
+    return params(**options)
+
+
 def _interpret_params(interpret: Any) -> Any:
     """None (compile for the GPU), or the interpreter's parameters: the ones given, or its defaults."""
-    if interpret is True:
-        return plgpu.InterpretGPUParams()
-    return interpret or None
+    return interpret_params() if interpret is True else interpret or None
 
 
 def _sm_count(interpret: Any) -> int:
@@ -293,7 +322,8 @@ def _call(*operands_and_settings):
     lanes_pad = _round_up(plan_.channels_per_cta, 64)
     kernel = functools.partial(
         _group_norm_forward_tma, n=n, per_group=channels // settings.groups, plan_=plan_, blocks=blocks,
-        slabs=slabs, ctas=ctas, eps=settings.eps, silu=settings.silu, shifted=len(operands) == 4)
+        slabs=slabs, ctas=ctas, eps=settings.eps, silu=settings.silu, shifted=len(operands) == 4,
+        layouts=not settings.interpret)
     return plgpu.kernel(
         kernel,
         out_type=(jax.ShapeDtypeStruct(x.shape, x.dtype), per_channel, per_channel),
@@ -327,11 +357,12 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
 
     ``chunk_rows`` (positions per ring buffer) and ``ring_bytes_per_sm`` (shared memory for the rings of one
     SM's CTAs) are for tests, which shrink them to exercise the ring on small inputs. ``interpret`` (True, or
-    Mosaic GPU's ``InterpretGPUParams``, e.g. with its race detector) runs the kernel in Mosaic GPU's
-    interpreter (any backend, slow). Under ``jax.jit`` over a mesh with x split along
-    its batch axis, each device computes its own images. Raises ValueError where the kernel does not run
-    (:func:`runs_here`, unless interpreted) or does not take the input (:func:`unsupported_reason`)."""
-    if not jax_supports_it():
+    :func:`interpret_params`, e.g. with the race detector) runs the kernel in Mosaic GPU's interpreter (any
+    backend, jax ≥ 0.10, slow; without register layouts, see :class:`_Registers`). Under ``jax.jit`` over a
+    mesh with x split along its batch axis, each device computes its own images. Raises ValueError where the
+    kernel does not run (:func:`runs_here`, unless interpreted) or does not take the input
+    (:func:`unsupported_reason`)."""
+    if not interpret and not jax_supports_it():
         raise ValueError(f"the Mosaic GPU GroupNorm kernel needs jax >= 0.11 (its Mosaic GPU API), found "
                          f"{jax.__version__}: use jdiff.models.pallas_group_norm.forward(kernel='triton')")
     if not interpret and not runs_here():
