@@ -5,11 +5,10 @@ and off, bf16 and float32, several slabs per CTA with the buffer ring wrapping r
 against the spread; and the interpreter's race detector on the ring.
 
 The interpreter runs the kernel without its register layouts (jax 0.10's cannot interpret them; the values
-are the same): the layouts are checked by lowering the kernel for CUDA, which needs jax 0.11's Mosaic GPU
-API, and jax 0.10's race detector misses the TMA stores' races (the CI machine's Python 3.11 has jax 0.10,
-so those tests are skipped there and say why; they passed with jax 0.11.2 on the CPU), and by the kernel's
-run on an H200 (experiments/results/benchmarks/
-speed_h200_2026-12-01e/, docs/benchmarks.md)."""
+are the same). Two tests need jax 0.11 and are skipped on the CI machine (Python 3.11, jax 0.10) with the
+reason: the lowering for CUDA, which checks the layouts, and the race detector, whose jax 0.10 version
+misses the TMA stores' races; both passed with jax 0.11.2 on the CPU. The kernel itself ran on an H200
+(experiments/results/benchmarks/speed_h200_2026-12-01e/, docs/benchmarks.md)."""
 
 import jax
 import jax.numpy as jnp
