@@ -213,6 +213,17 @@ def check_affine(caller: str, a: jax.Array, b: jax.Array, batch: int, channels: 
                          f"{(batch, channels)}, got {a.shape} and {b.shape}")
 
 
+# The kernels' Shardy rules (jdiff.models.per_image): b the images, split over a mesh; n, c kept whole.
+AFFINE_RULE = {False: ", b c, b c", True: ", c, c"}  # a, b per image, or shared (C,)
+SEEDS_RULE = ", b c, b c"  # dropout's two seeds per image and channel
+OUTPUTS_RULE = " -> b n c, b c, b c"  # y (or dx), and two per-channel (B, C) arrays
+
+
+def forward_sharding_rule(shared: bool, shifted: bool, seeded: bool = False) -> str:
+    """The rule of a forward kernel's call (x, a, b[, c][, seed0, seed1]) → (y, mean, rstd)."""
+    return "b n c" + AFFINE_RULE[shared] + ", c" * shifted + SEEDS_RULE * seeded + OUTPUTS_RULE
+
+
 def shift_operands(caller: str, shift: jax.Array | None, channels: int) -> tuple[jax.Array, ...]:
     """The kernels' optional shift operand: () without a shift, else (c,) as float32; raises ValueError unless
     c is (C,)."""

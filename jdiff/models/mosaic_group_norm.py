@@ -45,8 +45,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, shift_operands
+from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, forward_sharding_rule, shift_operands
 from jdiff.models.per_image import partitioned_per_image
+from jdiff.models.platform import compute_capability
 
 Dtype = Any
 
@@ -71,10 +72,8 @@ def jax_supports_it() -> bool:
 
 def runs_here() -> bool:
     """Whether the default devices run the kernel: NVIDIA GPUs of compute capability 9.x, with jax ≥ 0.11."""
-    if jax.default_backend() != "gpu" or not jax_supports_it():
-        return False
-    capability = getattr(jax.devices()[0], "compute_capability", None)  # '9.0' on CUDA; absent on ROCm
-    return capability is not None and capability.split(".")[0] == "9"
+    capability = compute_capability()
+    return capability is not None and capability[0] == 9 and jax_supports_it()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,11 +339,8 @@ def _call(*operands_and_settings):
     )(*operands)
 
 
-_OUTPUTS = " -> b n c, b c, b c"
-_AFFINE = {False: ", b c, b c", True: ", c, c"}  # a, b per image, or shared
-_per_image = {
-    (shared, shifted): partitioned_per_image(_call, "b n c" + _AFFINE[shared] + ", c" * shifted + _OUTPUTS)
-    for shared in (False, True) for shifted in (False, True)}
+_per_image = {(shared, shifted): partitioned_per_image(_call, forward_sharding_rule(shared, shifted))
+              for shared in (False, True) for shifted in (False, True)}
 
 
 def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,

@@ -59,8 +59,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from jdiff.models.group_norm import (EPS, NUM_GROUPS, check_affine, check_dropout, dropout_keep,
-                                     dropout_keep_scale, dropout_threshold, shift_operands)
+from jdiff.models.group_norm import (AFFINE_RULE, EPS, NUM_GROUPS, OUTPUTS_RULE, SEEDS_RULE, check_affine,
+                                     check_dropout, dropout_keep, dropout_keep_scale, dropout_threshold,
+                                     forward_sharding_rule, shift_operands)
 from jdiff.models import mosaic_group_norm
 from jdiff.models.per_image import partitioned_per_image
 
@@ -385,16 +386,14 @@ def _backward_call(*operands_and_settings):
     return _launch(_backward_kernel, "group_norm_backward", settings, tuple(operands))
 
 
-_OUTPUTS = " -> b n c, b c, b c"
-_SEEDS = ", b c, b c"
-_AFFINE = {False: ", b c, b c", True: ", c, c"}  # a, b per image, or shared
 _forward_per_image = {
-    (seeded, shared, shifted): partitioned_per_image(
-        _forward_call, "b n c" + _AFFINE[shared] + ", c" * shifted + _SEEDS * seeded + _OUTPUTS)
+    (seeded, shared, shifted): partitioned_per_image(_forward_call,
+                                                     forward_sharding_rule(shared, shifted, seeded))
     for seeded in (False, True) for shared in (False, True) for shifted in (False, True)}
 _backward_per_image = {
     (seeded, shared): partitioned_per_image(
-        _backward_call, "b n c, b n c" + _AFFINE[shared] + ", b c, b c" + _SEEDS * seeded + _OUTPUTS)
+        _backward_call,
+        "b n c, b n c" + AFFINE_RULE[shared] + ", b c, b c" + SEEDS_RULE * seeded + OUTPUTS_RULE)
     for seeded in (False, True) for shared in (False, True)}
 
 
