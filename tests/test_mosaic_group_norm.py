@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdiff.models import mosaic_group_norm, pallas_group_norm
+from jdiff.models import mosaic_gpu, mosaic_group_norm, pallas_group_norm
 from jdiff.models.group_norm import NUM_GROUPS
 from jdiff.models.mosaic_group_norm import Plan, plan, unsupported_reason
 from test_pallas_group_norm import as64, inputs, reference
@@ -123,7 +123,7 @@ def test_lowers_for_the_gpu_at_the_unets_32x32_shapes(monkeypatch, channels, sha
     """Mosaic GPU's lowering (register layouts, TMA copies, the ring's barriers) of the shapes jdiff runs it
     on, at batch 512, done on the CPU for the CUDA platform: what the interpreter cannot check."""
     monkeypatch.setattr(mosaic_group_norm, "runs_here", lambda: True)
-    monkeypatch.setattr(mosaic_group_norm, "_sm_count", lambda interpret: 132)
+    monkeypatch.setattr(mosaic_group_norm, "sm_count", lambda interpret: 132)
     x = jax.ShapeDtypeStruct((512, 1024, channels), jnp.bfloat16)
     affine = jax.ShapeDtypeStruct((channels,) if shared else (512, channels), jnp.float32)
     shift = jax.ShapeDtypeStruct((channels,), jnp.float32) if shifted else None
@@ -148,7 +148,7 @@ def test_interpreted_ring_has_no_races():
         pytest.skip(f"jax's interpreter no longer exposes its race state here: {error}")
     x, a, b = inputs((3, 256, 128), jnp.bfloat16, seed=11)
     y = mosaic_group_norm.forward(x, a, b, silu=True,
-                                  interpret=mosaic_group_norm.interpret_params(detect_races=True),
+                                  interpret=mosaic_gpu.interpret_params(detect_races=True),
                                   chunk_rows=64, ring_bytes_per_sm=2 * 6 * 64 * 32 * 2)[0]
     y.block_until_ready()
     assert get_races().races_found is False

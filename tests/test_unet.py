@@ -325,6 +325,7 @@ def test_attention_block_with_the_pallas_kernel_computes_cudnns_network(monkeypa
     from jdiff.models import pallas_attention
     from jdiff.models.layers import AttentionBlock
     monkeypatch.setattr("jdiff.models.layers.nvidia_sm80_or_newer", lambda: True)
+    monkeypatch.setattr("jdiff.models.pallas_attention.nvidia_sm80_or_newer", lambda: True)  # kernel_for's
     kernel, calls = pallas_attention.attention_from_qkv, []
     monkeypatch.setattr(pallas_attention, "attention_from_qkv", lambda qkv, q_bias, **kw: calls.append(
         qkv.shape) or kernel(qkv, q_bias, interpret=True, **kw))

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiff.models import pallas_attention
+from jdiff.models import mosaic_attention, pallas_attention
 from jdiff.models.group_norm import GroupNorm
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -305,29 +305,32 @@ class ResBlock(nn.Module):
 def attention_implementation(requested: str, dtype: Dtype, head_channels: int, *,
                              shape: tuple[int, ...] | None = None, differentiated: bool = True) -> str:
     """The attention kernel: 'xla' or 'cudnn' (:func:`jax.nn.dot_product_attention`'s) or 'pallas'
-    (:func:`jdiff.models.pallas_attention.attention`) as requested; 'auto' picks, on an NVIDIA GPU of
-    compute capability 8.0 or newer (Ampere on) in 16-bit compute, the Pallas kernel for q, k, v of
-    ``shape`` (B, L, heads, d) that it takes (L ≤ 64) where nothing is differentiated (its backward is
-    XLA's), else cuDNN's fused flash-attention kernel where it applies (head width a multiple of 8 up to
-    128), and XLA's otherwise (e.g. on a Colab T4). cuDNN made the bf16 train step 10% and sampling 19–25%
-    faster on an H100/H200, the Pallas kernel its 8×8 and 4×4 layers 1.6× and 3.5× faster at batch 512
-    (docs/benchmarks.md). 'pallas' raises ValueError where the kernel cannot run."""
+    (:func:`jdiff.models.pallas_attention.attention_from_qkv`'s kernels) as requested; 'auto' picks, on an
+    NVIDIA GPU of compute capability 8.0 or newer (Ampere on) in 16-bit compute, jdiff's kernels for q, k, v
+    of ``shape`` (B, L, heads, d) where one takes it (:func:`jdiff.models.pallas_attention.kernel_for`: the
+    Triton kernel for L ≤ 64, the Mosaic GPU kernel for L of 128 or 256 on Hopper) and nothing is
+    differentiated (their backward is XLA's), else cuDNN's fused flash-attention kernel where it applies
+    (head width a multiple of 8 up to 128), and XLA's otherwise (e.g. on a Colab T4). cuDNN made the bf16
+    train step 10% and sampling 19–25% faster on an H100/H200; jdiff's kernels made the 8×8 and 4×4 layers
+    1.6× and 3.5× faster and the 16×16 ones 1.4–1.5× (with the q|k|v product) at batch 512 on an H200
+    (docs/benchmarks.md). 'pallas' raises ValueError where no kernel takes the shape here."""
     if requested not in ("auto", "xla", "cudnn", "pallas"):
         raise ValueError(f"attention implementation {requested!r} is not one of 'auto', 'xla', 'cudnn', "
                          f"'pallas'")
     gpu = nvidia_sm80_or_newer()
-    if requested == "pallas":
+    kernel = None if shape is None else pallas_attention.kernel_for(shape, dtype)
+    if requested == "pallas" and kernel is None:
         reason = ("it needs NVIDIA GPUs of compute capability 8.0 or newer" if not gpu else
                   "it needs q, k, v's shape" if shape is None else
-                  pallas_attention.unsupported_reason(shape, dtype))
-        if reason:
-            raise ValueError(f"attention_implementation='pallas' cannot run here: {reason}; use 'auto'")
+                  f"no kernel takes q, k, v of shape {shape}: Triton's: "
+                  f"{pallas_attention.unsupported_reason(shape, dtype)}; Mosaic GPU's (Hopper, jax >= 0.11): "
+                  f"{mosaic_attention.unsupported_reason(shape, dtype) or 'it does not run here'}")
+        raise ValueError(f"attention_implementation='pallas' cannot run here: {reason}; use 'auto'")
     if requested != "auto":
         return requested
-    sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-    if (gpu and not differentiated and shape is not None
-            and pallas_attention.unsupported_reason(shape, dtype) is None):
+    if kernel is not None and not differentiated:
         return "pallas"
+    sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     fits = sixteen_bit and head_channels % 8 == 0 and head_channels <= 128
     return "cudnn" if fits and gpu else "xla"
 

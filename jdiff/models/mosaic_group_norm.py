@@ -46,8 +46,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, forward_sharding_rule, shift_operands
+from jdiff.models.mosaic_gpu import interpreter, jax_supports_it, runs_here, sm_count
 from jdiff.models.per_image import partitioned_per_image
-from jdiff.models.platform import compute_capability
 
 Dtype = Any
 
@@ -63,17 +63,6 @@ _PER_ROW = _TILE.reduce(1)
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
-
-
-def jax_supports_it() -> bool:
-    """Whether this jax has the Mosaic GPU API the kernel is written against (0.11 on)."""
-    return tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 11)
-
-
-def runs_here() -> bool:
-    """Whether the default devices run the kernel: NVIDIA GPUs of compute capability 9.x, with jax ≥ 0.11."""
-    capability = compute_capability()
-    return capability is not None and capability[0] == 9 and jax_supports_it()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,26 +276,6 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
     plgpu.wait_smem_to_gmem(0)
 
 
-def interpret_params(**options: Any) -> Any:
-    """Mosaic GPU's interpreter parameters (``InterpretGPUParams(**options)``, e.g. ``detect_races=True``),
-    for ``forward(interpret=...)``: jax 0.10 has the interpreter but does not export them yet."""
-    try:
-        params = plgpu.InterpretGPUParams
-    except AttributeError:
-        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams as params
-    return params(**options)
-
-
-def _interpret_params(interpret: Any) -> Any:
-    """None (compile for the GPU), or the interpreter's parameters: the ones given, or its defaults."""
-    return interpret_params() if interpret is True else interpret or None
-
-
-def _sm_count(interpret: Any) -> int:
-    """The GPU's SMs; 2 in the interpreter, so that small test inputs give each CTA several slabs."""
-    return 2 if interpret else jax.devices()[0].core_count
-
-
 def _call(*operands_and_settings):
     """(x, a, b[, c], settings) → the kernel's (y, mean, rstd) on this device's images."""
     *operands, settings = operands_and_settings
@@ -316,7 +285,7 @@ def _call(*operands_and_settings):
                  settings.ring_bytes_per_sm)
     blocks = channels // plan_.channels_per_cta
     slabs = batch * blocks
-    ctas = min(slabs, _sm_count(settings.interpret) * plan_.ctas_per_sm)
+    ctas = min(slabs, sm_count(settings.interpret) * plan_.ctas_per_sm)
     per_channel = jax.ShapeDtypeStruct((batch, channels), jnp.float32)
     lanes_pad = _round_up(plan_.channels_per_cta, 64)
     kernel = functools.partial(
@@ -335,7 +304,7 @@ def _call(*operands_and_settings):
                        plgpu.Barrier(num_barriers=plan_.ring)],
         # fast exp and reciprocal for the SiLU; y is rounded to x's dtype anyway
         compiler_params=plgpu.CompilerParams(approx_math=True),
-        interpret=_interpret_params(settings.interpret),
+        interpret=interpreter(settings.interpret),
     )(*operands)
 
 
@@ -353,11 +322,11 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
 
     ``chunk_rows`` (positions per ring buffer) and ``ring_bytes_per_sm`` (shared memory for the rings of one
     SM's CTAs) are for tests, which shrink them to exercise the ring on small inputs. ``interpret`` (True, or
-    :func:`interpret_params`, e.g. with the race detector) runs the kernel in Mosaic GPU's interpreter (any
-    backend, jax ≥ 0.10, slow; without register layouts, see :class:`_Registers`). Under ``jax.jit`` over a
-    mesh with x split along its batch axis, each device computes its own images. Raises ValueError where the
-    kernel does not run (:func:`runs_here`, unless interpreted) or does not take the input
-    (:func:`unsupported_reason`)."""
+    :func:`jdiff.models.mosaic_gpu.interpret_params`, e.g. with the race detector) runs the kernel in Mosaic
+    GPU's interpreter (any backend, jax ≥ 0.10, slow; without register layouts, see :class:`_Registers`).
+    Under ``jax.jit`` over a mesh with x split along its batch axis, each device computes its own images.
+    Raises ValueError where the kernel does not run (:func:`runs_here`, unless interpreted) or does not take
+    the input (:func:`unsupported_reason`)."""
     if not interpret and not jax_supports_it():
         raise ValueError(f"the Mosaic GPU GroupNorm kernel needs jax >= 0.11 (its Mosaic GPU API), found "
                          f"{jax.__version__}: use jdiff.models.pallas_group_norm.forward(kernel='triton')")

@@ -8,7 +8,8 @@ on an H200 (batch 512, docs/benchmarks.md), and XLA's writes the logits out.
 
 In the UNet the kernel reads its head's q, k and v straight from the attention's one (B, L, 3C) projection
 and adds q's bias itself (:func:`attention_from_qkv`): XLA would otherwise write q + b_q, k and v out of the
-product as three arrays first, three passes over (B, L, C) per layer.
+product as three arrays first, three passes over (B, L, C) per layer. At 16×16 (L = 256) the same entry
+point takes :mod:`jdiff.models.mosaic_attention`'s kernel on Hopper GPUs (``kernel``, :func:`kernel_for`).
 
 Arithmetic as :func:`jax.nn.dot_product_attention` with cuDNN: 16-bit q, k, v, logits and softmax in
 float32, the probabilities rounded to the input dtype for the product with v, which accumulates in float32.
@@ -16,7 +17,7 @@ float32, the probabilities rounded to the input dtype for the product with v, wh
 The kernel has no derivative of its own: both entry points are a custom VJP whose backward is the VJP of
 XLA's attention (``jax.nn.dot_product_attention(implementation='xla')``) of the same q, k, v (sliced out of
 the product by XLA), recomputed from the operands, so it is exact wherever it is differentiated; the UNet
-uses the kernel only where nothing is (sampling).
+uses the kernels only where nothing is (sampling).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
+from jdiff.models import mosaic_attention
 from jdiff.models.per_image import partitioned_per_image
+from jdiff.models.platform import nvidia_sm80_or_newer
 
 MAX_TOKENS = 64  # the longest sequence it takes: the (L, L) float32 logits stay in registers; timed up to 64
 NUM_WARPS = 4  # fastest of 2, 4 and 8 at L = 16 and 64 on an H200
@@ -60,6 +63,7 @@ class _Settings(NamedTuple):
     # where q, k, v come from: None: three arrays (B, L, heads, d); 2: one (B, L, 3, heads, d) array with
     # q's bias (C,) (guided-diffusion's new attention order); 3: one (B, L, heads, 3, d) (the legacy order)
     fused_axis: int | None = None
+    kernel: str = "triton"  # or 'mosaic' (jdiff.models.mosaic_attention, from a q|k|v product only)
 
 
 def _kernel(*refs, fused_axis: int | None):
@@ -93,6 +97,9 @@ def _output_shape(first: jax.Array, fused_axis: int | None) -> tuple[int, ...]:
 
 def _call(*operands_and_settings) -> jax.Array:
     *operands, settings = operands_and_settings
+    if settings.kernel == "mosaic":
+        return mosaic_attention.call(*operands, new_order=settings.fused_axis == 2,
+                                     interpret=settings.interpret)
     shape = _output_shape(operands[0], settings.fused_axis)
     return pl.pallas_call(functools.partial(_kernel, fused_axis=settings.fused_axis),
                           out_shape=jax.ShapeDtypeStruct(shape, operands[0].dtype), grid=(shape[2], shape[0]),
@@ -150,22 +157,61 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool = Fal
     return _attention((q, k, v), _Settings(num_warps=num_warps, interpret=interpret))
 
 
+KERNELS = ("auto", "triton", "mosaic")
+
+
+def kernel_for(shape: tuple[int, ...], dtype) -> str | None:
+    """The kernel :func:`attention_from_qkv` takes for q, k, v of this (B, L, heads, d) shape on the default
+    devices with ``kernel='auto'``: 'mosaic' (:mod:`jdiff.models.mosaic_attention`, Hopper GPUs, L of 128 or
+    256) where it runs and takes the shape, else 'triton' (this module's, L ≤ 64) on NVIDIA GPUs of compute
+    capability 8.0 on, else None."""
+    if mosaic_attention.preferred(shape, dtype):
+        return "mosaic"
+    if nvidia_sm80_or_newer() and unsupported_reason(shape, dtype) is None:
+        return "triton"
+    return None
+
+
 def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_order: bool,
-                       interpret: bool = False, num_warps: int = NUM_WARPS) -> jax.Array:
+                       interpret=False, num_warps: int = NUM_WARPS, kernel: str = "auto") -> jax.Array:
     """:func:`attention` of q + b_q, k, v read from one (B, L, 3C) product ``qkv`` (16-bit) and q's bias
     b_q (C,) in qkv's dtype; output (B, L, heads, C/heads). ``new_order`` reads qkv's channels as (q|k|v,
     head, channel), else as (head, q|k|v, channel) (:class:`jdiff.models.layers.QKVProjection`). The kernel
     loads its head's q, k, v from the product and adds b_q itself, so neither XLA's slices of the product
-    nor its bias pass are written out (three passes over (B, L, C) per layer otherwise)."""
+    nor its bias pass are written out (three passes over (B, L, C) per layer otherwise).
+
+    ``kernel``: 'triton' (this module's, L ≤ 64), 'mosaic' (:mod:`jdiff.models.mosaic_attention`, L of 128 or
+    256, Hopper GPUs with jax ≥ 0.11), or 'auto': :func:`kernel_for`, and with ``interpret`` the Triton
+    kernel where it takes the shape, else the Mosaic one. ``interpret`` runs the kernel in Pallas's
+    interpreter (True; for the Mosaic kernel also :func:`jdiff.models.mosaic_gpu.interpret_params`);
+    ``num_warps`` is the Triton kernel's. Raises ValueError where the kernel does not take the operands or
+    cannot run here."""
     batch, tokens, width = qkv.shape
     if width % (3 * heads) or q_bias.shape != (width // 3,) or q_bias.dtype != qkv.dtype:
         raise ValueError(f"pallas_attention.attention_from_qkv: qkv must be (B, L, 3·C) with C a multiple of "
                          f"heads = {heads} and q_bias ({width // 3},) of qkv's dtype, got {qkv.shape} "
                          f"{qkv.dtype} and {q_bias.shape} {q_bias.dtype}")
+    if kernel not in KERNELS:
+        raise ValueError(f"pallas_attention.attention_from_qkv: kernel {kernel!r} is not one of {KERNELS}")
     head_channels = width // (3 * heads)
-    reason = unsupported_reason((batch, tokens, heads, head_channels), qkv.dtype)
-    if reason:
-        raise ValueError(f"pallas_attention.attention_from_qkv: {reason}")
+    shape = (batch, tokens, heads, head_channels)
+    reasons = {"triton": unsupported_reason(shape, qkv.dtype),
+               "mosaic": mosaic_attention.unsupported_reason(shape, qkv.dtype)}
+    if kernel == "auto":
+        if interpret:
+            kernel = next((name for name in ("triton", "mosaic") if reasons[name] is None), None)
+        else:
+            kernel = kernel_for(shape, qkv.dtype)
+        if kernel is None:
+            triton = reasons["triton"] or "it needs an NVIDIA GPU of compute capability 8.0 or newer"
+            mosaic = reasons["mosaic"] or "it needs a GPU of compute capability 9.x and jax >= 0.11"
+            raise ValueError(f"pallas_attention.attention_from_qkv: no kernel takes q, k, v of shape {shape} "
+                             f"here (Triton: {triton}; Mosaic GPU: {mosaic})")
+    if reasons[kernel]:
+        raise ValueError(f"pallas_attention.attention_from_qkv: {reasons[kernel]}")
+    if kernel == "mosaic":
+        mosaic_attention.check_runs(interpret)
     split = (3, heads, head_channels) if new_order else (heads, 3, head_channels)
-    settings = _Settings(num_warps=num_warps, interpret=interpret, fused_axis=2 if new_order else 3)
+    settings = _Settings(num_warps=num_warps, interpret=interpret, fused_axis=2 if new_order else 3,
+                         kernel=kernel)
     return _attention((qkv.reshape(batch, tokens, *split), q_bias), settings)

@@ -1,0 +1,261 @@
+"""softmax((q + b_q)·kᵀ/√d)·v per image and head, read from the attention's one q|k|v product, as a persistent
+Pallas Mosaic GPU kernel for Hopper GPUs: the UNet's 16×16 attention (L = 256 positions, 8 heads of 32).
+
+It computes what :func:`jdiff.models.pallas_attention.attention_from_qkv` computes: for each image and head,
+q + b_q rounded to q's dtype, logits s = (q + b_q)·kᵀ in float32, p = exp(s/√d − max) (float32), the output
+(p rounded to q's dtype)·v / Σp, rounded to q's dtype. q, k and v come straight from the (B, L, 3C) product
+(no XLA slices of it written out), b_q is added in the kernel (XLA would not fold a bias of the product into
+the product's epilogue: measured, it made a pass of its own).
+
+Why: cuDNN's flash-attention kernel took 215–234 µs per call at batch 512 on an H200 at this shape (head
+width 32, 4,096 (image, head) pairs of 256 positions), jdiff's Triton kernel for short sequences cannot hold
+256 × 256 logits, and XLA's attention writes them out. Here:
+
+- one CTA per SM stays resident and takes (image, head) items i, i + G, … (G CTAs); a third warpgroup
+  copies each item's q, k, v (256 × d each) into shared memory by TMA, ``STAGES`` items ahead, each stage
+  released by the two compute warpgroups once they have read it;
+- each compute warpgroup owns L/2 of the item's query rows, 64 at a time (the wgmma tile's height): q + b_q
+  into registers, the logits of its 64 rows against all L keys with one tensor-core product (64 × L float32,
+  so L ≤ 256), the whole softmax row in registers (no online rescaling), the product with v with p in
+  registers, the output through shared memory to a TMA store;
+- the two compute warpgroups alternate through a schedule barrier, so that one's softmax (exponentials and
+  row reductions) overlaps the other's products (the "ping-pong" of FlashAttention-3).
+
+On an H200 (docs/benchmarks.md, fourteenth session) it took 156–168 µs against cuDNN's 234 on the same
+machine, and the attention layer with its q|k|v product (one (C, 3C) product instead of three (C, C) ones
+and q's bias pass) 267–275 µs against 380.
+
+It runs on NVIDIA GPUs of compute capability 9.x with jax ≥ 0.11 (:func:`jdiff.models.mosaic_gpu.runs_here`),
+and in Mosaic GPU's interpreter (jax ≥ 0.11), where register operands of the products go through shared
+memory (the interpreter's wgmma reads shared memory only). It has no derivative of its own:
+:mod:`jdiff.models.pallas_attention`'s custom VJP recomputes XLA's attention for the backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jdiff.models.mosaic_gpu import interpreter, jax_supports_it, runs_here, sm_count
+
+Dtype = Any
+
+ROWS = 64  # query rows per product: the wgmma tile's height
+COMPUTE_WARPGROUPS = 2
+STAGES = 2  # items whose q, k, v are in shared memory at once (3 made no difference on an H200)
+MAX_TOKENS = 256  # a warpgroup's 64 × L float32 logits take L / 2 registers per thread
+SMEM_BYTES = 200 * 1024  # of an SM's 227 KiB, for the stages and the output tiles
+_TILE = plgpu.Layout.WGMMA
+
+
+def _smem_bytes(tokens: int, head_channels: int, itemsize: int) -> int:
+    """q, k, v of STAGES items and one output tile per query block."""
+    return (3 * STAGES * tokens + tokens) * head_channels * itemsize
+
+
+def unsupported_reason(shape: tuple[int, ...], dtype: Dtype) -> str | None:
+    """Why the kernel cannot take q, k, v of this (B, L, heads, d) shape and dtype, or None if it can."""
+    if len(shape) != 4:
+        return f"q, k, v must be (B, L, heads, d), got shape {shape}"
+    _, tokens, _, head_channels = shape
+    if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        return f"q, k, v must be bfloat16 or float16 (tensor-core products), got {jnp.dtype(dtype)}"
+    rows = COMPUTE_WARPGROUPS * ROWS
+    if tokens % rows or not rows <= tokens <= MAX_TOKENS:
+        return (f"the sequence length L = {tokens} must be a multiple of {rows} up to {MAX_TOKENS} (two "
+                f"warpgroups of {ROWS}-row products; a row of float32 logits in registers)")
+    if head_channels not in (16, 32, 64):
+        return f"the head width d = {head_channels} must be 16, 32 or 64 (one swizzled row of shared memory)"
+    if _smem_bytes(tokens, head_channels, jnp.dtype(dtype).itemsize) > SMEM_BYTES:
+        return f"q, k, v of {STAGES} items do not fit in {SMEM_BYTES // 1024} KiB of shared memory"
+    return None
+
+
+def preferred(shape: tuple[int, ...], dtype: Dtype) -> bool:
+    """Whether jdiff's Pallas attention takes this kernel: where it runs and takes the shape."""
+    return runs_here() and unsupported_reason(shape, dtype) is None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """The static shape of one call."""
+    tokens: int
+    heads: int
+    head_channels: int
+    items: int  # (image, head) pairs
+    ctas: int
+    qkv_axis: int  # the axis of q|k|v in the product's view: 2 (new order) or 3 (legacy)
+
+
+def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_smem, bias_smem, staged,
+                   q_loaded, k_loaded, v_loaded, bias_loaded, consumed, schedule, *, shape: _Shape,
+                   compiled: bool):
+    """One CTA's work (the module docstring has the scheme). The function's name is the kernel's in
+    profiles."""
+    tokens, d = shape.tokens, shape.head_channels
+    blocks = tokens // (COMPUTE_WARPGROUPS * ROWS)  # query blocks per compute warpgroup
+    cta, wg = lax.axis_index("cta"), lax.axis_index("wg")
+    my_items = (shape.items - cta + shape.ctas - 1) // shape.ctas
+
+    def located(j):  # this CTA's item j: (image, head)
+        item = cta + shape.ctas * j
+        return item // shape.heads, item % shape.heads
+
+    def source(image, head, which):  # q, k or v of an image and head, (L, d)
+        index = [image, pl.ds(0, tokens), head]
+        index.insert(shape.qkv_axis, which)
+        return qkv_gmem.at[tuple(index)]
+
+    def load(ref, layout):
+        return plgpu.load(ref, (), layout=layout, optimized=False) if compiled else ref[...]
+
+    def operand(value, which):
+        """A product's register operand; in the interpreter, whose wgmma reads shared memory only, staged
+        there."""
+        if compiled:
+            return value
+        ref = staged[which].at[wg]
+        ref[...] = value
+        plgpu.commit_smem()
+        return ref
+
+    def rendezvous():  # both compute warpgroups here
+        plgpu.barrier_arrive(schedule)
+        plgpu.barrier_wait(schedule)
+
+    @pl.when(wg == COMPUTE_WARPGROUPS)
+    def _copies():
+        plgpu.set_max_registers(40, action="decrease")
+        plgpu.copy_gmem_to_smem(bias_gmem, bias_smem, bias_loaded.at[0])
+
+        @pl.loop(0, my_items)
+        def _(j):
+            stage = j % STAGES
+
+            @pl.when(j >= STAGES)
+            def _():
+                plgpu.barrier_wait(consumed.at[stage])
+            image, head = located(j)
+            for which, (buffer, loaded) in enumerate(((q_smem, q_loaded), (k_smem, k_loaded),
+                                                      (v_smem, v_loaded))):
+                plgpu.copy_gmem_to_smem(source(image, head, which), buffer.at[stage], loaded.at[stage])
+
+        @pl.loop(jnp.maximum(my_items - STAGES, 0), my_items)
+        def _(j):  # every phase of the consumed barriers observed before they are released
+            plgpu.barrier_wait(consumed.at[j % STAGES])
+
+    @pl.when(wg < COMPUTE_WARPGROUPS)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        scale = math.log2(math.e) / math.sqrt(d)  # exp(x/√d) = 2^(x·scale)
+        plgpu.barrier_wait(bias_loaded.at[0])
+        pl.when(wg == 1)(rendezvous)  # warpgroup 1 starts one phase behind: the ping-pong
+
+        @pl.loop(0, my_items)
+        def _(j):
+            stage = j % STAGES
+            image, head = located(j)
+            plgpu.barrier_wait(q_loaded.at[stage])
+            q_bias = lax.broadcast_in_dim(load(bias_smem.at[pl.ds(head * d, d)], _TILE.reduce(0)).astype(
+                jnp.float32), (ROWS, d), [1])
+            plgpu.barrier_wait(k_loaded.at[stage])
+            for block in range(blocks):
+                row0 = (wg * blocks + block) * ROWS
+                q = (load(q_smem.at[stage, pl.ds(row0, ROWS)], _TILE).astype(jnp.float32) + q_bias)
+                q = operand(q.astype(q_smem.dtype), 0)
+
+                def logits(acc_ref):
+                    plgpu.wgmma(acc_ref, q, k_smem.at[stage].T)
+                    rendezvous()  # the other warpgroup's softmax ran while this product was issued
+                    return acc_ref[...]
+                s = pl.run_scoped(logits, plgpu.ACC((ROWS, tokens), jnp.float32))
+                row_max = s.max(axis=1) * scale
+                p = jnp.exp2(s * scale - lax.broadcast_in_dim(row_max, s.shape, [0]))
+                total = p.sum(axis=1)
+                p = operand(p.astype(q_smem.dtype), 1)
+                plgpu.barrier_arrive(schedule)  # this softmax is done: the other warpgroup's turn
+                if block == 0:
+                    plgpu.barrier_wait(v_loaded.at[stage])
+                plgpu.barrier_wait(schedule)
+
+                def weighted(acc_ref):
+                    plgpu.wgmma(acc_ref, p, v_smem.at[stage])
+                    return acc_ref[...]
+                out = pl.run_scoped(weighted, plgpu.ACC((ROWS, d), jnp.float32))
+                if block == blocks - 1:
+                    plgpu.barrier_arrive(consumed.at[stage])
+                out = out * lax.broadcast_in_dim(1.0 / total, out.shape, [0])
+                # this block's tile was last stored one item ago: its store must have read it out
+                plgpu.wait_smem_to_gmem(blocks - 1, wait_read_only=True)
+                out_smem.at[wg, block][...] = out.astype(out_smem.dtype)
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(out_smem.at[wg, block], out_gmem.at[image, pl.ds(row0, ROWS), head])
+        pl.when(wg == 0)(rendezvous)  # warpgroup 1's last phase
+        plgpu.wait_smem_to_gmem(0)
+
+
+def call(qkv: jax.Array, q_bias: jax.Array, *, new_order: bool, interpret: Any = False) -> jax.Array:
+    """The kernel on ``qkv`` viewed as (B, L, 3, heads, d) (``new_order``) or (B, L, heads, 3, d) and q's bias
+    (C,) in its dtype: (B, L, heads, d). Unchecked: :func:`jdiff.models.pallas_attention.attention_from_qkv`
+    checks and calls it."""
+    if new_order:
+        batch, tokens, _, heads, d = qkv.shape
+    else:
+        batch, tokens, heads, _, d = qkv.shape
+    items = batch * heads
+    shape = _Shape(tokens=tokens, heads=heads, head_channels=d, items=items,
+                   ctas=min(items, sm_count(interpret)), qkv_axis=2 if new_order else 3)
+    itemsize = qkv.dtype.itemsize
+
+    def smem(*dims):  # rows of the last dimension swizzled (bank-conflict free for the products and TMA)
+        swizzle = min(dims[-1] * itemsize, 128)
+        return plgpu.SMEM(dims, qkv.dtype, transforms=(plgpu.TilingTransform((8, swizzle // itemsize)),
+                                                       plgpu.SwizzleTransform(swizzle)))
+
+    compiled = not interpret
+    blocks = tokens // (COMPUTE_WARPGROUPS * ROWS)
+    kernel = functools.partial(_attention_tma, shape=shape, compiled=compiled)
+
+    def body(qkv_gmem, bias_gmem, out_gmem):
+        pl.run_scoped(
+            lambda *scratch: kernel(qkv_gmem, bias_gmem, out_gmem, *scratch),
+            smem(STAGES, tokens, d), smem(STAGES, tokens, d), smem(STAGES, tokens, d),
+            smem(COMPUTE_WARPGROUPS, blocks, ROWS, d),
+            plgpu.SMEM((heads * d,), qkv.dtype),
+            None if compiled else (smem(COMPUTE_WARPGROUPS, ROWS, d),
+                                   smem(COMPUTE_WARPGROUPS, ROWS, tokens)),
+            plgpu.Barrier(num_barriers=STAGES), plgpu.Barrier(num_barriers=STAGES),
+            plgpu.Barrier(num_barriers=STAGES), plgpu.Barrier(num_barriers=1),
+            plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS, num_barriers=STAGES),
+            plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS),
+            collective_axes="wg")
+
+    return plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct((batch, tokens, heads, d), qkv.dtype),
+        grid=(shape.ctas,), grid_names=("cta",),
+        num_threads=COMPUTE_WARPGROUPS + 1, thread_name="wg",
+        # fast exp2 for the softmax, whose numerators are rounded to 16 bits; no automatic barriers around
+        # shared-memory accesses: no thread reads and writes the same region, TMA copies are fenced
+        compiler_params=plgpu.CompilerParams(approx_math=True, unsafe_no_auto_barriers=True),
+        interpret=interpreter(interpret),
+    )(qkv, q_bias)
+
+
+def check_runs(interpret: Any) -> None:
+    """Raises ValueError where the kernel cannot run (unless interpreted, which needs jax ≥ 0.11 too)."""
+    if not jax_supports_it():
+        raise ValueError(f"the Mosaic GPU attention kernel needs jax >= 0.11 (its Mosaic GPU API and "
+                         f"interpreter), found {jax.__version__}")
+    if not interpret and not runs_here():
+        raise ValueError(f"the Mosaic GPU attention kernel runs on NVIDIA GPUs of compute capability 9.x "
+                         f"(found {jax.device_count()} {jax.default_backend()} device(s)); use "
+                         f"kernel='triton' or interpret=True")

@@ -1,0 +1,44 @@
+"""What jdiff's Pallas Mosaic GPU kernels (:mod:`jdiff.models.mosaic_group_norm`,
+:mod:`jdiff.models.mosaic_attention`) share: where they run, and how they run in Mosaic GPU's interpreter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from jdiff.models.platform import compute_capability
+
+
+def jax_supports_it() -> bool:
+    """Whether this jax has the Mosaic GPU API the kernels are written against (0.11 on)."""
+    return tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 11)
+
+
+def runs_here() -> bool:
+    """Whether the default devices run the kernels: NVIDIA GPUs of compute capability 9.x (TMA, wgmma, sm_90a
+    code), with jax ≥ 0.11."""
+    capability = compute_capability()
+    return capability is not None and capability[0] == 9 and jax_supports_it()
+
+
+def interpret_params(**options: Any) -> Any:
+    """Mosaic GPU's interpreter parameters (``InterpretGPUParams(**options)``, e.g. ``detect_races=True``),
+    for a kernel's ``interpret=``: jax 0.10 has the interpreter but does not export them yet."""
+    try:
+        params = plgpu.InterpretGPUParams
+    except AttributeError:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams as params
+    return params(**options)
+
+
+def interpreter(interpret: Any) -> Any:
+    """None (compile for the GPU), or the interpreter's parameters: the ones given, or its defaults."""
+    return interpret_params() if interpret is True else interpret or None
+
+
+def sm_count(interpret: Any) -> int:
+    """The GPU's SMs, which the persistent kernels cover with their CTAs; 2 in the interpreter, so that small
+    test inputs give each CTA several items."""
+    return 2 if interpret else jax.devices()[0].core_count
