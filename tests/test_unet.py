@@ -118,40 +118,6 @@ def test_one_pass_norm_variance_matches_the_official_output(name):
     assert rel < 1e-5, rel
 
 
-class InputConv(nn.Module):
-    pad_channels_to: int
-
-    @nn.compact
-    def __call__(self, x):
-        return conv2d(x, 8, name="c", pad_channels_to=self.pad_channels_to)
-
-
-def test_input_conv_padded_to_16_channels_on_gpus_is_the_same_network(monkeypatch):
-    """On NVIDIA GPUs the input conv runs with the image's channels and its kernel zero-padded to 16
-    (layers.ChannelPaddedConv): the same parameters (names, shapes, initial values, so checkpoints load), the
-    official output, and the unpadded conv's output and kernel gradient."""
-    model, params, inputs, official = fixture_model("a")
-    plain = model.init(jax.random.key(3), *inputs, train=False)["params"]
-    monkeypatch.setattr("jdiff.models.unet.nvidia_sm80_or_newer", lambda: True)
-    padded = model.init(jax.random.key(3), *inputs, train=False)["params"]
-    assert jax.tree.structure(plain) == jax.tree.structure(padded)
-    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(padded)):
-        np.testing.assert_array_equal(a, b)
-    out = jax.jit(lambda p: model.apply({"params": p}, *inputs, train=False))(params)
-    np.testing.assert_allclose(np.asarray(out), official, rtol=0, atol=1e-5 * np.abs(official).max())
-
-    x = jnp.asarray(inputs[0])
-    conv_params = InputConv(0).init(jax.random.key(4), x)["params"]
-    assert conv_params["c"]["kernel"].shape == (3, 3, x.shape[-1], 8)
-
-    def loss(pad):
-        return lambda p: jnp.sum(InputConv(pad).apply({"params": p}, x) ** 2)
-    np.testing.assert_allclose(InputConv(16).apply({"params": conv_params}, x),
-                               InputConv(0).apply({"params": conv_params}, x), rtol=1e-6, atol=1e-5)
-    got, want = (jax.grad(loss(pad))(conv_params)["c"]["kernel"] for pad in (16, 0))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(jnp.abs(want).max()))
-
-
 def test_upsampling_kernel_sums_the_taps_that_read_one_source_pixel():
     """K[u, v] for 1-D taps (w0, w1, w2) along each axis: (w0, w0 + w1, w1 + w2, w2)."""
     w = np.arange(1.0, 10.0, dtype=np.float32).reshape(3, 3)

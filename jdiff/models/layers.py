@@ -52,49 +52,17 @@ def _inits(fan_in: int, zero_init: bool) -> dict[str, Initializer]:
 
 def conv2d(x: jax.Array, features: int, *, name: str, kernel_size: int = 3, stride: int = 1,
            zero_init: bool = False, dtype: Dtype = jnp.float32,
-           param_dtype: Dtype = jnp.float32, pad_channels_to: int = 0) -> jax.Array:
+           param_dtype: Dtype = jnp.float32) -> jax.Array:
     """A biased 2-D convolution with PyTorch's symmetric padding (k // 2 on every side).
 
     Explicit padding matters for the stride-2 downsampling conv: 'SAME' would pad (0, 1) and shift
-    the sampling grid relative to the official model. With fewer than ``pad_channels_to`` input channels
-    (stride 1) it runs as :class:`ChannelPaddedConv`, with the same parameters.
+    the sampling grid relative to the official model.
     """
     pad = kernel_size // 2
-    inits = _inits(x.shape[-1] * kernel_size * kernel_size, zero_init)
-    if x.shape[-1] < pad_channels_to and stride == 1:
-        return ChannelPaddedConv(features, pad_channels_to, kernel_size=kernel_size, dtype=dtype,
-                                 param_dtype=param_dtype, name=name, **inits)(x)
     conv = nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=param_dtype, name=name, **inits)
+                   padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=param_dtype, name=name,
+                   **_inits(x.shape[-1] * kernel_size * kernel_size, zero_init))
     return conv(x)
-
-
-class ChannelPaddedConv(nn.Module):
-    """:func:`conv2d`'s stride-1 convolution, with flax's nn.Conv's parameters ('kernel' (k, k, C_in, F) and
-    'bias' (F,), so checkpoints are the same), computed with x and the kernel zero-padded to ``channels``
-    input channels: the same sum (the added products are zeros), which cuDNN runs faster when C_in is tiny.
-    On an H200 the UNet's 3 → 128 input conv at batch 512 took 130–139 µs with 16 channels against 208 µs
-    with 3 (docs/benchmarks.md, fourteenth session)."""
-    features: int
-    channels: int
-    kernel_init: Initializer
-    bias_init: Initializer
-    kernel_size: int = 3
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        size, extra = self.kernel_size, self.channels - x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (size, size, x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        x = jnp.pad(x.astype(self.dtype), ((0, 0), (0, 0), (0, 0), (0, extra)))
-        kernel = jnp.pad(kernel.astype(self.dtype), ((0, 0), (0, 0), (0, extra), (0, 0)))
-        pad = size // 2
-        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias.astype(self.dtype)
 
 
 def conv3x3_by_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -24,13 +24,8 @@ import jax.numpy as jnp
 from jdiff.models.group_norm import GroupNorm, norm_implementation
 from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, TapConv3x3, Upsample, conv2d, dense
 from jdiff.models.layers import cotangent_barrier, timestep_embedding
-from jdiff.models.platform import nvidia_sm80_or_newer
 
 Dtype = Any
-
-# The input conv's 3 image channels zero-padded to 16 on NVIDIA GPUs, where cuDNN's kernels for 3 channels are
-# slow (layers.ChannelPaddedConv: 130–139 µs against 208 at batch 512 on an H200)
-INPUT_CONV_CHANNELS_ON_GPU = 16
 
 
 class UNet(nn.Module):
@@ -129,8 +124,7 @@ class UNet(nn.Module):
         emb = cotangent_barrier(emb)  # its cotangent sums every ResBlock's: keep XLA from over-fusing it
 
         widths = [int(m * self.model_channels) for m in self.channel_mult]
-        h = conv2d(x, widths[0], name="input_blocks_0_0", pad_channels_to=INPUT_CONV_CHANNELS_ON_GPU
-                   if nvidia_sm80_or_newer() else 0, **kw)
+        h = conv2d(x, widths[0], name="input_blocks_0_0", **kw)
         skips, block, size = [h], 1, self.image_size
         for level, width in enumerate(widths):
             for _ in range(self.num_res_blocks):
