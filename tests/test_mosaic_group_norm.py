@@ -21,7 +21,7 @@ from jdiff.models.mosaic_group_norm import Plan, plan, unsupported_reason
 from test_pallas_group_norm import as64, inputs, reference
 
 needs_jax_011 = pytest.mark.skipif(
-    not mosaic_group_norm.jax_supports_it(),
+    not mosaic_gpu.jax_supports_it(),
     reason=f"lowering the Mosaic GPU kernel needs jax >= 0.11 (Python >= 3.12); this is jax "
            f"{jax.__version__}")
 
@@ -61,7 +61,7 @@ def test_chosen_only_on_hopper_gpus_with_jax_011():
     assert unsupported_reason((2, 1024, 128), jnp.bfloat16, jnp.bfloat16) is None
     assert not mosaic_group_norm.preferred((2, 1024, 128), jnp.bfloat16, jnp.bfloat16)
     x, a, b = inputs((1, 16, 128), jnp.float32, seed=3)
-    message = "compute capability 9.x" if mosaic_group_norm.jax_supports_it() else "needs jax >= 0.11"
+    message = "compute capability 9.x" if mosaic_gpu.jax_supports_it() else "needs jax >= 0.11"
     with pytest.raises(ValueError, match=message):
         mosaic_group_norm.forward(x, a, b)
     with pytest.raises(ValueError, match=message):
@@ -122,7 +122,7 @@ def test_interpreted_shifted_statistics_survive_a_large_mean():
 def test_lowers_for_the_gpu_at_the_unets_32x32_shapes(monkeypatch, channels, shared, shifted):
     """Mosaic GPU's lowering (register layouts, TMA copies, the ring's barriers) of the shapes jdiff runs it
     on, at batch 512, done on the CPU for the CUDA platform: what the interpreter cannot check."""
-    monkeypatch.setattr(mosaic_group_norm, "runs_here", lambda: True)
+    monkeypatch.setattr(mosaic_gpu, "runs_here", lambda: True)
     monkeypatch.setattr(mosaic_group_norm, "sm_count", lambda interpret: 132)
     x = jax.ShapeDtypeStruct((512, 1024, channels), jnp.bfloat16)
     affine = jax.ShapeDtypeStruct((channels,) if shared else (512, channels), jnp.float32)
@@ -135,7 +135,7 @@ def test_lowers_for_the_gpu_at_the_unets_32x32_shapes(monkeypatch, channels, sha
     assert "mosaic_gpu" in text
 
 
-@pytest.mark.skipif(not mosaic_group_norm.jax_supports_it(), reason=(
+@pytest.mark.skipif(not mosaic_gpu.jax_supports_it(), reason=(
     f"jax {jax.__version__}'s interpreter does not see the races of the TMA engine's stores (it passed a "
     f"kernel that reloads buffers before their stores are read); jax 0.11's does"))
 def test_interpreted_ring_has_no_races():

@@ -139,7 +139,9 @@ def test_partitioned_over_a_sharded_batch():
     for name in ("forward", "gradients", "fused_forward", "fused_gradients"):
         assert result[f"{name}_collectives"] == (["all-reduce"] if name == "fused_gradients" else [])
         assert result[f"{name}_output_axis"] == "data"
-    assert result["forward_max_diff"] == result["gradients_max_diff"] == 0.0
+    assert result["forward_max_diff"] == 0.0
+    # XLA's backward compiled for the split batch: bit for bit with jax 0.10, within 3e-8 with jax 0.11.2
+    assert result["gradients_max_diff"] <= 1e-6
     assert result["fused_forward_max_diff"] == 0.0
     # the product's gradient within a bf16 rounding (XLA compiles the sliced backward otherwise when split);
     # b_q's, summed over the images: per device in float32, then the four bf16 partial sums

@@ -44,7 +44,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jdiff.models.mosaic_gpu import interpreter, jax_supports_it, runs_here, sm_count
+from jdiff.models.mosaic_gpu import interpreter, runs_here, sm_count
 
 Dtype = Any
 
@@ -248,14 +248,3 @@ def call(qkv: jax.Array, q_bias: jax.Array, *, new_order: bool, interpret: Any =
         compiler_params=plgpu.CompilerParams(approx_math=True, unsafe_no_auto_barriers=True),
         interpret=interpreter(interpret),
     )(qkv, q_bias)
-
-
-def check_runs(interpret: Any) -> None:
-    """Raises ValueError where the kernel cannot run (unless interpreted, which needs jax ≥ 0.11 too)."""
-    if not jax_supports_it():
-        raise ValueError(f"the Mosaic GPU attention kernel needs jax >= 0.11 (its Mosaic GPU API and "
-                         f"interpreter), found {jax.__version__}")
-    if not interpret and not runs_here():
-        raise ValueError(f"the Mosaic GPU attention kernel runs on NVIDIA GPUs of compute capability 9.x "
-                         f"(found {jax.device_count()} {jax.default_backend()} device(s)); use "
-                         f"kernel='triton' or interpret=True")

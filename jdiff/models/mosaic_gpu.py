@@ -42,3 +42,17 @@ def sm_count(interpret: Any) -> int:
     """The GPU's SMs, which the persistent kernels cover with their CTAs; 2 in the interpreter, so that small
     test inputs give each CTA several items."""
     return 2 if interpret else jax.devices()[0].core_count
+
+
+def check_runs(kernel: str, interpret: Any, *, interpreted_on_jax_010: bool, instead: str) -> None:
+    """Raises ValueError, naming ``kernel`` and what to use ``instead``, where that Mosaic GPU kernel cannot
+    run: compiled it needs jax ≥ 0.11 and GPUs of compute capability 9.x; in the interpreter (``interpret``)
+    jax ≥ 0.11 too, unless ``interpreted_on_jax_010``."""
+    if not jax_supports_it() and not (interpret and interpreted_on_jax_010):
+        needs = "its Mosaic GPU API" + ("" if interpreted_on_jax_010 else " and interpreter")
+        raise ValueError(f"the Mosaic GPU {kernel} kernel needs jax >= 0.11 ({needs}), found "
+                         f"{jax.__version__}: use {instead}")
+    if not interpret and not runs_here():
+        raise ValueError(f"the Mosaic GPU {kernel} kernel runs on NVIDIA GPUs of compute capability 9.x "
+                         f"(found {jax.device_count()} {jax.default_backend()} device(s)); use {instead} "
+                         f"or interpret=True")

@@ -46,7 +46,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, forward_sharding_rule, shift_operands
-from jdiff.models.mosaic_gpu import interpreter, jax_supports_it, runs_here, sm_count
+from jdiff.models.mosaic_gpu import check_runs, interpreter, runs_here, sm_count
 from jdiff.models.per_image import partitioned_per_image
 
 Dtype = Any
@@ -327,13 +327,8 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     Under ``jax.jit`` over a mesh with x split along its batch axis, each device computes its own images.
     Raises ValueError where the kernel does not run (:func:`runs_here`, unless interpreted) or does not take
     the input (:func:`unsupported_reason`)."""
-    if not interpret and not jax_supports_it():
-        raise ValueError(f"the Mosaic GPU GroupNorm kernel needs jax >= 0.11 (its Mosaic GPU API), found "
-                         f"{jax.__version__}: use jdiff.models.pallas_group_norm.forward(kernel='triton')")
-    if not interpret and not runs_here():
-        raise ValueError(f"the Mosaic GPU GroupNorm kernel runs on NVIDIA GPUs of compute capability 9.x "
-                         f"(found {jax.device_count()} {jax.default_backend()} device(s)); use "
-                         f"kernel='triton' or interpret=True")
+    check_runs("GroupNorm", interpret, interpreted_on_jax_010=True,
+               instead="jdiff.models.pallas_group_norm.forward(kernel='triton')")
     out_dtype = x.dtype if out_dtype is None else out_dtype
     reason = unsupported_reason(x.shape, x.dtype, out_dtype, groups=groups, chunk_rows=chunk_rows,
                                 ring_bytes_per_sm=ring_bytes_per_sm)

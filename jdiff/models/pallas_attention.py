@@ -31,6 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from jdiff.models import mosaic_attention
+from jdiff.models.mosaic_gpu import check_runs
 from jdiff.models.per_image import partitioned_per_image
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -210,7 +211,8 @@ def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_ord
     if reasons[kernel]:
         raise ValueError(f"pallas_attention.attention_from_qkv: {reasons[kernel]}")
     if kernel == "mosaic":
-        mosaic_attention.check_runs(interpret)
+        check_runs("attention", interpret, interpreted_on_jax_010=False,
+                   instead="model.attention_implementation='cudnn' (or kernel='triton' where it takes L)")
     split = (3, heads, head_channels) if new_order else (heads, 3, head_channels)
     settings = _Settings(num_warps=num_warps, interpret=interpret, fused_axis=2 if new_order else 3,
                          kernel=kernel)
