@@ -52,6 +52,7 @@ CATEGORIES = (  # (category, pattern of the kernel name), first match wins
     ("conv input gradient", r"dgrad"),
     ("conv weight gradient", r"wgrad"),
     ("matrix product", r"^nvjet|gemm_fusion|cutlass|xmma_gemm|^sm90_xmma_gemm"),
+    ("attention (jdiff, Mosaic GPU)", r"^mosaic_attention"),
 )
 
 

@@ -122,6 +122,7 @@ def test_categories():
     assert profile_step.category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention (cuDNN)"
     assert profile_step.category("loop_convert_fusion_106") == "loop_convert_fusion"
     assert profile_step.category("gemm_fusion_dot_3") == "matrix product"
+    assert profile_step.category("mosaic_attention_mosaic_gpu_kernel") == "attention (jdiff, Mosaic GPU)"
 
 
 def test_a_trace_without_a_device_timeline_is_refused(tmp_path):

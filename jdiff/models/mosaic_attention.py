@@ -98,8 +98,7 @@ class _Shape:
 def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_smem, bias_smem, staged,
                    q_loaded, k_loaded, v_loaded, bias_loaded, consumed, schedule, *, shape: _Shape,
                    compiled: bool):
-    """One CTA's work (the module docstring has the scheme). The function's name is the kernel's in
-    profiles."""
+    """One CTA's work (the module docstring has the scheme)."""
     tokens, d = shape.tokens, shape.head_channels
     blocks = tokens // (COMPUTE_WARPGROUPS * ROWS)  # query blocks per compute warpgroup
     cta, wg = lax.axis_index("cta"), lax.axis_index("wg")
@@ -241,7 +240,7 @@ def call(qkv: jax.Array, q_bias: jax.Array, *, new_order: bool, interpret: Any =
     return plgpu.kernel(
         body,
         out_type=jax.ShapeDtypeStruct((batch, tokens, heads, d), qkv.dtype),
-        grid=(shape.ctas,), grid_names=("cta",),
+        grid=(shape.ctas,), grid_names=("cta",), kernel_name="mosaic_attention",  # in profiles
         num_threads=COMPUTE_WARPGROUPS + 1, thread_name="wg",
         # fast exp2 for the softmax, whose numerators are rounded to 16 bits; no automatic barriers around
         # shared-memory accesses: no thread reads and writes the same region, TMA copies are fenced
