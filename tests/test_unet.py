@@ -303,6 +303,8 @@ def test_auto_attention_takes_the_pallas_kernel_for_short_undifferentiated_seque
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(jax, "devices", lambda: [FakeGpu()])
+    # without the Mosaic GPU kernel (jax 0.10), which takes L = 256 on Hopper: tests/test_mosaic_attention.py
+    monkeypatch.setattr("jdiff.models.mosaic_gpu.jax_supports_it", lambda: False)
     short, long = (512, 64, 8, 32), (512, 256, 8, 32)
     assert attention_implementation("auto", jnp.bfloat16, 32, shape=short, differentiated=False) == "pallas"
     assert attention_implementation("auto", jnp.bfloat16, 32, shape=(512, 16, 8, 32),

@@ -26,8 +26,9 @@ machine, and the attention layer with its q|k|v product (one (C, 3C) product ins
 and q's bias pass) 267–275 µs against 380.
 
 It runs on NVIDIA GPUs of compute capability 9.x with jax ≥ 0.11 (:func:`jdiff.models.mosaic_gpu.runs_here`),
-and in Mosaic GPU's interpreter (jax ≥ 0.11), where register operands of the products go through shared
-memory (the interpreter's wgmma reads shared memory only). It has no derivative of its own:
+and in Mosaic GPU's interpreter (jax ≥ 0.10), where the products' register operands and kᵀ go through shared
+memory (the interpreter's wgmma reads its operands from shared memory only, and jax 0.10's takes no
+transposed view). It has no derivative of its own:
 :mod:`jdiff.models.pallas_attention`'s custom VJP recomputes XLA's attention for the backward.
 """
 
@@ -118,7 +119,7 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
 
     def operand(value, which):
         """A product's register operand; in the interpreter, whose wgmma reads shared memory only, staged
-        there."""
+        there (``which`` picks the buffer: 0 q, 1 p, 2 kᵀ)."""
         if compiled:
             return value
         ref = staged[which].at[wg]
@@ -171,8 +172,10 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
                 q = (load(q_smem.at[stage, pl.ds(row0, ROWS)], _TILE).astype(jnp.float32) + q_bias)
                 q = operand(q.astype(q_smem.dtype), 0)
 
+                keys = k_smem.at[stage].T if compiled else operand(k_smem.at[stage][...].T, 2)
+
                 def logits(acc_ref):
-                    plgpu.wgmma(acc_ref, q, k_smem.at[stage].T)
+                    plgpu.wgmma(acc_ref, q, keys)
                     rendezvous()  # the other warpgroup's softmax ran while this product was issued
                     return acc_ref[...]
                 s = pl.run_scoped(logits, plgpu.ACC((ROWS, tokens), jnp.float32))
@@ -229,8 +232,8 @@ def call(qkv: jax.Array, q_bias: jax.Array, *, new_order: bool, interpret: Any =
             smem(STAGES, tokens, d), smem(STAGES, tokens, d), smem(STAGES, tokens, d),
             smem(COMPUTE_WARPGROUPS, blocks, ROWS, d),
             plgpu.SMEM((heads * d,), qkv.dtype),
-            None if compiled else (smem(COMPUTE_WARPGROUPS, ROWS, d),
-                                   smem(COMPUTE_WARPGROUPS, ROWS, tokens)),
+            None if compiled else (smem(COMPUTE_WARPGROUPS, ROWS, d), smem(COMPUTE_WARPGROUPS, ROWS, tokens),
+                                   smem(COMPUTE_WARPGROUPS, d, tokens)),
             plgpu.Barrier(num_barriers=STAGES), plgpu.Barrier(num_barriers=STAGES),
             plgpu.Barrier(num_barriers=STAGES), plgpu.Barrier(num_barriers=1),
             plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS, num_barriers=STAGES),

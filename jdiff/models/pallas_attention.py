@@ -211,7 +211,7 @@ def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_ord
     if reasons[kernel]:
         raise ValueError(f"pallas_attention.attention_from_qkv: {reasons[kernel]}")
     if kernel == "mosaic":
-        check_runs("attention", interpret, interpreted_on_jax_010=False,
+        check_runs("attention", interpret, interpreted_on_jax_010=True,
                    instead="model.attention_implementation='cudnn' (or kernel='triton' where it takes L)")
     split = (3, heads, head_channels) if new_order else (heads, 3, head_channels)
     settings = _Settings(num_warps=num_warps, interpret=interpret, fused_axis=2 if new_order else 3,
