@@ -23,7 +23,7 @@ uses the kernels only where nothing is (sampling).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -174,7 +174,7 @@ def kernel_for(shape: tuple[int, ...], dtype) -> str | None:
 
 
 def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_order: bool,
-                       interpret=False, num_warps: int = NUM_WARPS, kernel: str = "auto") -> jax.Array:
+                       interpret: Any = False, num_warps: int = NUM_WARPS, kernel: str = "auto") -> jax.Array:
     """:func:`attention` of q + b_q, k, v read from one (B, L, 3C) product ``qkv`` (16-bit) and q's bias
     b_q (C,) in qkv's dtype; output (B, L, heads, C/heads). ``new_order`` reads qkv's channels as (q|k|v,
     head, channel), else as (head, q|k|v, channel) (:class:`jdiff.models.layers.QKVProjection`). The kernel
