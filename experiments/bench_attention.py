@@ -1,11 +1,13 @@
 """Micro-benchmark of the UNet's self-attention kernel: cuDNN and XLA (``jax.nn.dot_product_attention``)
-against jdiff's one-tile kernel for short sequences (``jdiff.models.pallas_attention``, where it applies)
-and the Pallas/Triton flash-attention kernel that ships with JAX
-(``jax.experimental.pallas.ops.gpu.attention.mha``) over its block sizes.
+against jdiff's one-tile kernel for short sequences (``jdiff.models.pallas_attention``, where it applies),
+jdiff's Mosaic GPU kernel (``jdiff.models.mosaic_attention``, forward only, on Hopper GPUs with jax ≥ 0.11,
+reading q, k, v from one (B, S, 3C) product as in the UNet, with a zero q bias) and the Pallas/Triton
+flash-attention kernel that ships with JAX (``jax.experimental.pallas.ops.gpu.attention.mha``) over its
+block sizes.
 
     python experiments/bench_attention.py --out attention.json [--batch 512] [--repeats 5]
     python experiments/bench_attention.py --out attention.json --direction training --batch 128
-    python experiments/bench_attention.py --smoke --out /tmp/smoke.json   # CPU: XLA and the interpreter
+    python experiments/bench_attention.py --smoke --out /tmp/smoke.json   # CPU: XLA and the interpreters
 
 The ADM CIFAR-10 UNet attends over 16×16, 8×8 and (the middle block) 4×4 positions with 8 heads of 32
 channels (SHAPES). cuDNN's kernel is built for head widths of 64–128, so at 32 it runs far below the GPU's
@@ -35,10 +37,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.bench_group_norm import INPUT_BYTES_PER_TIMING, parse_ints, time_per_call  # noqa: E402
-from jdiff.models import pallas_attention  # noqa: E402
+from jdiff.models import mosaic_attention, pallas_attention  # noqa: E402
 
 SHAPES = [(256, 8, 32), (64, 8, 32), (16, 8, 32)]  # (S = H·W positions, heads, head width) at 16², 8², 4²
-SMOKE_SHAPES = [(16, 2, 16)]
+SMOKE_SHAPES = {"forward": [(16, 2, 16), (128, 1, 16)], "training": [(16, 2, 16)]}  # the second: Mosaic
 DTYPE = jnp.bfloat16
 BACKWARD_FLOP_FACTOR = 2.5  # forward + backward ≈ 2.5 forwards for flash attention (recomputed S, P)
 
@@ -56,12 +58,16 @@ def inputs(shape: tuple[int, int, int, int], count: int, seed: int = 0) -> list[
 
 def attention(implementation: str, setting: dict | None = None, interpret: bool = False):
     """(q, k, v) → softmax(q·kᵀ/√d)·v (B, S, heads, d) by ``implementation``: 'xla', 'cudnn', 'short'
-    (jdiff's kernel) or 'pallas' (JAX's; ``setting``: block_q, block_k, backward blocks, num_warps,
-    num_stages)."""
+    (jdiff's Triton kernel), 'mosaic' (jdiff's Mosaic GPU kernel, which takes (the (B, S, 3C) product, q's
+    bias) instead: :func:`fused`) or 'pallas' (JAX's; ``setting``: block_q, block_k, backward blocks,
+    num_warps, num_stages)."""
     if implementation in ("xla", "cudnn"):
         return lambda qkv: jax.nn.dot_product_attention(*qkv, implementation=implementation)
     if implementation == "short":
         return lambda qkv: pallas_attention.attention(*qkv, interpret=interpret)
+    if implementation == "mosaic":  # setting: the number of heads
+        return lambda product: pallas_attention.attention_from_qkv(
+            *product, heads=setting["heads"], new_order=False, kernel="mosaic", interpret=interpret)
     attn = pallas_mha()
     setting = dict(setting or {})
     backward = setting.pop("backward_block", None)  # the backward kernels' blocks (training only)
@@ -74,6 +80,15 @@ def attention(implementation: str, setting: dict | None = None, interpret: bool 
         return attn.mha(q, k, v, None, sm_scale=q.shape[-1] ** -0.5, block_sizes=blocks, interpret=interpret,
                         **setting)
     return run
+
+
+def fused(qkv: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+    """(q, k, v) (B, S, heads, d) as the Mosaic kernel reads them: one (B, S, 3C) product in the legacy
+    channel order (head, q|k|v, channel), and a zero q bias."""
+    q, k, v = qkv
+    batch, seq, heads, width = q.shape
+    product = jnp.stack([q, k, v], axis=3).reshape(batch, seq, 3 * heads * width)
+    return product, jnp.zeros((heads * width,), q.dtype)
 
 
 def gradients(fn):
@@ -109,8 +124,8 @@ def bench_shape(shape, args) -> dict:
     wrap = gradients if training else (lambda fn: fn)
     reference = jax.jit(wrap(attention("xla")))(tuple(t.astype(jnp.float32) for t in xs[0]))
 
-    def timed(label, fn, **extra) -> dict:
-        seconds = time_per_call(lambda qkv: fn(qkv), xs, (), args.repeats)
+    def timed(label, fn, inputs_=xs, **extra) -> dict:
+        seconds = time_per_call(lambda qkv: fn(qkv), inputs_, (), args.repeats)
         row = dict(extra, ms=seconds * 1e3, tflops=flop / seconds / 1e12)
         print(f"  {label} {json.dumps(row)}", flush=True)
         return row
@@ -123,6 +138,13 @@ def bench_shape(shape, args) -> dict:
     for name in implementations:
         fn = wrap(attention(name, interpret=args.smoke))
         result[name] = timed(name, fn, max_diff=max_relative_diff(fn, reference, xs[0]))
+    mosaic = (mosaic_attention.unsupported_reason(shape, DTYPE) is None if args.smoke
+              else mosaic_attention.preferred(shape, DTYPE))
+    if mosaic and not training:  # its backward is XLA's: nothing of its own to time in training
+        fn = attention("mosaic", dict(heads=heads), interpret=args.smoke)
+        products = [fused(qkv) for qkv in xs]
+        result["mosaic"] = timed("mosaic", fn, products,
+                                 max_diff=max_relative_diff(fn, reference, products[0]))
     for setting in settings(seq, args):
         fn = wrap(attention("pallas", setting, args.smoke))
         try:
@@ -143,11 +165,11 @@ def bench_shape(shape, args) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = ["| B, S, heads, d | direction | XLA ms (TFLOP/s) | cuDNN ms (TFLOP/s) "
-             "| jdiff short ms (TFLOP/s) | Pallas best ms (TFLOP/s) "
-             "| best setting | vs cuDNN |", "|---|---|---|---|---|---|---|---|"]
+             "| jdiff short ms (TFLOP/s) | jdiff Mosaic ms (TFLOP/s) | Pallas best ms (TFLOP/s) "
+             "| best setting | vs cuDNN |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         cells = [f"{r[k]['ms']:.3f} ({r[k]['tflops']:.0f})" if k in r else "-"
-                 for k in ("xla", "cudnn", "short")]
+                 for k in ("xla", "cudnn", "short", "mosaic")]
         ok = [p for p in r["pallas"] if p.get("ok")]
         if ok:
             best = min(ok, key=lambda p: p["ms"])
@@ -183,7 +205,8 @@ def main(argv=None):
     if args.smoke:
         args.repeats, args.block_q, args.block_k, args.num_warps, args.num_stages = 1, [16], [16], [4], [1]
         args.backward_block = [16]
-    shapes = [(2 if args.smoke else args.batch, *s) for s in (SMOKE_SHAPES if args.smoke else SHAPES)]
+    shapes = [(2 if args.smoke else args.batch, *s) for s in (SMOKE_SHAPES[args.direction] if args.smoke
+                                                              else SHAPES)]
     meta = dict(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform, jax=jax.__version__,
                 jaxlib=jaxlib.__version__, dtype=jnp.dtype(DTYPE).name, smoke=args.smoke,
                 repeats=args.repeats)

@@ -105,13 +105,20 @@ def test_conv_benchmark_script_smoke(tmp_path):
 def test_attention_benchmark_script_smoke(tmp_path, direction):
     """experiments/bench_attention.py times XLA's attention, jdiff's short-sequence kernel and the Pallas
     flash-attention kernel (both in the interpreter here), whose results (forward, or the gradients with
-    respect to q, k, v) match XLA's."""
+    respect to q, k, v) match XLA's; in the forward direction also jdiff's Mosaic GPU kernel (interpreted)
+    on a second shape that it takes, reading one q|k|v product."""
     import bench_attention
 
     out = tmp_path / "attention.json"
     bench_attention.main(["--smoke", "--direction", direction, "--out", str(out)])
-    (row,) = json.loads(out.read_text())["results"]
-    assert row["direction"] == direction and row["xla"]["ms"] > 0
+    row, *mosaic_rows = json.loads(out.read_text())["results"]
+    if direction == "forward":
+        (mosaic_row,) = mosaic_rows
+        assert mosaic_row["shape"] == [2, 128, 1, 16] and "short" not in mosaic_row
+        assert mosaic_row["mosaic"]["ms"] > 0 and mosaic_row["mosaic"]["max_diff"] < 2e-2
+    else:
+        assert not mosaic_rows
+    assert row["direction"] == direction and row["xla"]["ms"] > 0 and "mosaic" not in row
     assert row["short"]["ms"] > 0 and row["short"]["max_diff"] < 2e-2
     (pallas,) = row["pallas"]
     assert pallas["ok"] and pallas["max_diff"] < 2e-2 and pallas["ms"] > 0

@@ -120,8 +120,8 @@ def fused_reference(qkv, q_bias, heads, new_order):
 ])
 def test_interpreted_kernel_matches_the_arithmetic(batch, tokens, heads, d, dtype, new_order):
     qkv, q_bias = product(batch, tokens, heads, d, dtype, seed=batch + d)
-    got = pallas_attention.attention_from_qkv(qkv, q_bias, heads=heads, new_order=new_order, kernel="mosaic",
-                                              interpret=True)
+    got = jax.jit(lambda a, b: pallas_attention.attention_from_qkv(
+        a, b, heads=heads, new_order=new_order, kernel="mosaic", interpret=True))(qkv, q_bias)
     assert got.shape == (batch, tokens, heads, d) and got.dtype == dtype
     want = fused_reference(qkv, q_bias, heads, new_order)
     ulp = 2.0 ** -7 if dtype == jnp.bfloat16 else 2.0 ** -10  # the output's rounding to 16 bits
@@ -133,7 +133,7 @@ def test_interpreted_kernel_gradients_are_xlas():
     heads = 2
     qkv, q_bias = product(2, 128, heads, 32, seed=5)
 
-    def fused(a, b):  # not jitted: the interpreter's callbacks cannot be lowered inside the partitioned call
+    def fused(a, b):
         return pallas_attention.attention_from_qkv(a, b, heads=heads, new_order=False, kernel="mosaic",
                                                    interpret=True)
     cotangent = jax.random.normal(jax.random.key(6), (2, 128, heads, 32))
@@ -141,10 +141,10 @@ def test_interpreted_kernel_gradients_are_xlas():
     def loss(fn):
         return lambda a, b: jnp.sum(fn(a, b).astype(jnp.float32) * cotangent)
 
-    def xla(a, b):  # op by op too, as the custom VJP's backward runs here
+    def xla(a, b):
         return jax.nn.dot_product_attention(*split_qkv(a, b, heads, False), implementation="xla")
-    for g, w in zip(jax.grad(loss(fused), argnums=(0, 1))(qkv, q_bias),
-                    jax.grad(loss(xla), argnums=(0, 1))(qkv, q_bias)):
+    for g, w in zip(jax.jit(jax.grad(loss(fused), argnums=(0, 1)))(qkv, q_bias),
+                    jax.jit(jax.grad(loss(xla), argnums=(0, 1)))(qkv, q_bias)):
         assert float(jnp.max(jnp.abs(w.astype(jnp.float32)))) > 0
         np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
 

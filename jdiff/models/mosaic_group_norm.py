@@ -339,5 +339,7 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     shifts = shift_operands("mosaic_group_norm.forward", shift, x.shape[-1])
     settings = _Settings(groups=groups, eps=float(eps), silu=silu, chunk_rows=chunk_rows,
                          ring_bytes_per_sm=ring_bytes_per_sm, interpret=interpret)
-    return _per_image[a.ndim == 1, bool(shifts)](x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts,
-                                                 settings)
+    # Mosaic GPU's interpreter runs on ordered host callbacks, which a custom-partitioned call cannot lower
+    # (under jit): interpreted, the kernel runs unpartitioned
+    call = _call if interpret else _per_image[a.ndim == 1, bool(shifts)]
+    return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, settings)

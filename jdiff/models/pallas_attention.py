@@ -124,6 +124,10 @@ def _split(operands: tuple[jax.Array, ...], fused_axis: int | None) -> tuple[jax
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _attention(operands, settings):
+    if settings.kernel == "mosaic" and settings.interpret:
+        # Mosaic GPU's interpreter runs on ordered host callbacks, which a custom-partitioned call cannot
+        # lower (under jit): interpreted, that kernel runs unpartitioned
+        return _call(*operands, settings)
     return _PER_IMAGE[settings.fused_axis](*operands, settings)
 
 
