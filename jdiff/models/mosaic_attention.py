@@ -51,7 +51,7 @@ Dtype = Any
 
 ROWS = 64  # query rows per product: the wgmma tile's height
 COMPUTE_WARPGROUPS = 2
-STAGES = 2  # items whose q, k, v are in shared memory at once (3 made no difference on an H200)
+STAGES = 2  # items whose q, k, v are in shared memory at once (3 were not consistently faster on an H200)
 MAX_TOKENS = 256  # a warpgroup's 64 × L float32 logits take L / 2 registers per thread
 SMEM_BYTES = 200 * 1024  # of an SM's 227 KiB, for the stages and the output tiles
 _TILE = plgpu.Layout.WGMMA
