@@ -45,7 +45,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jdiff.models.mosaic_gpu import interpreter, runs_here, sm_count
+from jdiff.models.mosaic_gpu import Registers, interpreter, runs_here, sm_count
 
 Dtype = Any
 
@@ -114,8 +114,7 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
         index.insert(shape.qkv_axis, which)
         return qkv_gmem.at[tuple(index)]
 
-    def load(ref, layout):
-        return plgpu.load(ref, (), layout=layout, optimized=False) if compiled else ref[...]
+    load = Registers(compiled).load
 
     def operand(value, which):
         """A product's register operand; in the interpreter, whose wgmma reads shared memory only, staged

@@ -1,14 +1,42 @@
 """What jdiff's Pallas Mosaic GPU kernels (:mod:`jdiff.models.mosaic_group_norm`,
-:mod:`jdiff.models.mosaic_attention`) share: where they run, and how they run in Mosaic GPU's interpreter."""
+:mod:`jdiff.models.mosaic_attention`) share: where they run, and how they run in Mosaic GPU's interpreter
+(register arrays without layouts there)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.platform import compute_capability
+
+
+_TILE = plgpu.Layout.WGMMA
+
+
+class Registers:
+    """Arrays in registers, in Mosaic GPU's register layouts when compiled (``layouts``). The interpreter
+    computes the same values without them (jax 0.10's cannot interpret layouts at all), so it checks a
+    kernel's arithmetic, indexing and synchronisation, and the lowering tests and the GPU check the
+    layouts."""
+
+    def __init__(self, layouts: bool):
+        self.layouts = layouts
+
+    def load(self, ref, layout):
+        return plgpu.load(ref, layout=layout, optimized=False) if self.layouts else ref[...]
+
+    def iota(self, shape, dimension):
+        if self.layouts:
+            return plgpu.broadcasted_iota(jnp.int32, shape, dimension, layout=_TILE)
+        return lax.broadcasted_iota(jnp.int32, shape, dimension)
+
+    def zeros(self, shape):
+        zeros = jnp.zeros(shape, jnp.float32)
+        return plgpu.layout_cast(zeros, _TILE) if self.layouts else zeros
 
 
 def jax_supports_it() -> bool:

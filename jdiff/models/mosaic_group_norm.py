@@ -46,7 +46,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, forward_sharding_rule, shift_operands
-from jdiff.models.mosaic_gpu import check_runs, interpreter, runs_here, sm_count
+from jdiff.models.mosaic_gpu import Registers, check_runs, interpreter, runs_here, sm_count
 from jdiff.models.per_image import partitioned_per_image
 
 Dtype = Any
@@ -140,27 +140,6 @@ class _Settings:
     interpret: Any  # False, True, or Mosaic GPU's InterpretGPUParams
 
 
-class _Registers:
-    """Arrays in registers, in Mosaic GPU's register layouts when compiled. The interpreter computes the same
-    values without them (jax 0.10's cannot interpret layouts at all), so it checks the kernel's arithmetic,
-    indexing and synchronisation, and the lowering tests and the GPU check the layouts."""
-
-    def __init__(self, layouts: bool):
-        self.layouts = layouts
-
-    def load(self, ref, layout):
-        return plgpu.load(ref, layout=layout, optimized=False) if self.layouts else ref[...]
-
-    def iota(self, shape, dimension):
-        if self.layouts:
-            return plgpu.broadcasted_iota(jnp.int32, shape, dimension, layout=_TILE)
-        return lax.broadcasted_iota(jnp.int32, shape, dimension)
-
-    def zeros(self, shape):
-        zeros = jnp.zeros(shape, jnp.float32)
-        return plgpu.layout_cast(zeros, _TILE) if self.layouts else zeros
-
-
 def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: int, plan_: Plan, blocks: int,
                             slabs: int, ctas: int, eps: float, silu: bool, shifted: bool, layouts: bool):
     """One CTA's work (the module docstring has the scheme): its slabs in turn, each chunk's load issued
@@ -190,7 +169,7 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
 
     # Channels → groups and back with a (lanes, groups) membership mask summed over one axis: the register
     # layouts have no reshape that would put a group's channels on one axis.
-    regs = _Registers(layouts)
+    regs = Registers(layouts)
     lane = regs.iota((lanes_pad, groups_pad), 0)
     first = regs.iota((lanes_pad, groups_pad), 1) * per_group
     member = (lane >= first) & (lane < first + per_group) & (lane < cpp)
@@ -324,10 +303,10 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     ``chunk_rows`` (positions per ring buffer) and ``ring_bytes_per_sm`` (shared memory for the rings of one
     SM's CTAs) are for tests, which shrink them to exercise the ring on small inputs. ``interpret`` (True, or
     :func:`jdiff.models.mosaic_gpu.interpret_params`, e.g. with the race detector) runs the kernel in Mosaic
-    GPU's interpreter (any backend, jax ≥ 0.10, slow; without register layouts, see :class:`_Registers`).
-    Under ``jax.jit`` over a mesh with x split along its batch axis, each device computes its own images.
-    Raises ValueError where the kernel does not run (:func:`runs_here`, unless interpreted) or does not take
-    the input (:func:`unsupported_reason`)."""
+    GPU's interpreter (any backend, jax ≥ 0.10, slow; without register layouts, see
+    :class:`jdiff.models.mosaic_gpu.Registers`). Under ``jax.jit`` over a mesh with x split along its batch
+    axis, each device computes its own images. Raises ValueError where the kernel does not run
+    (:func:`runs_here`, unless interpreted) or does not take the input (:func:`unsupported_reason`)."""
     check_runs("GroupNorm", interpret, interpreted_on_jax_010=True,
                instead="jdiff.models.pallas_group_norm.forward(kernel='triton')")
     out_dtype = x.dtype if out_dtype is None else out_dtype
