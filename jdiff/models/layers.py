@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiff.models import mosaic_attention, pallas_attention
+from jdiff.models import pallas_attention
 from jdiff.models.group_norm import GroupNorm
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -322,9 +322,7 @@ def attention_implementation(requested: str, dtype: Dtype, head_channels: int, *
     if requested == "pallas" and kernel is None:
         reason = ("it needs NVIDIA GPUs of compute capability 8.0 or newer" if not gpu else
                   "it needs q, k, v's shape" if shape is None else
-                  f"no kernel takes q, k, v of shape {shape}: Triton's: "
-                  f"{pallas_attention.unsupported_reason(shape, dtype)}; Mosaic GPU's (Hopper, jax >= 0.11): "
-                  f"{mosaic_attention.unsupported_reason(shape, dtype) or 'it does not run here'}")
+                  pallas_attention.no_kernel_reason(shape, dtype))
         raise ValueError(f"attention_implementation='pallas' cannot run here: {reason}; use 'auto'")
     if requested != "auto":
         return requested

@@ -177,6 +177,15 @@ def kernel_for(shape: tuple[int, ...], dtype) -> str | None:
     return None
 
 
+def no_kernel_reason(shape: tuple[int, ...], dtype) -> str:
+    """Why neither kernel takes q, k, v of this (B, L, heads, d) shape here (where :func:`kernel_for` is
+    None): each kernel's reason."""
+    triton = unsupported_reason(shape, dtype) or "it needs an NVIDIA GPU of compute capability 8.0 or newer"
+    mosaic = mosaic_attention.unsupported_reason(shape, dtype) or "it does not run here"
+    return (f"no kernel takes q, k, v of shape {shape} here (Triton's: {triton}; Mosaic GPU's (Hopper, "
+            f"jax >= 0.11): {mosaic})")
+
+
 def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_order: bool,
                        interpret: Any = False, num_warps: int = NUM_WARPS, kernel: str = "auto") -> jax.Array:
     """:func:`attention` of q + b_q, k, v read from one (B, L, 3C) product ``qkv`` (16-bit) and q's bias
@@ -208,10 +217,7 @@ def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_ord
         else:
             kernel = kernel_for(shape, qkv.dtype)
         if kernel is None:
-            triton = reasons["triton"] or "it needs an NVIDIA GPU of compute capability 8.0 or newer"
-            mosaic = reasons["mosaic"] or "it needs a GPU of compute capability 9.x and jax >= 0.11"
-            raise ValueError(f"pallas_attention.attention_from_qkv: no kernel takes q, k, v of shape {shape} "
-                             f"here (Triton: {triton}; Mosaic GPU: {mosaic})")
+            raise ValueError(f"pallas_attention.attention_from_qkv: {no_kernel_reason(shape, qkv.dtype)}")
     if reasons[kernel]:
         raise ValueError(f"pallas_attention.attention_from_qkv: {reasons[kernel]}")
     if kernel == "mosaic":
