@@ -151,7 +151,10 @@ class UNet(nn.Module):
         block = 0
         for level, width in reversed(list(enumerate(widths))):
             for i in range(self.num_res_blocks + 1):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                # h and the skip unconcatenated where the ResBlock can read them so (layers.reads_parts), but
+                # not after an upsampling conv, whose bias XLA would then add in a pass of its own
+                upsampled = level != len(widths) - 1 and i == 0
+                h = jnp.concatenate([h, skips.pop()], axis=-1) if upsampled else (h, skips.pop())
                 layer = 0
                 h = ResBlock(width, name=f"output_blocks_{block}_{layer}", **res_kw)(h, emb, train=train)
                 if size in attention_sizes:
