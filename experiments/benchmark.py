@@ -373,6 +373,14 @@ def environment() -> dict:
                 time=time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
+def image_differences(images: np.ndarray, reference: np.ndarray, name: str) -> dict:
+    """How far ``images`` are from ``reference`` (the same parameters and noise), in [-1, 1] units."""
+    difference = np.abs(images.astype(np.float64) - reference)
+    return {f"images_max_abs_diff_to_{name}": float(difference.max()),
+            f"images_mean_abs_diff_to_{name}": float(difference.mean()),
+            f"pixels_differing_by_a_uint8_level_from_{name}": float(np.mean(difference > 1 / 127.5))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -391,6 +399,10 @@ def main() -> None:
                         help="sampling.sampler values to time, e.g. ddpm,ddim,heun")
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compare-images", default=None,
+                        help="a .npy file: the first variant's samples (first sampler) are written there if "
+                             "it does not exist, else compared with it (same parameters and noise: how far "
+                             "another version of the code moves the samples)")
     parser.add_argument("--memory-limit-gib", type=float, default=None,
                         help="for --what maxbatch: device memory to fill (default: the allocator's limit, "
                              "which a CPU does not report)")
@@ -448,11 +460,13 @@ def main() -> None:
             images = result.pop("images")
             if sampler not in first_images:
                 first_images[sampler] = images
-            else:  # same parameters and noise: how far another kernel moves the samples, in [-1, 1] units
-                difference = np.abs(images.astype(np.float64) - first_images[sampler])
-                result.update(images_max_abs_diff_to_first=float(difference.max()),
-                              images_mean_abs_diff_to_first=float(difference.mean()),
-                              pixels_differing_by_a_uint8_level=float(np.mean(difference > 1 / 127.5)))
+                if args.compare_images and len(first_images) == 1:
+                    if os.path.exists(args.compare_images):
+                        result.update(image_differences(images, np.load(args.compare_images), "file"))
+                    else:
+                        np.save(args.compare_images, images)
+            else:  # same parameters and noise: how far another kernel moves the samples
+                result.update(image_differences(images, first_images[sampler], "first"))
             results["sample"][key] = result
             print("sample", key, results["sample"][key], flush=True)
             save()

@@ -46,6 +46,18 @@ def test_fewer_images_when_the_device_says_no():
     assert result["largest_batch"] == 816
 
 
+def test_image_differences_in_minus_one_to_one_units():
+    """The sample comparison (between variants, or with --compare-images between versions of the code):
+    largest and mean absolute difference and the share of values apart by more than one uint8 level."""
+    reference = np.zeros((2, 4, 4, 3), np.float32)
+    images = reference.copy()
+    images[0, 0, 0] = [0.5, 0.005, 0.0]  # one value a level or more away (2/255 ≈ 0.0078 is one level)
+    got = benchmark.image_differences(images, reference, "file")
+    assert got == {"images_max_abs_diff_to_file": 0.5,
+                   "images_mean_abs_diff_to_file": pytest.approx(0.505 / 96),
+                   "pixels_differing_by_a_uint8_level_from_file": 1 / 96}
+
+
 def test_nothing_fits_is_an_error_and_bugs_are_not_memory():
     with pytest.raises(ValueError, match="cannot fit 8 images in 1.00 GiB"):
         benchmark.largest_batch(linear_probe(2 * GIB, 2**20), 1 * GIB, base=128, multiple=8)
