@@ -335,7 +335,10 @@ class ResBlock(nn.Module):
             # concatenation that reads it, which reads x at its own size. (Sampling only: the training
             # graph stays the one timed.)
             h = jax.lax.optimization_barrier(h)
-        return x + h
+        # h first: XLA's cuDNN rewriter takes the sum's first single-use conv output as the conv that adds the
+        # other operand as its side input, and gives up if that conv has one already, as the skip conv of
+        # parts does (it sums their products); with x first those sums were passes of their own (H200 profile)
+        return h + x
 
 
 def reads_parts(parts: tuple[jax.Array, ...], out_channels: int, norm_implementation: str, *,
@@ -488,8 +491,10 @@ class AttentionBlock(nn.Module):
         else:
             q, k, v, v_bias = projection(normed)
             a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+        rows = batch * height * width
         h = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="proj_out")(a.reshape(batch, height * width, channels), v_bias)
-        # The residual is added in the product's (B, L, C) shape, where XLA's GEMM rewriter folds it into
-        # the product as cuBLAS's C operand (β = 1); added in x's (B, H, W, C) shape it was a pass of its own.
-        return (tokens + h).reshape(x.shape)
+                         name="proj_out")(a.reshape(rows, channels), v_bias)
+        # The residual is added to the (B·L, C) product itself, which XLA's GEMM rewriter folds into the
+        # product as cuBLAS's C operand (β = 1); added to a reshape of it (any other shape), it is a pass of
+        # its own (H200 profiles).
+        return (x.reshape(rows, channels) + h).reshape(x.shape)

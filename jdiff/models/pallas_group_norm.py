@@ -176,13 +176,14 @@ class _Program(NamedTuple):
         """For x given as parts of these channel widths concatenated along channels, each a whole number of
         programs' blocks: per part, (the program's lanes in that part's channels, whether the program's block
         lies in it, or None for a single part). A program's loads from the other parts are masked off (no
-        memory traffic), at an offset kept inside those parts (Pallas's interpreter clamps one outside)."""
+        memory traffic), at offset 0 (Pallas's interpreter would clamp one outside the part); a select, so
+        that Triton still sees the offset's alignment in the part that holds the block."""
         if len(parts) == 1:
             return ((self.cols, None),)
         views, start = [], 0
         for width in parts:
-            local = jnp.clip(self.first - start, 0, width - self.channels)
-            views.append((pl.ds(local, self.width), (self.first >= start) & (self.first < start + width)))
+            inside = (self.first >= start) & (self.first < start + width)
+            views.append((pl.ds(jnp.where(inside, self.first - start, 0), self.width), inside))
             start += width
         return tuple(views)
 
