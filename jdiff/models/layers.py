@@ -434,21 +434,28 @@ class QKVProjection(nn.Module):
 
 class ShiftedDense(nn.Module):
     """y = (x + s)·W + b for x (..., C_in) and a vector s (C_in,), computed as x·W + (b + s·W): the shift
-    costs a (C_in,)·(C_in, F) product in float32 instead of a pass over x. Parameters are flax Dense's
-    ('kernel' (C_in, F), 'bias' (F,)), initialised as :func:`dense`'s."""
+    costs a (C_in,)·(C_in, F) product in float32 instead of a pass over x; with a ``residual`` r (..., F),
+    y = (r + x·W) + (b + s·W). Parameters are flax Dense's ('kernel' (C_in, F), 'bias' (F,)), initialised as
+    :func:`dense`'s."""
     features: int
     zero_init: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, shift: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, shift: jax.Array, residual: jax.Array | None = None) -> jax.Array:
         inits = _inits(x.shape[-1], self.zero_init)
         kernel = self.param("kernel", inits["kernel_init"], (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", inits["bias_init"], (self.features,), self.param_dtype)
         bias = bias + jnp.dot(shift.astype(jnp.float32), kernel.astype(jnp.float32),
                               precision=jax.lax.Precision.HIGHEST)
-        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+        y = x.astype(self.dtype) @ kernel.astype(self.dtype)
+        if residual is not None:
+            # added before the bias: XLA's GEMM rewriter folds a matrix into a product as cuBLAS's C operand
+            # (β = 1), and then the bias as its epilogue; with the bias added first, the residual was a pass
+            # of its own (H200 profiles)
+            y = residual.astype(self.dtype) + y
+        return y + bias.astype(self.dtype)
 
 
 class AttentionBlock(nn.Module):
@@ -491,10 +498,9 @@ class AttentionBlock(nn.Module):
         else:
             q, k, v, v_bias = projection(normed)
             a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+        # the residual added to the (B·L, C) product itself: to a reshape of it XLA does not fold it in
         rows = batch * height * width
-        h = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="proj_out")(a.reshape(rows, channels), v_bias)
-        # The residual is added to the (B·L, C) product itself, which XLA's GEMM rewriter folds into the
-        # product as cuBLAS's C operand (β = 1); added to a reshape of it (any other shape), it is a pass of
-        # its own (H200 profiles).
-        return (x.reshape(rows, channels) + h).reshape(x.shape)
+        proj_out = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                                name="proj_out")
+        out = proj_out(a.reshape(rows, channels), v_bias, residual=x.reshape(rows, channels))
+        return out.reshape(x.shape)
