@@ -297,6 +297,7 @@ class ResBlock(nn.Module):
         if isinstance(x, tuple) and (train or self.up or self.down or not reads_parts(
                 x, self.out_channels, self.norm_implementation, out_dtype=self.dtype)):
             x = jnp.concatenate(x, axis=-1)
+        parts_read = isinstance(x, tuple)
         in_channels = sum(part.shape[-1] for part in x) if isinstance(x, tuple) else x.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm_kw = dict(param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
@@ -335,10 +336,11 @@ class ResBlock(nn.Module):
             # concatenation that reads it, which reads x at its own size. (Sampling only: the training
             # graph stays the one timed.)
             h = jax.lax.optimization_barrier(h)
-        # h first: XLA's cuDNN rewriter takes the sum's first single-use conv output as the conv that adds the
-        # other operand as its side input, and gives up if that conv has one already, as the skip conv of
-        # parts does (it sums their products); with x first those sums were passes of their own (H200 profile)
-        return h + x
+        # Of parts, h first: XLA's cuDNN rewriter takes the sum's first single-use conv output as the conv
+        # that adds the other operand as its side input, and gives up if that conv has one already, as the
+        # skip conv of parts does (it sums their products; x first, those sums were passes of their own in an
+        # H200 profile). Otherwise x first, the graph the train step was timed with.
+        return h + x if parts_read else x + h
 
 
 def reads_parts(parts: tuple[jax.Array, ...], out_channels: int, norm_implementation: str, *,
@@ -434,28 +436,21 @@ class QKVProjection(nn.Module):
 
 class ShiftedDense(nn.Module):
     """y = (x + s)·W + b for x (..., C_in) and a vector s (C_in,), computed as x·W + (b + s·W): the shift
-    costs a (C_in,)·(C_in, F) product in float32 instead of a pass over x; with a ``residual`` r (..., F),
-    y = (r + x·W) + (b + s·W). Parameters are flax Dense's ('kernel' (C_in, F), 'bias' (F,)), initialised as
-    :func:`dense`'s."""
+    costs a (C_in,)·(C_in, F) product in float32 instead of a pass over x. Parameters are flax Dense's
+    ('kernel' (C_in, F), 'bias' (F,)), initialised as :func:`dense`'s."""
     features: int
     zero_init: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, shift: jax.Array, residual: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, shift: jax.Array) -> jax.Array:
         inits = _inits(x.shape[-1], self.zero_init)
         kernel = self.param("kernel", inits["kernel_init"], (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", inits["bias_init"], (self.features,), self.param_dtype)
         bias = bias + jnp.dot(shift.astype(jnp.float32), kernel.astype(jnp.float32),
                               precision=jax.lax.Precision.HIGHEST)
-        y = x.astype(self.dtype) @ kernel.astype(self.dtype)
-        if residual is not None:
-            # added before the bias: XLA's GEMM rewriter folds a matrix into a product as cuBLAS's C operand
-            # (β = 1), and then the bias as its epilogue; with the bias added first, the residual was a pass
-            # of its own (H200 profiles)
-            y = residual.astype(self.dtype) + y
-        return y + bias.astype(self.dtype)
+        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
 
 
 class AttentionBlock(nn.Module):
@@ -498,9 +493,6 @@ class AttentionBlock(nn.Module):
         else:
             q, k, v, v_bias = projection(normed)
             a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
-        # the residual added to the (B·L, C) product itself: to a reshape of it XLA does not fold it in
-        rows = batch * height * width
-        proj_out = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                                name="proj_out")
-        out = proj_out(a.reshape(rows, channels), v_bias, residual=x.reshape(rows, channels))
-        return out.reshape(x.shape)
+        h = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name="proj_out")(a.reshape(batch, height * width, channels), v_bias)
+        return x + h.reshape(x.shape)
