@@ -108,24 +108,6 @@ def test_interpreted_forward_matches_float64(shape, dtype, silu, shared, shifted
     np.testing.assert_allclose(as64(rstd), rstd64, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("widths,shared", [((64, 64), False), ((32, 64, 32), True)])
-def test_interpreted_parts_give_the_concatenations_result(widths, shared):
-    """x as parts concatenated along channels, each a whole number of the slabs' 32-channel blocks: each slab
-    is copied from its part, and y, mean and rstd are x whole's, bit for bit (slabs in turn through the
-    ring, as in the first case above); parts that split a block are refused."""
-    x, a, b = inputs((3, 256, sum(widths)), jnp.bfloat16, seed=len(widths))
-    if shared:
-        a, b = a[0], b[0]
-    parts = tuple(jnp.split(x, np.cumsum(widths)[:-1], axis=-1))
-    kw = dict(silu=True, interpret=True, chunk_rows=64, ring_bytes_per_sm=2 * 6 * 64 * 32 * 2)
-    whole = mosaic_group_norm.forward(x, a, b, **kw)
-    for got, expected in zip(mosaic_group_norm.forward(parts, a, b, **kw), whole):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-    assert "blocks of 32 channels" in unsupported_reason(x.shape, x.dtype, x.dtype, parts=(48, 80))
-    with pytest.raises(ValueError, match=r"parts of \[48, 80\] channels do not split"):
-        mosaic_group_norm.forward((x[..., :48], x[..., 48:]), a, b, **kw)
-
-
 def test_interpreted_shifted_statistics_survive_a_large_mean():
     """Mean 1000 against spreads of 0.5–3 (see test_pallas_group_norm): the shift K, each channel's mean
     over the first 64 positions, keeps the sums from cancelling."""
@@ -137,17 +119,14 @@ def test_interpreted_shifted_statistics_survive_a_large_mean():
 
 
 @needs_jax_011
-@pytest.mark.parametrize("channels,shared,shifted,parts",
-                         [(128, False, False, None), (256, True, True, None), (384, False, True, None),
-                          (256, True, False, (128, 128))])
-def test_lowers_for_the_gpu_at_the_unets_32x32_shapes(monkeypatch, channels, shared, shifted, parts):
+@pytest.mark.parametrize("channels,shared,shifted",
+                         [(128, False, False), (256, True, True), (384, False, True)])
+def test_lowers_for_the_gpu_at_the_unets_32x32_shapes(monkeypatch, channels, shared, shifted):
     """Mosaic GPU's lowering (register layouts, TMA copies, the ring's barriers) of the shapes jdiff runs it
-    on, at batch 512 (also with x as the decoder's two parts), done on the CPU for the CUDA platform: what
-    the interpreter cannot check."""
+    on, at batch 512, done on the CPU for the CUDA platform: what the interpreter cannot check."""
     monkeypatch.setattr(mosaic_gpu, "runs_here", lambda: True)
     monkeypatch.setattr(mosaic_group_norm, "sm_count", lambda interpret: 132)
-    x = tuple(jax.ShapeDtypeStruct((512, 1024, width), jnp.bfloat16) for width in parts or (channels,))
-    x = x if parts else x[0]
+    x = jax.ShapeDtypeStruct((512, 1024, channels), jnp.bfloat16)
     affine = jax.ShapeDtypeStruct((channels,) if shared else (512, channels), jnp.float32)
     shift = jax.ShapeDtypeStruct((channels,), jnp.float32) if shifted else None
 

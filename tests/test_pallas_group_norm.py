@@ -215,93 +215,6 @@ def test_dropout_in_the_kernels_drops_what_xla_drops(shape, dtype, silu, setting
                                    seeds=(seeds[0][:1], seeds[1]), **settings)
 
 
-PART_CASES = [  # (B, N), the parts' channels, dtype, a and b shared, shifted, dropout, kernel settings
-    ((2, 16), (64, 64), jnp.float32, False, False, 0.0, {}),  # C = 128: blocks of 64 channels, one per part
-    ((3, 32), (256, 128, 128), jnp.bfloat16, True, True, 0.0, dict(block_n=16)),  # 3 parts, 2 row chunks
-    ((2, 16), (96, 288), jnp.bfloat16, False, False, 0.3, {}),  # blocks of 96 channels in 128 masked lanes
-    ((2, 32), (128, 128), jnp.bfloat16, False, True, 0.0, dict(channels_per_program=32, block_n=32)),
-]
-
-
-def split(x, widths):
-    return tuple(jnp.split(x, np.cumsum(widths)[:-1], axis=-1))
-
-
-@pytest.mark.parametrize("positions,widths,dtype,shared,shifted,dropout,settings", PART_CASES)
-def test_parts_give_the_concatenations_result(positions, widths, dtype, shared, shifted, dropout, settings):
-    """x given as parts concatenated along channels, each a whole number of channel blocks: y, mean and
-    rstd are those of x whole, bit for bit (a lane's masked loads from the other parts add exact zeros), with
-    shared or per-image a and b, an input shift and dropout."""
-    shape = (*positions, sum(widths))
-    x, a, b = inputs(shape, dtype, seed=sum(shape))
-    if shared:
-        a, b = a[0], b[0]
-    kw = dict(silu=True, out_dtype=dtype, interpret=True, dropout=dropout, **settings)
-    if shifted:
-        kw["shift"] = jnp.asarray(np.random.default_rng(1).normal(size=shape[-1]), jnp.float32)
-    if dropout:
-        kw["seeds"] = dropout_seeds(jax.random.key(5), shape[0], shape[-1])
-    for got, expected in zip(pallas_group_norm.forward(split(x, widths), a, b, **kw),
-                             pallas_group_norm.forward(x, a, b, **kw)):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-
-
-def test_parts_must_each_be_whole_channel_blocks():
-    """Parts that split a program's channel block are refused, saying to concatenate them; reads_parts says
-    which parts the default settings take (on the CPU: the Triton kernel's blocks, e.g. 64 channels at C of
-    128, 256 or 512, 96 at C = 384, which the UNet's 256 + 128 splits)."""
-    x, a, b = inputs((2, 16, 128), jnp.float32, seed=2)
-    with pytest.raises(ValueError, match=r"parts of \[96, 32\] channels do not split into the kernel's "
-                                         r"blocks of 64 channels.*concatenate them first"):
-        pallas_group_norm.forward(split(x, (96, 32)), a, b, interpret=True)
-    with pytest.raises(ValueError, match="parts .* of one dtype"):
-        pallas_group_norm.forward((x[..., :64], x[..., 64:].astype(jnp.bfloat16)), a, b, interpret=True)
-    assert pallas_group_norm.reads_parts((128, 128), 1024, jnp.bfloat16, jnp.bfloat16)
-    assert pallas_group_norm.reads_parts((256, 256), 64, jnp.bfloat16, jnp.bfloat16)
-    assert not pallas_group_norm.reads_parts((256, 128), 256, jnp.bfloat16, jnp.bfloat16)
-    assert not pallas_group_norm.reads_parts((96, 32), 16, jnp.bfloat16, jnp.bfloat16)
-    assert not pallas_group_norm.reads_parts((50, 50), 16, jnp.bfloat16, jnp.bfloat16)  # 100: not 32 groups
-
-
-@pytest.mark.parametrize("widths,n", [((128, 128), 1024), ((256, 256), 256), ((256, 256), 16),
-                                      ((288, 96), 16)])
-def test_parts_lower_to_triton_for_the_gpu(monkeypatch, widths, n):
-    """The forward kernel reading the UNet decoder's parts lowers to Triton's IR for CUDA (at batch 512, on
-    the CPU with a faked compute capability 9.0): the gated loads the interpreter cannot check."""
-    registration = pytest.importorskip("jax._src.pallas.triton.pallas_call_registration")
-    if not hasattr(registration, "gpu_info_lib"):  # a private module of jax's (0.11); 0.10 reads the device
-        pytest.skip(f"jax {jax.__version__} gives Pallas's Triton lowering no GPU to fake here")
-    monkeypatch.setattr(registration.gpu_info_lib, "get_gpu_info",
-                        lambda: __import__("types").SimpleNamespace(compute_capability=90))
-    parts = tuple(jax.ShapeDtypeStruct((512, n, width), jnp.bfloat16) for width in widths)
-    affine = jax.ShapeDtypeStruct((sum(widths),), jnp.float32)
-
-    def norm(parts, a, b):
-        return pallas_group_norm.forward(parts, a, b, silu=True, out_dtype=jnp.bfloat16, kernel="triton")
-
-    text = jax.jit(norm).trace(parts, affine, affine).lower(lowering_platforms=("cuda",)).as_text()
-    assert "group_norm_forward" in text
-
-
-def test_normalise_affine_takes_parts_in_both_directions():
-    """normalise_affine of x as parts: the kernels' forward and XLA's give x whole's y; the gradients with
-    respect to the parts are x whole's gradient split (both backwards read the concatenation)."""
-    x, a, b = inputs((2, 16, 128), jnp.float32, seed=9)
-    args = (NUM_GROUPS, EPS, True, False, jnp.float32)
-    for implementation in ("xla", "pallas_interpret"):
-        def loss(x, a, b):
-            return jnp.sum(jnp.sin(normalise_affine(x, a, b, *args, implementation)))
-
-        np.testing.assert_array_equal(normalise_affine(split(x, (64, 64)), a, b, *args, implementation),
-                                      normalise_affine(x, a, b, *args, implementation))
-        (dparts, da, db), (dx, da_whole, db_whole) = (jax.grad(loss, argnums=(0, 1, 2))(v, a, b)
-                                                      for v in (split(x, (64, 64)), x))
-        assert isinstance(dparts, tuple) and len(dparts) == 2
-        np.testing.assert_array_equal(jnp.concatenate(dparts, axis=-1), dx)
-        np.testing.assert_array_equal(da, da_whole)
-        np.testing.assert_array_equal(db, db_whole)
-
-
 def test_normalise_affine_uses_the_kernels_undifferentiated_and_under_grad():
     """implementation='pallas_interpret' gives XLA's output and, through the custom VJP, XLA's gradients."""
     x, a, b = inputs((2, 16, 128), jnp.float32, seed=7)
@@ -337,7 +250,7 @@ def test_partitioned_over_a_sharded_batch():
     """On 4 devices with the batch split, each device runs the forward kernel on its own images (no collective
     in the compiled program) and the result is the unsharded one; x split along its channels is still right;
     the gradients through both kernels equal the unsharded ones and dx stays split; the same with a, b
-    shared by the images, the forward with an input shift, and the forward of x given as two parts."""
+    shared by the images, and the forward with an input shift."""
     result = run_helper_on_devices("sharded_group_norm.py", 4)
     assert result["batch_split_collectives"] == []
     assert result["batch_split_output_axis"] == "data"
@@ -355,9 +268,6 @@ def test_partitioned_over_a_sharded_batch():
     # an input shift (C,): replicated, no collective
     assert result["shifted_max_diff"] == 0.0
     assert result["shifted_collectives"] == []
-    # x as two parts, each split along the batch like x
-    assert result["parts_max_diff"] == 0.0
-    assert result["parts_collectives"] == []
 
 
 @pytest.mark.parametrize("direction,dropout", [("forward", 0.0), ("training", 0.0), ("training", 0.3)])

@@ -19,10 +19,8 @@ from flax import traverse_util
 from jdiff.convert import convert_state_dict, official_shapes
 from jdiff.models import UNet, create_model, init_inputs, param_shapes, unet_kwargs_from_flags
 from jdiff.models.group_norm import GroupNorm
-from jdiff.models import layers
-from jdiff.models.layers import (Conv1x1, QKVProjection, ResBlock, TapConv3x3, Upsample, UpsampleConv,
-                                 attention_implementation, conv2d, conv3x3_by_taps, upsample_conv,
-                                 upsample_nearest, upsampling_kernel)
+from jdiff.models.layers import (QKVProjection, TapConv3x3, Upsample, UpsampleConv, attention_implementation,
+                                 conv2d, conv3x3_by_taps, upsample_conv, upsample_nearest, upsampling_kernel)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "unet_fixture.npz")
 
@@ -374,91 +372,6 @@ def test_norms_take_their_vectors_unbroadcast_in_sampling_and_broadcast_in_train
     sampling, training = affine_ranks(False), affine_ranks(True)
     assert 1 in sampling and 2 in sampling, "unshifted norms (C,), scale-shift norms (B, C)"
     assert training == [2] * len(sampling)
-
-
-class _SkipConv(nn.Module):
-    """The ResBlock's skip conv as conv2d (kernel_size=1) or as Conv1x1, under the same name."""
-    parts_reader: bool
-
-    @nn.compact
-    def __call__(self, x):
-        if self.parts_reader:
-            return Conv1x1(16, name="skip_connection", dtype=jnp.bfloat16)(x)
-        return conv2d(x, 16, kernel_size=1, name="skip_connection", dtype=jnp.bfloat16)
-
-
-def test_conv1x1_is_conv2d_and_reads_parts():
-    """Conv1x1 initialises and computes what conv2d(kernel_size=1) does, bit for bit; of parts, the sum of the
-    parts' products with their rows of the kernel is the conv of the concatenation (bf16 roundings apart)."""
-    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 24))
-    params = _SkipConv(False).init(jax.random.key(0), x)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params,
-                                     _SkipConv(True).init(jax.random.key(0), x)))
-    whole = _SkipConv(False).apply(params, x)
-    np.testing.assert_array_equal(_SkipConv(True).apply(params, x), whole)
-    parts = _SkipConv(True).apply(params, (x[..., :8], x[..., 8:20], x[..., 20:]))
-    np.testing.assert_allclose(parts.astype(jnp.float32), whole.astype(jnp.float32), rtol=0, atol=0.02)
-
-
-def test_resblock_reads_parts_only_where_its_norm_kernel_does():
-    """layers.reads_parts: a skip conv (not the identity) and jdiff's GroupNorm kernels whose blocks the parts
-    split into whole (on the CPU: the Triton kernel, 64-channel blocks at C = 128); the ResBlock of parts
-    then gives the ResBlock of their concatenation, with the kernel in Pallas's interpreter reading the parts
-    (one norm's forward kernel takes two x operands) and with XLA's norms (which concatenate them)."""
-    h, skip = (jax.random.normal(jax.random.key(k), (2, 8, 8, 64)) for k in (1, 2))
-    assert layers.reads_parts((h, skip), 64, "pallas_interpret", out_dtype=jnp.float32)
-    assert layers.reads_parts((h, skip), 64, "pallas", out_dtype=jnp.float32)
-    assert not layers.reads_parts((h, skip), 128, "pallas", out_dtype=jnp.float32)  # an identity skip
-    assert not layers.reads_parts((h, skip), 64, "xla", out_dtype=jnp.float32)
-    wide = (jnp.zeros((2, 8, 8, 256)), jnp.zeros((2, 8, 8, 128)))  # C = 384: blocks of 96, split by 256
-    assert not layers.reads_parts(wide, 256, "pallas", out_dtype=jnp.float32)
-    emb = jax.random.normal(jax.random.key(3), (2, 128))
-    whole = jnp.concatenate([h, skip], axis=-1)
-    for implementation, kernel_x_operands in (("pallas_interpret", [2, 1]), ("xla", [])):
-        block = ResBlock(64, use_scale_shift_norm=True, norm_implementation=implementation)
-        params = block.init(jax.random.key(0), whole, emb, train=False)
-        params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(4), p.shape), params)
-        jaxpr = jax.make_jaxpr(lambda p: block.apply(p, (h, skip), emb, train=False))(params)
-        operands = [sum(len(v.aval.shape) == 3 and v.aval.shape[1] == 64 for v in e.invars)
-                    for e in _equations(jaxpr.jaxpr) if e.primitive.name == "pallas_call"]
-        assert operands == kernel_x_operands
-        np.testing.assert_allclose(block.apply(params, (h, skip), emb, train=False),
-                                   block.apply(params, whole, emb, train=False), rtol=0, atol=2e-5)
-
-
-def _equations(jaxpr):
-    """The equations of a jaxpr and of the jaxprs nested in them, depth first."""
-    for equation in jaxpr.eqns:
-        yield equation
-        for value in equation.params.values():
-            for sub in (value if isinstance(value, (tuple, list)) else (value,)):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from _equations(inner)
-
-
-def test_decoder_hands_its_resblocks_h_and_the_skip_unconcatenated_in_sampling(monkeypatch):
-    """The decoder passes (h, skip) to every ResBlock but the first of a level after an upsampling; with
-    reads_parts forced true (XLA's norms concatenate them again) the sampling output is the same, and in
-    training the parts are never offered (the training graph is unchanged)."""
-    model = UNet(**dict(TINY, resblock_updown=False, num_res_blocks=2, channel_mult=(1, 2, 2)))
-    x, t, _ = init_inputs(model, 2)
-    x = jax.random.normal(jax.random.key(3), x.shape)
-    t = jnp.array([3, 500])
-    params = model.init(jax.random.key(0), x, t, train=False)["params"]
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(7), p.shape), params)
-    concatenated = model.apply({"params": params}, x, t, train=False)
-    offered = []
-    monkeypatch.setattr(layers, "reads_parts", lambda parts, *a, **k: offered.append(
-        [p.shape[1:] for p in parts]) or True)
-    np.testing.assert_allclose(model.apply({"params": params}, x, t, train=False), concatenated, rtol=0,
-                               atol=1e-5)
-    # 4×4: all three blocks (h from the middle block); 8×8 and 16×16: all but the first (after the upsampling)
-    assert offered == ([[(4, 4, 64), (4, 4, 64)]] * 3 + [[(8, 8, 64), (8, 8, 64)], [(8, 8, 64), (8, 8, 32)]]
-                       + [[(16, 16, 32), (16, 16, 32)]] * 2)
-    offered.clear()
-    model.apply({"params": params}, x, t, train=True, rngs={"dropout": jax.random.key(0)})
-    assert offered == []
 
 
 def test_invalid_inputs_and_settings_raise():

@@ -47,12 +47,11 @@ less time per norm; sampling 2.4%, training 2.5% faster); the Triton backward re
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -220,37 +219,9 @@ SEEDS_RULE = ", b c, b c"  # dropout's two seeds per image and channel
 OUTPUTS_RULE = " -> b n c, b c, b c"  # y (or dx), and two per-channel (B, C) arrays
 
 
-def forward_sharding_rule(shared: bool, shifted: bool, seeded: bool = False, parts: int = 1) -> str:
-    """The rule of a forward kernel's call (x, a, b[, c][, seed0, seed1]) → (y, mean, rstd), x given whole or
-    as ``parts`` operands concatenated along channels."""
-    x = "b n c" if parts == 1 else ", ".join(f"b n p{k}" for k in range(parts))
-    return x + AFFINE_RULE[shared] + ", c" * shifted + SEEDS_RULE * seeded + OUTPUTS_RULE
-
-
-def parts_reason(parts: tuple[int, ...], channels_per_block: int) -> str | None:
-    """Why a kernel whose programs (or CTAs) take blocks of ``channels_per_block`` channels cannot read x as
-    parts of these channels concatenated along channels, or None: every part must be a whole number of
-    blocks, so that each block lies in one part."""
-    if any(width % channels_per_block for width in parts):
-        return (f"x's parts of {list(parts)} channels do not split into the kernel's blocks of "
-                f"{channels_per_block} channels (each block must lie in one part); concatenate them first")
-    return None
-
-
-def concatenated(caller: str, x: jax.Array | Sequence[jax.Array]) -> tuple[tuple[jax.Array, ...],
-                                                                           jax.ShapeDtypeStruct]:
-    """x as a tuple of parts and the (B, N, ΣC_k) shape and dtype of their concatenation along channels, for
-    x given whole (one part) or as a sequence of (B, N, C_k) parts; raises ValueError unless the parts
-    agree in B, N and dtype."""
-    if not isinstance(x, (tuple, list)):
-        return (x,), jax.ShapeDtypeStruct(x.shape, x.dtype)
-    parts = tuple(x)
-    if not parts or any(p.ndim != 3 or p.shape[:2] != parts[0].shape[:2] or p.dtype != parts[0].dtype
-                        for p in parts):
-        raise ValueError(f"{caller}: x must be a (B, N, C) array or parts (B, N, C_k) of one dtype, got "
-                         f"{[(tuple(p.shape), str(p.dtype)) for p in parts]}")
-    batch, n, _ = parts[0].shape
-    return parts, jax.ShapeDtypeStruct((batch, n, sum(p.shape[-1] for p in parts)), parts[0].dtype)
+def forward_sharding_rule(shared: bool, shifted: bool, seeded: bool = False) -> str:
+    """The rule of a forward kernel's call (x, a, b[, c][, seed0, seed1]) → (y, mean, rstd)."""
+    return "b n c" + AFFINE_RULE[shared] + ", c" * shifted + SEEDS_RULE * seeded + OUTPUTS_RULE
 
 
 def shift_operands(caller: str, shift: jax.Array | None, channels: int) -> tuple[jax.Array, ...]:
@@ -278,8 +249,7 @@ def check_dropout(caller: str, dropout: float, seeds, batch: int, channels: int)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8, 9))
-def normalise_affine(x: jax.Array | tuple[jax.Array, ...], a: jax.Array, b: jax.Array,
-                     groups: int = NUM_GROUPS, eps: float = EPS,
+def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM_GROUPS, eps: float = EPS,
                      silu: bool = False, one_pass: bool = False, out_dtype: Dtype = jnp.float32,
                      implementation: str = "xla", dropout: float = 0.0,
                      seeds: tuple[jax.Array, jax.Array] | None = None,
@@ -294,30 +264,18 @@ def normalise_affine(x: jax.Array | tuple[jax.Array, ...], a: jax.Array, b: jax.
     ``implementation``: 'xla', or 'pallas' / 'pallas_interpret': the kernels of
     :mod:`jdiff.models.pallas_group_norm` for the forward (there, its ``kernel='auto'`` choice) and the
     backward (or the Triton kernels in Pallas's interpreter on any backend, for tests). Both drop the same
-    elements.
-
-    x may be given as a tuple of parts (B, N, C_k) whose concatenation along channels is x: the forward
-    kernels then read each part where it is (:func:`jdiff.models.pallas_group_norm.forward`), for a caller
-    that would otherwise write the concatenation only to normalise it; XLA's forward, and either backward,
-    concatenate them (dx comes back as parts)."""
+    elements."""
     return _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds,
                     shift)[0]
 
 
-def _whole(x) -> jax.Array:
-    """x given whole or as a tuple of parts, concatenated along channels."""
-    return jnp.concatenate(x, axis=-1) if isinstance(x, (tuple, list)) else x
-
-
 def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds, shift):
     _check_implementation(implementation)
-    _, whole = concatenated("normalise_affine", x)
-    batch, _, channels = whole.shape
-    check_affine("normalise_affine", a, b, batch, channels)
-    check_dropout("normalise_affine", dropout, seeds, batch, channels)
-    shift_operands("normalise_affine", shift, channels)
+    check_affine("normalise_affine", a, b, x.shape[0], x.shape[-1])
+    check_dropout("normalise_affine", dropout, seeds, x.shape[0], x.shape[-1])
+    shift_operands("normalise_affine", shift, x.shape[-1])
     if implementation == "xla":
-        y, (mean, rstd) = _normalise(_shifted(_whole(x), shift), a, b, groups, eps, silu, one_pass, out_dtype,
+        y, (mean, rstd) = _normalise(_shifted(x, shift), a, b, groups, eps, silu, one_pass, out_dtype,
                                      dropout, seeds)
     else:
         from jdiff.models import pallas_group_norm  # Pallas only where it is asked for
@@ -332,11 +290,6 @@ def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dr
 
 def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, residuals, dy):
     x, a, b, mean, rstd, seeds, shift = residuals
-    if isinstance(x, (tuple, list)):  # the gradient of the concatenation, split into the parts'
-        dx, *rest = _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout,
-                              (_whole(x), a, b, mean, rstd, seeds, shift), dy)
-        ends = np.cumsum([part.shape[-1] for part in x])[:-1]
-        return type(x)(jnp.split(dx, ends, axis=-1)), *rest
     if implementation != "xla":
         from jdiff.models import pallas_group_norm
 
@@ -392,22 +345,17 @@ class GroupNorm(nn.Module):
     takes as an operand into a buffer of its own, one small copy per leaf, where broadcasts of several
     leaves fuse into one kernel (a train step 0.7% slower with the vectors, on an H200; sampling 0.8%
     faster with them).
-    ``implementation`` is :func:`normalise_affine`'s (resolved: not 'auto'). x (B, ..., C) may be a tuple of
-    parts (B, ..., C_k) concatenated along channels (see :func:`normalise_affine`); the parameters are then
-    those of the concatenation's C channels.
+    ``implementation`` is :func:`normalise_affine`'s (resolved: not 'auto').
     """
     one_pass: bool = False
     implementation: str = "xla"
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array | tuple[jax.Array, ...], *,
-                 scale_shift: tuple[jax.Array, jax.Array] | None = None, silu: bool = False,
-                 out_dtype: Dtype = jnp.float32, dropout: float = 0.0, broadcast_affine: bool = False,
-                 input_bias: jax.Array | None = None) -> jax.Array:
-        parts = x if isinstance(x, tuple) else (x,)
-        shape = (*parts[0].shape[:-1], sum(part.shape[-1] for part in parts))
-        channels = shape[-1]
+    def __call__(self, x: jax.Array, *, scale_shift: tuple[jax.Array, jax.Array] | None = None,
+                 silu: bool = False, out_dtype: Dtype = jnp.float32, dropout: float = 0.0,
+                 broadcast_affine: bool = False, input_bias: jax.Array | None = None) -> jax.Array:
+        channels = x.shape[-1]
         if channels % NUM_GROUPS:
             raise ValueError(f"GroupNorm needs channels divisible by {NUM_GROUPS}, got {channels}: choose "
                              f"model_channels and channel_mult so that every level's width is "
@@ -418,12 +366,10 @@ class GroupNorm(nn.Module):
         if scale_shift is not None:
             s, t = (v.astype(jnp.float32) for v in scale_shift)
             a, b = a * (1.0 + s), b * (1.0 + s) + t
-        batch = shape[0]
+        batch = x.shape[0]
         if broadcast_affine:
             a, b = jnp.broadcast_to(a, (batch, channels)), jnp.broadcast_to(b, (batch, channels))
         seeds = dropout_seeds(self.make_rng("dropout"), batch, channels) if dropout else None
-        tokens = tuple(part.reshape(batch, -1, part.shape[-1]) for part in parts)
-        y = normalise_affine(tokens if len(tokens) > 1 else tokens[0], a, b, NUM_GROUPS, EPS, silu,
-                             self.one_pass, jnp.dtype(out_dtype), self.implementation, dropout, seeds,
-                             input_bias)
-        return y.reshape(shape)
+        y = normalise_affine(x.reshape(batch, -1, channels), a, b, NUM_GROUPS, EPS, silu, self.one_pass,
+                             jnp.dtype(out_dtype), self.implementation, dropout, seeds, input_bias)
+        return y.reshape(x.shape)

@@ -14,15 +14,12 @@ input and the group statistics for the backward pass, so no float32 activations 
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jdiff.models import pallas_attention
 from jdiff.models.group_norm import GroupNorm
@@ -66,31 +63,6 @@ def conv2d(x: jax.Array, features: int, *, name: str, kernel_size: int = 3, stri
                    padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=param_dtype, name=name,
                    **_inits(x.shape[-1] * kernel_size * kernel_size, zero_init))
     return conv(x)
-
-
-class Conv1x1(nn.Module):
-    """A biased 1×1 conv, :func:`conv2d` with ``kernel_size=1`` (the same parameters, 'kernel' (1, 1, C, F)
-    and 'bias' (F,), and initialisation), of x (B, H, W, C), which may be a tuple of parts (B, H, W, C_k)
-    whose concatenation along channels is x: then W·[x₁; x₂] = W₁·x₁ + W₂·x₂, W_k the kernel's rows of part
-    k, so that the concatenation is never written (XLA adds one part's product to the next's as cuDNN's side
-    input)."""
-    features: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
-        parts = x if isinstance(x, tuple) else (x,)
-        widths = [part.shape[-1] for part in parts]
-        inits = _inits(sum(widths), zero_init=False)
-        shape = (1, 1, sum(widths), self.features)
-        kernel = self.param("kernel", inits["kernel_init"], shape, self.param_dtype).astype(self.dtype)
-        bias = self.param("bias", inits["bias_init"], (self.features,), self.param_dtype)
-        starts = [int(s) for s in np.cumsum([0, *widths])]
-        products = (jax.lax.conv_general_dilated(part.astype(self.dtype), kernel[:, :, start:end], (1, 1),
-                                                 ((0, 0), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                    for part, start, end in zip(parts, starts[:-1], starts[1:]))
-        return functools.reduce(operator.add, products) + bias.astype(self.dtype).reshape(1, 1, 1, -1)
 
 
 def conv3x3_by_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -277,10 +249,6 @@ class ResBlock(nn.Module):
     changes. The dropout (in training) is the GroupNorm's own (:mod:`jdiff.models.group_norm`). When
     ``up`` with the scale-shift norm, the up-sampling conv's bias is added by that norm as it reads h
     (``input_bias``), not by a pass of its own.
-
-    x may be a tuple of parts whose concatenation along channels is the input (the decoder's h and skip):
-    where :func:`reads_parts` says so (sampling with jdiff's GroupNorm kernels, a skip conv), the first norm
-    and the skip conv (:class:`Conv1x1`) read the parts where they are; elsewhere they are concatenated.
     """
     out_channels: int
     dropout: float = 0.0
@@ -293,12 +261,7 @@ class ResBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array | tuple[jax.Array, ...], emb: jax.Array, *, train: bool) -> jax.Array:
-        if isinstance(x, tuple) and (train or self.up or self.down or not reads_parts(
-                x, self.out_channels, self.norm_implementation, out_dtype=self.dtype)):
-            x = jnp.concatenate(x, axis=-1)
-        parts_read = isinstance(x, tuple)
-        in_channels = sum(part.shape[-1] for part in x) if isinstance(x, tuple) else x.shape[-1]
+    def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm_kw = dict(param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                        implementation=self.norm_implementation)
@@ -328,34 +291,15 @@ class ResBlock(nn.Module):
                          dropout=dropout, broadcast_affine=train)
         h = conv2d(h, self.out_channels, name="out_layers_3", zero_init=True, **kw)
 
-        if in_channels != self.out_channels:
-            x = Conv1x1(self.out_channels, name="skip_connection", **kw)(x)
+        if x.shape[-1] != self.out_channels:
+            x = conv2d(x, self.out_channels, kernel_size=1, name="skip_connection", **kw)
         elif self.up and not train:
             # x is the upsampled input, a broadcast: as the side input that cuDNN adds to the conv's output
             # XLA writes it out at full size first; kept apart by the barrier, x + h fuses into the decoder's
             # concatenation that reads it, which reads x at its own size. (Sampling only: the training
             # graph stays the one timed.)
             h = jax.lax.optimization_barrier(h)
-        # Of parts, h first: XLA's cuDNN rewriter takes the sum's first single-use conv output as the conv
-        # that adds the other operand as its side input, and gives up if that conv has one already, as the
-        # skip conv of parts does (it sums their products; x first, those sums were passes of their own in an
-        # H200 profile). Otherwise x first, the graph the train step was timed with.
-        return h + x if parts_read else x + h
-
-
-def reads_parts(parts: tuple[jax.Array, ...], out_channels: int, norm_implementation: str, *,
-                out_dtype: Dtype) -> bool:
-    """Whether a :class:`ResBlock` of ``out_channels`` reads its input given as ``parts`` (B, H, W, C_k)
-    without concatenating them: with a skip conv (the residual of an identity skip would need the
-    concatenation) and jdiff's GroupNorm kernels reading the parts as they are
-    (:func:`jdiff.models.pallas_group_norm.reads_parts`; XLA's norm would read a concatenation)."""
-    widths = [part.shape[-1] for part in parts]
-    if sum(widths) == out_channels or norm_implementation not in ("pallas", "pallas_interpret"):
-        return False
-    from jdiff.models import pallas_group_norm  # Pallas only where the kernels run
-
-    _, *positions, _ = parts[0].shape
-    return pallas_group_norm.reads_parts(widths, math.prod(positions), parts[0].dtype, out_dtype)
+        return x + h
 
 
 def attention_implementation(requested: str, dtype: Dtype, head_channels: int, *,

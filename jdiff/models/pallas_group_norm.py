@@ -52,8 +52,7 @@ JVP of the kernel): ``normalise_affine``'s custom VJP pairs them.
 from __future__ import annotations
 
 import functools
-import operator
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +60,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from jdiff.models.group_norm import (AFFINE_RULE, EPS, NUM_GROUPS, OUTPUTS_RULE, SEEDS_RULE, check_affine,
-                                     check_dropout, concatenated, dropout_keep, dropout_keep_scale,
-                                     dropout_threshold, forward_sharding_rule, parts_reason, shift_operands)
+                                     check_dropout, dropout_keep, dropout_keep_scale, dropout_threshold,
+                                     forward_sharding_rule, shift_operands)
 from jdiff.models import mosaic_group_norm
 from jdiff.models.per_image import partitioned_per_image
 
@@ -148,11 +147,9 @@ class _Program(NamedTuple):
     ``width`` lanes (a power of two) from the block's first channel; lanes past its ``channels_per_program``
     channels are masked (they load as 0 and are not stored)."""
     image: Any
-    first: Any  # the block's first channel
     cols: Any
     lanes: Any  # (width,) bool, or None when every lane is a channel of the program
     width: int
-    channels: int  # channels_per_program
     block_n: int
     chunks: int
 
@@ -160,61 +157,36 @@ class _Program(NamedTuple):
     def here(n: int, block_n: int, channels_per_program: int) -> "_Program":
         width = _next_power_of_2(channels_per_program)
         lanes = None if width == channels_per_program else jnp.arange(width) < channels_per_program
-        first = pl.program_id(0) * channels_per_program
-        return _Program(image=pl.program_id(1), first=first, cols=pl.ds(first, width), lanes=lanes,
-                        width=width, channels=channels_per_program, block_n=block_n, chunks=n // block_n)
+        return _Program(image=pl.program_id(1), cols=pl.ds(pl.program_id(0) * channels_per_program, width),
+                        lanes=lanes, width=width, block_n=block_n, chunks=n // block_n)
 
-    def _mask(self, gate, rows: bool):
-        """The lanes' mask ((1, width) for a tile when ``rows``, else (width,)), and-ed with ``gate``."""
-        lanes = None if self.lanes is None else (self.lanes[None, :] if rows else self.lanes)
-        if gate is None:
-            return lanes
-        gate = jnp.broadcast_to(gate, (1, self.width) if rows else (self.width,))
-        return gate if lanes is None else lanes & gate
-
-    def part_views(self, parts: tuple[int, ...]) -> tuple[tuple[Any, Any], ...]:
-        """For x given as parts of these channel widths concatenated along channels, each a whole number of
-        programs' blocks: per part, (the program's lanes in that part's channels, whether the program's block
-        lies in it, or None for a single part). A program's loads from the other parts are masked off (no
-        memory traffic), at offset 0 (Pallas's interpreter would clamp one outside the part); a select, so
-        that Triton still sees the offset's alignment in the part that holds the block."""
-        if len(parts) == 1:
-            return ((self.cols, None),)
-        views, start = [], 0
-        for width in parts:
-            inside = (self.first >= start) & (self.first < start + width)
-            views.append((pl.ds(jnp.where(inside, self.first - start, 0), self.width), inside))
-            start += width
-        return tuple(views)
+    @property
+    def _tile_mask(self):
+        return None if self.lanes is None else self.lanes[None, :]
 
     def _rows(self, i):
         # int32 like the program ids, also when jax_enable_x64 makes the loop counter int64
         return pl.ds(jnp.asarray(i, jnp.int32) * self.block_n, self.block_n)
 
-    def load_tile(self, ref, i, eviction_policy: str, view=None) -> jax.Array:
-        """Positions [i·block_n, (i + 1)·block_n) of the program's lanes of a (B, N, C) operand, float32; or
-        of a part of x, with its ``view`` from :meth:`part_views` (0 where the block is not in it)."""
-        cols, gate = view or (self.cols, None)
-        mask = self._mask(gate, rows=True)
-        tile = plt.load(ref.at[self.image, self._rows(i), cols], mask=mask,
-                        other=None if mask is None else 0.0, eviction_policy=eviction_policy)
-        return tile.astype(jnp.float32)
+    def load_tile(self, ref, i, eviction_policy: str) -> jax.Array:
+        """Positions [i·block_n, (i + 1)·block_n) of the program's lanes of a (B, N, C) operand, float32."""
+        return plt.load(ref.at[self.image, self._rows(i), self.cols], mask=self._tile_mask,
+                        other=None if self.lanes is None else 0.0,
+                        eviction_policy=eviction_policy).astype(jnp.float32)
 
     def store_tile(self, ref, i, value: jax.Array) -> None:
         # Not read again by this program: let it leave L2 before the inputs that pass 2 reads again.
         plt.store(ref.at[self.image, self._rows(i), self.cols], value.astype(ref.dtype),
-                  mask=self._mask(None, rows=True), eviction_policy="evict_first")
+                  mask=self._tile_mask, eviction_policy="evict_first")
 
-    def load_channels(self, ref, row=None, dtype=jnp.float32, view=None) -> jax.Array:
+    def load_channels(self, ref, row=None, dtype=jnp.float32) -> jax.Array:
         """The program's lanes of a (B, C) operand (its image's row), a (C,) one (shared by the images), or
-        of position ``row`` of a (B, N, C) one (or of a part of x, with its ``view``), as dtype."""
-        cols, gate = view or (self.cols, None)
+        of position ``row`` of a (B, N, C) one, as dtype."""
         if row is not None:
-            at = ref.at[self.image, row, cols]
+            at = ref.at[self.image, row, self.cols]
         else:
-            at = ref.at[cols] if len(ref.shape) == 1 else ref.at[self.image, cols]
-        mask = self._mask(gate, rows=False)
-        return plt.load(at, mask=mask, other=None if mask is None else 0).astype(dtype)
+            at = ref.at[self.cols] if len(ref.shape) == 1 else ref.at[self.image, self.cols]
+        return plt.load(at, mask=self.lanes, other=None if self.lanes is None else 0).astype(dtype)
 
     def dropout(self, seed_refs, threshold: int, scale: float):
         """``drop(i, v)``: the (block_n, width) tile v of chunk i with dropout's mask (group_norm.dropout_keep
@@ -285,22 +257,14 @@ def _group_reductions(program: _Program, channels_per_program: int, per_group: i
     return group_sum, to_lanes
 
 
-def _forward_kernel(*refs, parts: tuple[int, ...], block_n: int, per_group: int, channels_per_program: int,
+def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, channels_per_program: int,
                     eps: float, silu: bool, dropout_threshold: int, dropout_scale: float, shifted: bool):
-    # x's parts, a, b, the input shift c if shifted, the seeds with dropout; the outputs
-    x_refs, (a_ref, b_ref, *inputs, y_ref, mean_ref, rstd_ref) = refs[:len(parts)], refs[len(parts):]
+    *inputs, y_ref, mean_ref, rstd_ref = refs  # the input shift c if shifted; the seeds with dropout
     shift_ref, seed_refs = (inputs[0], inputs[1:]) if shifted else (None, inputs)
-    n = x_refs[0].shape[1]
+    n = x_ref.shape[1]
     program = _Program.here(n, block_n, channels_per_program)
-    views = program.part_views(parts)
-
-    def load_x(i, policy):  # the sum of the parts' masked loads: each lane is read from one part
-        return functools.reduce(operator.add, (program.load_tile(ref, i, policy, view)
-                                               for ref, view in zip(x_refs, views)))
-
     # an array, not a Python int, as the row: the interpreter's load takes no int index
-    shift = functools.reduce(operator.add, (program.load_channels(ref, row=jnp.int32(0), view=view)
-                                            for ref, view in zip(x_refs, views)))
+    shift = program.load_channels(x_ref, row=jnp.int32(0))
 
     def centred(i, x):
         d = x - shift
@@ -330,7 +294,7 @@ def _forward_kernel(*refs, parts: tuple[int, ...], block_n: int, per_group: int,
             program.store_tile(y_ref, i, drop(i, jax.nn.silu(z) if silu else z))
         return apply
 
-    program.two_passes(lambda i, policy: (load_x(i, policy),), centred, 2, normalise)
+    program.two_passes(lambda i, policy: (program.load_tile(x_ref, i, policy),), centred, 2, normalise)
 
 
 def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, block_n: int, per_group: int,
@@ -386,16 +350,14 @@ class _Settings(NamedTuple):
     num_warps: int
     num_stages: int | None
     interpret: bool
-    parts: tuple[int, ...]  # the channels of x's parts (the forward's), (C,) for x whole
 
 
 def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, ...],
             **options: Any) -> tuple[jax.Array, ...]:
-    """``kernel`` over the images of operands[0] (B, N, ·), however many this device holds: its outputs
-    are one (B, N, C) array in ``settings.out_dtype`` (C = Σ settings.parts) and two (B, C) float32 arrays.
-    ``options`` go to the kernel as they are."""
-    batch, n, _ = operands[0].shape
-    channels = sum(settings.parts)
+    """``kernel`` over the images of operands[0] (B, N, C), however many this device holds: its outputs
+    are one (B, N, C) array in ``settings.out_dtype`` and two (B, C) float32 arrays. ``options`` go to the
+    kernel as they are."""
+    batch, _, channels = operands[0].shape
     per_channel = jax.ShapeDtypeStruct((batch, channels), jnp.float32)
     kernel = functools.partial(kernel, block_n=settings.block_n, per_group=settings.per_group,
                                channels_per_program=settings.channels_per_program, eps=settings.eps,
@@ -403,7 +365,7 @@ def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, .
                                dropout_scale=dropout_keep_scale(settings.dropout), **options)
     return pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((batch, n, channels), settings.out_dtype), per_channel, per_channel),
+        out_shape=(jax.ShapeDtypeStruct(operands[0].shape, settings.out_dtype), per_channel, per_channel),
         grid=(channels // settings.channels_per_program, batch),
         compiler_params=plt.CompilerParams(num_warps=settings.num_warps, num_stages=settings.num_stages),
         interpret=settings.interpret,
@@ -412,11 +374,10 @@ def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, .
 
 
 def _forward_call(*operands_and_settings):
-    """(x's parts, a, b[, c][, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
+    """(x, a, b[, c][, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
     *operands, settings = operands_and_settings
-    shifted = len(operands) - len(settings.parts) - 2 - 2 * bool(settings.dropout) == 1
-    return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands), shifted=shifted,
-                   parts=settings.parts)
+    shifted = len(operands) - 3 - 2 * bool(settings.dropout) == 1
+    return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands), shifted=shifted)
 
 
 def _backward_call(*operands_and_settings):
@@ -425,11 +386,10 @@ def _backward_call(*operands_and_settings):
     return _launch(_backward_kernel, "group_norm_backward", settings, tuple(operands))
 
 
-@functools.cache
-def _forward_per_image(seeded: bool, shared: bool, shifted: bool, parts: int):
-    return partitioned_per_image(_forward_call, forward_sharding_rule(shared, shifted, seeded, parts))
-
-
+_forward_per_image = {
+    (seeded, shared, shifted): partitioned_per_image(_forward_call,
+                                                     forward_sharding_rule(shared, shifted, seeded))
+    for seeded in (False, True) for shared in (False, True) for shifted in (False, True)}
 _backward_per_image = {
     (seeded, shared): partitioned_per_image(
         _backward_call,
@@ -437,15 +397,13 @@ _backward_per_image = {
     for seeded in (False, True) for shared in (False, True)}
 
 
-def _checked_settings(caller: str, x: jax.Array | jax.ShapeDtypeStruct, affine: tuple[jax.Array, jax.Array],
+def _checked_settings(caller: str, x: jax.Array, affine: tuple[jax.Array, jax.Array],
                       per_channel: dict[str, jax.Array], *, groups: int,
                       eps: float, silu: bool, out_dtype: Dtype, interpret: bool, dropout: float, seeds,
                       block_n: int | None, channels_per_program: int | None, num_warps: int | None,
-                      num_stages: int | None, tuned: dict | None = None,
-                      parts: tuple[int, ...] | None = None) -> _Settings:
+                      num_stages: int | None, tuned: dict | None = None) -> _Settings:
     """The kernel's settings, checked; ``tuned`` maps (N, C) to (block_n, channels_per_program, num_warps)
-    used when the caller gives none of the three (with the UNet's 32 groups). ``parts``: the channels of x's
-    parts when x (here its shape) is their concatenation (None: x whole)."""
+    used when the caller gives none of the three (with the UNet's 32 groups)."""
     untouched = (block_n, channels_per_program, num_warps) == (None,) * 3
     if tuned and untouched and x.ndim == 3 and groups == NUM_GROUPS:
         block_n, channels_per_program, num_warps = tuned.get(tuple(x.shape[1:]), (None,) * 3)
@@ -460,24 +418,20 @@ def _checked_settings(caller: str, x: jax.Array | jax.ShapeDtypeStruct, affine: 
         if value.shape != (batch, channels):
             raise ValueError(f"{caller}: {name} must be (B, C) = {(batch, channels)}, got {value.shape}")
     rows, cpp = _resolve(n, channels, groups, block_n, channels_per_program)
-    reason = parts_reason(parts or (channels,), cpp)
-    if reason:
-        raise ValueError(f"{caller}: {reason}")
     return _Settings(block_n=rows, per_group=channels // groups, channels_per_program=cpp, eps=eps, silu=silu,
                      out_dtype=jnp.dtype(out_dtype), dropout=float(dropout),
                      num_warps=default_num_warps(rows, cpp) if num_warps is None else num_warps,
-                     num_stages=num_stages, interpret=interpret, parts=tuple(parts or (channels,)))
+                     num_stages=num_stages, interpret=interpret)
 
 
 def _seed_operands(settings: _Settings, seeds) -> tuple[jax.Array, ...]:
     return tuple(s.astype(jnp.int32) for s in seeds) if settings.dropout else ()
 
 
-def forward(x: jax.Array | Sequence[jax.Array], a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS,
-            eps: float = EPS, silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False,
-            dropout: float = 0.0, seeds: tuple[jax.Array, jax.Array] | None = None,
-            shift: jax.Array | None = None, block_n: int | None = None,
-            channels_per_program: int | None = None, num_warps: int | None = None,
+def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
+            silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False, dropout: float = 0.0,
+            seeds: tuple[jax.Array, jax.Array] | None = None, shift: jax.Array | None = None,
+            block_n: int | None = None, channels_per_program: int | None = None, num_warps: int | None = None,
             num_stages: int | None = None, kernel: str = "auto") -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd): y = [SiLU](x̂·a + b) for x (B, N, C), a and b both (B, C) or both (C,), as
     ``normalise_affine(x, a, b, groups, eps, silu, one_pass=True, out_dtype, dropout=dropout, seeds=seeds,
@@ -485,11 +439,6 @@ def forward(x: jax.Array | Sequence[jax.Array], a: jax.Array, b: jax.Array, *, g
     (σ² + ε)^(−1/2) (B, C) float32 are each channel's group statistics, for :func:`backward`. With a
     ``shift`` c (C,), x + c is normalised (c added in float32 as x is read) and ``mean`` is μ − c, the
     group mean less c, so that :func:`backward` computes x̂ from x as it is.
-
-    x may be given as parts (B, N, C_k), a sequence whose concatenation along channels is x, each part a whole
-    number of the kernel's channel blocks (:func:`~jdiff.models.group_norm.parts_reason`; :func:`reads_parts`
-    says whether 'auto' takes them): each block is then read from its part, and no concatenated copy of x is
-    ever written.
 
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
     ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
@@ -506,39 +455,23 @@ def forward(x: jax.Array | Sequence[jax.Array], a: jax.Array, b: jax.Array, *, g
     """
     if kernel not in KERNELS:
         raise ValueError(f"pallas_group_norm.forward: kernel {kernel!r} is not one of {KERNELS}")
-    parts, whole = concatenated("pallas_group_norm.forward", x)
-    widths = tuple(p.shape[-1] for p in parts)
     triton_settings = (block_n, channels_per_program, num_warps, num_stages) != (None,) * 4
     if kernel == "mosaic" or (kernel == "auto" and not (interpret or triton_settings)
-                              and mosaic_group_norm.preferred(whole.shape, whole.dtype, out_dtype,
-                                                              groups=groups, dropout=dropout, parts=widths)):
+                              and mosaic_group_norm.preferred(x.shape, x.dtype, out_dtype, groups=groups,
+                                                              dropout=dropout)):
         if triton_settings or dropout:
             raise ValueError("pallas_group_norm.forward: kernel='mosaic' takes no Triton settings (block_n, "
                              "channels_per_program, num_warps, num_stages) and no dropout")
         return mosaic_group_norm.forward(x, a, b, groups=groups, eps=eps, silu=silu, out_dtype=out_dtype,
                                          shift=shift, interpret=interpret)
-    settings = _checked_settings("pallas_group_norm.forward", whole, (a, b), {}, groups=groups, eps=eps,
+    settings = _checked_settings("pallas_group_norm.forward", x, (a, b), {}, groups=groups, eps=eps,
                                  silu=silu, out_dtype=out_dtype, interpret=interpret, dropout=dropout,
                                  seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
-                                 num_warps=num_warps, num_stages=num_stages, parts=widths)
-    shifts = shift_operands("pallas_group_norm.forward", shift, whole.shape[-1])
-    call = _forward_per_image(bool(settings.dropout), a.ndim == 1, bool(shifts), len(parts))
-    return call(*parts, a.astype(jnp.float32), b.astype(jnp.float32), *shifts,
-                *_seed_operands(settings, seeds), settings)
-
-
-def reads_parts(parts: Sequence[int], n: int, dtype: Dtype, out_dtype: Dtype, *, groups: int = NUM_GROUPS,
-                dropout: float = 0.0) -> bool:
-    """Whether :func:`forward` with its default settings (kernel 'auto') reads x given as parts of these
-    channels (N positions each) without a concatenated copy: in the kernel 'auto' picks, every part a whole
-    number of channel blocks."""
-    shape, widths = (1, n, sum(parts)), tuple(parts)
-    if mosaic_group_norm.preferred(shape, dtype, out_dtype, groups=groups, dropout=dropout):
-        return mosaic_group_norm.preferred(shape, dtype, out_dtype, groups=groups, dropout=dropout,
-                                           parts=widths)
-    if unsupported_reason(shape, dtype, groups=groups):
-        return False
-    return parts_reason(widths, default_channels_per_program(sum(parts), groups)) is None
+                                 num_warps=num_warps, num_stages=num_stages)
+    shifts = shift_operands("pallas_group_norm.forward", shift, x.shape[-1])
+    call = _forward_per_image[bool(settings.dropout), a.ndim == 1, bool(shifts)]
+    return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, *_seed_operands(settings, seeds),
+                settings)
 
 
 def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.Array, rstd: jax.Array, *,

@@ -151,12 +151,7 @@ class UNet(nn.Module):
         block = 0
         for level, width in reversed(list(enumerate(widths))):
             for i in range(self.num_res_blocks + 1):
-                # h and the skip unconcatenated where the ResBlock can read them so (layers.reads_parts),
-                # except after an upsampling conv or an attention block, whose bias or residual add XLA fuses
-                # into the concatenation but would otherwise add in a pass of its own (H200 profiles)
-                upsampled = level != len(widths) - 1 and i == 0
-                concatenated = upsampled or size in attention_sizes
-                h = jnp.concatenate([h, skips.pop()], axis=-1) if concatenated else (h, skips.pop())
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
                 layer = 0
                 h = ResBlock(width, name=f"output_blocks_{block}_{layer}", **res_kw)(h, emb, train=train)
                 if size in attention_sizes:

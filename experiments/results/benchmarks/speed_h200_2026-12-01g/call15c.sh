@@ -1,0 +1,18 @@
+#!/bin/bash
+# Fifteenth session, call C: after the fixes (sum order for cuDNN's side input, the attention residual added to
+# the 2-D product, the parts' offsets as selects), 100-step sampling at batch 512 of the new code against
+# 1999194 (.dev/old), alternating; the first new run dumps its optimised HLO, whose fusions are counted.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+R=$OUT/r; mkdir -p $R; ROOT=$PWD
+show() { python -c "import json,sys; d=json.load(open(sys.argv[1])); [print(w, k, round(v['images_per_sec'], 2), round(v.get('seconds_per_batch', v.get('step_ms', 0)), 4), {m: n for m, n in v.items() if 'diff' in m}) for w in ('sample', 'train') for k, v in d.get(w, {}).items()]" $1; }
+run() { name=$1; dir=$2; shift 2; echo "== $name ($dir)" >> $R/log.txt; (cd $dir && PYTHONPATH=/tmp/site:. timeout 200 python experiments/benchmark.py "$@" --out $R/$name.json > $R/$name.out 2>&1); echo "rc $?" >> $R/log.txt; show $R/$name.json >> $R/log.txt 2>&1; }
+S="--what sample --sample-steps 100 --repeats 3 --compare-images $R/images_old_1.npy"
+run s_old_1 $ROOT/.dev/old --variants bf16-auto $S
+export XLA_FLAGS="--xla_dump_to=$R/dump --xla_dump_hlo_module_re=.*generate.*"; run s_new_1 $ROOT --variants bf16-auto $S; unset XLA_FLAGS
+f=$(ls $R/dump/*generate*after_optimizations.txt 2>/dev/null | head -1)
+echo "hlo $f: wrapped_add $(grep -c 'wrapped_add[.0-9]* = ' $f) loop_add_fusion $(grep -c 'loop_add_fusion[.0-9]* = ' $f) beta1 $(grep -c '\"beta\":1' $f) concatenate $(grep -c 'concatenate[_.0-9a-z]* = ' $f) side_inputs $(grep -c 'convBiasActivationForward' $f)" >> $R/log.txt
+gzip -c $f > $R/sample_new.hlo.txt.gz 2>/dev/null; rm -rf $R/dump
+run s_old_2 $ROOT/.dev/old --variants bf16-auto $S
+run s_new_2 $ROOT --variants bf16-auto $S
+rm -f $R/images_old_1.npy
+cd $OUT && tar czf results.tgz r && cp r/log.txt log.txt; rm -rf r; cat log.txt
