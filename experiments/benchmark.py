@@ -3,7 +3,7 @@
     python experiments/benchmark.py --out results.json [--config configs/cifar10_baseline.py]
         [--train-batch 128] [--sample-batch 512] [--sample-steps 100] [--samplers ddpm,ddim]
         [--variants bf16-auto,bf16-xla,f32-xla]
-        [--what train,sample,fid,maxbatch] [--interleave] [--memory-limit-gib G]
+        [--what train,sample,fid,maxbatch] [--interleave] [--memory-limit-gib G] [--compare-images F.npy]
 
 For every variant (compute dtype × attention kernel × options, see :func:`apply_variant`) it compiles the
 jitted train step of the config's model (synthetic data on the devices, so the input pipeline is not
@@ -14,7 +14,9 @@ the step's FLOPs from XLA's cost analysis, the achieved TFLOP/s and peak device 
 one full ``--sample-steps``-step run with Epsilon Scaling of each of ``--samplers`` (DDPM by default); FID times the Inception features of
 32×32 uint8 images (random weights: speed does not depend on them). ``maxbatch`` finds the largest
 training batch that fits in device memory (:func:`largest_train_batch`). Results go to ``--out`` as JSON with
-the device and the versions, and a markdown table is printed.
+the device and the versions, and a markdown table is printed. The samples of every variant after the first
+are compared with the first's (same parameters and noise); ``--compare-images`` compares the first with a
+file, or writes it there: run from two checkouts of the code, it says how far a change moves the samples.
 """  # noqa: E501
 
 from __future__ import annotations
