@@ -142,7 +142,7 @@ def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, *, groups: int = 
     return None
 
 
-class _Program(NamedTuple):
+class SlabProgram(NamedTuple):
     """What one program of either kernel owns: all N positions of a block of channels of one image, as
     ``width`` lanes (a power of two) from the block's first channel; lanes past its ``channels_per_program``
     channels are masked (they load as 0 and are not stored)."""
@@ -154,29 +154,31 @@ class _Program(NamedTuple):
     chunks: int
 
     @staticmethod
-    def here(n: int, block_n: int, channels_per_program: int) -> "_Program":
+    def here(n: int, block_n: int, channels_per_program: int) -> "SlabProgram":
         width = _next_power_of_2(channels_per_program)
         lanes = None if width == channels_per_program else jnp.arange(width) < channels_per_program
-        return _Program(image=pl.program_id(1), cols=pl.ds(pl.program_id(0) * channels_per_program, width),
-                        lanes=lanes, width=width, block_n=block_n, chunks=n // block_n)
+        return SlabProgram(image=pl.program_id(1),
+                           cols=pl.ds(pl.program_id(0) * channels_per_program, width),
+                           lanes=lanes, width=width, block_n=block_n, chunks=n // block_n)
 
     @property
     def _tile_mask(self):
         return None if self.lanes is None else self.lanes[None, :]
 
-    def _rows(self, i):
+    def rows(self, i):
+        """pl.ds of positions [i·block_n, (i + 1)·block_n)."""
         # int32 like the program ids, also when jax_enable_x64 makes the loop counter int64
         return pl.ds(jnp.asarray(i, jnp.int32) * self.block_n, self.block_n)
 
     def load_tile(self, ref, i, eviction_policy: str) -> jax.Array:
         """Positions [i·block_n, (i + 1)·block_n) of the program's lanes of a (B, N, C) operand, float32."""
-        return plt.load(ref.at[self.image, self._rows(i), self.cols], mask=self._tile_mask,
+        return plt.load(ref.at[self.image, self.rows(i), self.cols], mask=self._tile_mask,
                         other=None if self.lanes is None else 0.0,
                         eviction_policy=eviction_policy).astype(jnp.float32)
 
     def store_tile(self, ref, i, value: jax.Array) -> None:
         # Not read again by this program: let it leave L2 before the inputs that pass 2 reads again.
-        plt.store(ref.at[self.image, self._rows(i), self.cols], value.astype(ref.dtype),
+        plt.store(ref.at[self.image, self.rows(i), self.cols], value.astype(ref.dtype),
                   mask=self._tile_mask, eviction_policy="evict_first")
 
     def load_channels(self, ref, row=None, dtype=jnp.float32) -> jax.Array:
@@ -236,7 +238,7 @@ class _Program(NamedTuple):
         pl.loop(0, self.chunks)(reversed_chunk)
 
 
-def _group_reductions(program: _Program, channels_per_program: int, per_group: int):
+def _group_reductions(program: SlabProgram, channels_per_program: int, per_group: int):
     """(group_sum, to_lanes): per-lane values (width,) → the sums over each group's channels (groups,), and
     per-group values → each on its group's lanes (lanes past the program's groups: 0).
 
@@ -257,30 +259,44 @@ def _group_reductions(program: _Program, channels_per_program: int, per_group: i
     return group_sum, to_lanes
 
 
+def centred(shift: jax.Array) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+    """Pass 1's summands of chunk i's tile x: x − K and (x − K)², K = each channel's first value."""
+    def summands(i, x):
+        d = x - shift
+        return d, d * d
+    return summands
+
+
+def group_statistics(program: SlabProgram, shift: jax.Array, sums: tuple[jax.Array, jax.Array],
+                     channels_per_program: int, per_group: int, eps: float,
+                     input_shift: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Each lane's group mean and (σ² + ε)^(−1/2) from pass 1's sums of :func:`centred` over the N positions:
+    per channel μ_c = K + S₁/N and M2_c = S₂ − S₁²/N, per group μ_g = mean of μ_c and M2_g = Σ_c M2_c +
+    N·Σ_c (μ_c − μ_g)² (Chan et al.), σ² = M2_g / (N·C/G). ``input_shift`` c: the statistics of x + c."""
+    n = program.chunks * program.block_n
+    s1, s2 = sums
+    mean_c = shift + s1 / n
+    m2_c = jnp.maximum(s2 - s1 * s1 / n, 0.0)
+    if input_shift is not None:  # each channel's mean moves by c, its M2 does not
+        mean_c = mean_c + input_shift
+    group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
+    mean = to_lanes(group_sum(mean_c) / per_group)
+    m2 = group_sum(m2_c + n * jnp.square(mean_c - mean))
+    return mean, to_lanes(jax.lax.rsqrt(m2 / (n * per_group) + eps))
+
+
 def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, channels_per_program: int,
                     eps: float, silu: bool, dropout_threshold: int, dropout_scale: float, shifted: bool):
     *inputs, y_ref, mean_ref, rstd_ref = refs  # the input shift c if shifted; the seeds with dropout
     shift_ref, seed_refs = (inputs[0], inputs[1:]) if shifted else (None, inputs)
     n = x_ref.shape[1]
-    program = _Program.here(n, block_n, channels_per_program)
+    program = SlabProgram.here(n, block_n, channels_per_program)
     # an array, not a Python int, as the row: the interpreter's load takes no int index
     shift = program.load_channels(x_ref, row=jnp.int32(0))
 
-    def centred(i, x):
-        d = x - shift
-        return d, d * d
-
     def normalise(sums):
-        s1, s2 = sums
-        mean_c = shift + s1 / n
-        m2_c = jnp.maximum(s2 - s1 * s1 / n, 0.0)
-        if shifted:  # the statistics of x + c: each channel's mean moves by c, its M2 does not
-            c = program.load_channels(shift_ref)
-            mean_c = mean_c + c
-        group_sum, to_lanes = _group_reductions(program, channels_per_program, per_group)
-        mean = to_lanes(group_sum(mean_c) / per_group)
-        m2 = group_sum(m2_c + n * jnp.square(mean_c - mean))
-        rstd = to_lanes(jax.lax.rsqrt(m2 / (n * per_group) + eps))
+        c = program.load_channels(shift_ref) if shifted else None
+        mean, rstd = group_statistics(program, shift, sums, channels_per_program, per_group, eps, c)
         if shifted:  # x + c − μ = x − (μ − c): the apply, and the backward's x̂, read x as it is
             mean = mean - c
         program.store_channels(mean_ref, mean)
@@ -294,7 +310,7 @@ def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, ch
             program.store_tile(y_ref, i, drop(i, jax.nn.silu(z) if silu else z))
         return apply
 
-    program.two_passes(lambda i, policy: (program.load_tile(x_ref, i, policy),), centred, 2, normalise)
+    program.two_passes(lambda i, policy: (program.load_tile(x_ref, i, policy),), centred(shift), 2, normalise)
 
 
 def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, block_n: int, per_group: int,
@@ -303,7 +319,7 @@ def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, blo
     del eps  # in the saved rstd
     *seed_refs, dx_ref, da_ref, db_ref = refs  # the seeds only with dropout
     n = x_ref.shape[1]
-    program = _Program.here(n, block_n, channels_per_program)
+    program = SlabProgram.here(n, block_n, channels_per_program)
     mean, rstd = program.load_channels(mean_ref), program.load_channels(rstd_ref)
     a, b = program.load_channels(a_ref), program.load_channels(b_ref)
     drop = program.dropout(seed_refs, dropout_threshold, dropout_scale)  # the forward's mask, recomputed

@@ -27,26 +27,28 @@ def split_along_batch(sharding: Any, ndim: int) -> NamedSharding:
 
 def partitioned_per_image(call: Callable[..., Any], sharding_rule: str) -> Callable[..., Any]:
     """``call(*arrays, settings)`` with an SPMD rule: over a batch (the first operand's first axis) split on
-    a mesh, every device calls it on its own images; operands of rank 1 (shared by the images) are
-    replicated. ``sharding_rule`` is Shardy's (JAX's default partitioner), with ``b`` the batch factor;
-    every other factor is kept whole. The inference from the first operand's sharding serves GSPMD."""
-    arity = sharding_rule.split("->")[0].count(",") + 1
+    a mesh, every device calls it on its own images; operands whose first factor is not ``b`` (shared by
+    the images) are replicated. ``sharding_rule`` is Shardy's (JAX's default partitioner), with ``b`` the
+    batch factor; every other factor is kept whole. The inference from the first operand's sharding serves
+    GSPMD."""
+    operand_rules, result_rules = (side.split(",") for side in sharding_rule.split("->"))
+    arity = len(operand_rules)
     factors = sharding_rule.replace("->", " ").replace(",", " ").split()
     whole = tuple(f for f in dict.fromkeys(factors) if f != "b")  # in the rule's order, as Shardy needs
 
-    def batch_split(x_sharding, shapes):  # a tuple of shapes, or one (a call with a single output)
+    def batch_split(x_sharding, shapes, rules):  # a tuple of shapes, or one (a call with a single output)
         if not isinstance(shapes, (tuple, list)):
-            return batch_split(x_sharding, (shapes,))[0]
-        return tuple(split_along_batch(x_sharding, len(s.shape)) if len(s.shape) > 1
-                     else NamedSharding(x_sharding.mesh, P()) for s in shapes)
+            return batch_split(x_sharding, (shapes,), rules)[0]
+        return tuple(split_along_batch(x_sharding, len(s.shape)) if rule.split()[0] == "b"
+                     else NamedSharding(x_sharding.mesh, P()) for s, rule in zip(shapes, rules))
 
     def partition(settings, mesh, arg_shapes, result_shape):
         x = arg_shapes[0].sharding
-        return (mesh, lambda *operands: call(*operands, settings), batch_split(x, result_shape),
-                batch_split(x, arg_shapes))
+        return (mesh, lambda *operands: call(*operands, settings), batch_split(x, result_shape, result_rules),
+                batch_split(x, arg_shapes, operand_rules))
 
     def infer_sharding(settings, mesh, arg_shapes, result_shape):
-        return batch_split(arg_shapes[0].sharding, result_shape)
+        return batch_split(arg_shapes[0].sharding, result_shape, result_rules)
 
     partitioned = custom_partitioning(call, static_argnums=(arity,))
     partitioned.def_partition(partition, infer_sharding_from_operands=infer_sharding,

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdiff.models import pallas_output_head
 from jdiff.models.group_norm import GroupNorm, norm_implementation
 from jdiff.models.layers import AttentionBlock, Downsample, ResBlock, TapConv3x3, Upsample, conv2d, dense
 from jdiff.models.layers import cotangent_barrier, timestep_embedding
@@ -170,10 +171,23 @@ class UNet(nn.Module):
 
         # The output head runs in float32, as the official fp16 mode does: it is cheap (a few output
         # channels, hence its conv as one product of the taps) and its rounding would land directly on ε.
+        out_channels = 2 * self.out_channels if self.learn_sigma else self.out_channels
+        if self._fused_head(h.shape, out_channels, train, norm_kw["norm_implementation"]):
+            p = self.variables["params"]
+            return pallas_output_head.output_head(h, p["out_0"]["scale"], p["out_0"]["bias"],
+                                                  p["out_2"]["kernel"], p["out_2"]["bias"])
         h = GroupNorm(name="out_0", param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                       implementation=norm_kw["norm_implementation"])(h, silu=True, broadcast_affine=train)
-        out_channels = 2 * self.out_channels if self.learn_sigma else self.out_channels
         return TapConv3x3(out_channels, zero_init=True, param_dtype=self.param_dtype, name="out_2")(h)
+
+    def _fused_head(self, shape: tuple[int, ...], out_channels: int, train: bool, norms: str) -> bool:
+        """Whether the output head is :func:`jdiff.models.pallas_output_head.output_head` (its parameters
+        'out_0' and 'out_2' read as they are): where nothing is differentiated (``train=False``) and the
+        GroupNorm kernels run (``norms``, the resolved implementation), for the shapes it takes; at
+        initialisation the modules create the parameters."""
+        return (not train and norms == "pallas"
+                and not self.is_initializing()
+                and pallas_output_head.unsupported_reason(shape, out_channels) is None)
 
 
 # guided-diffusion's model_and_diffusion_defaults() for the flags that shape the network, plus Debias's
