@@ -39,20 +39,19 @@ def float64_head(x, gamma, beta, kernel, bias):
                for u in range(3) for v in range(3)) + bias
 
 
-CASES = [  # (B, H, W, C, F), dtype, block_n, stats_block_n, mean of x
-    ((2, 8, 8, 64, 6), jnp.bfloat16, 16, 16, 1.0),  # 4 tiles, pass 2 in reverse
-    ((2, 8, 8, 64, 6), jnp.bfloat16, 32, 4, 1.0),  # statistics in tiles smaller than the products'
-    ((1, 4, 4, 32, 3), jnp.float32, 16, 16, 1.0),  # one tile; groups of one channel
-    ((2, 8, 8, 96, 2), jnp.bfloat16, 32, 64, 1.0),  # 96 channels in 128 lanes; larger statistics tiles
-    ((1, 8, 4, 64, 14), jnp.float32, 16, 8, 1.0),  # H ≠ W; 9F = 126 taps of 128 columns
-    ((1, 8, 8, 64, 6), jnp.float32, 32, 16, 200.0),  # the shifted sums keep the variance of a large mean
+CASES = [  # (B, H, W, C, F), dtype, block_n, mean of x
+    ((2, 8, 8, 64, 6), jnp.bfloat16, 16, 1.0),  # 4 tiles, pass 2 in reverse
+    ((1, 4, 4, 32, 3), jnp.float32, 16, 1.0),  # one tile: the image read once; groups of one channel
+    ((2, 8, 8, 96, 2), jnp.bfloat16, 32, 1.0),  # 96 channels in 128 lanes
+    ((1, 8, 4, 64, 14), jnp.float32, 16, 1.0),  # H ≠ W; 9F = 126 taps of 128 columns
+    ((1, 8, 8, 64, 6), jnp.float32, 32, 200.0),  # the shifted sums keep the variance of a large mean
 ]
 
 
-@pytest.mark.parametrize("shape,dtype,block_n,stats_block_n,mean", CASES)
-def test_matches_float64(shape, dtype, block_n, stats_block_n, mean):
+@pytest.mark.parametrize("shape,dtype,block_n,mean", CASES)
+def test_matches_float64(shape, dtype, block_n, mean):
     args = operands(*shape, dtype, mean=mean)
-    got = pallas_output_head.output_head(*args, block_n=block_n, stats_block_n=stats_block_n, interpret=True)
+    got = pallas_output_head.output_head(*args, block_n=block_n, interpret=True)
     expected = float64_head(*args)
     assert got.shape == shape[:3] + (shape[4],) and got.dtype == jnp.float32
     scale = np.abs(expected).max()
@@ -73,21 +72,20 @@ def test_gradients_are_the_unfused_heads():
         np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
 
 
-@pytest.mark.parametrize("shape,features,block_n,stats_block_n,message", [
-    ((2, 64, 64), 6, 16, 16, r"must be \(B, H, W, C\)"),
-    ((1, 8, 8, 48), 6, 16, 16, "not divisible by 32 groups"),
-    ((1, 8, 8, 64), 15, 16, 16, "135 taps"),
-    ((1, 6, 6, 64), 6, 16, 4, "multiple of block_n = 16"),
-    ((1, 8, 8, 64), 6, 24, 16, "block_n = 24, a power of two"),
-    ((1, 8, 8, 64), 6, 16, 128, "multiple of stats_block_n = 128"),
+@pytest.mark.parametrize("shape,features,block_n,message", [
+    ((2, 64, 64), 6, 16, r"must be \(B, H, W, C\)"),
+    ((1, 8, 8, 48), 6, 16, "not divisible by 32 groups"),
+    ((1, 8, 8, 64), 15, 16, "135 taps"),
+    ((1, 6, 6, 64), 6, 16, "multiple of block_n = 16"),
+    ((1, 8, 8, 64), 6, 24, "power of two"),
 ])
-def test_unsupported_shapes_raise(shape, features, block_n, stats_block_n, message):
+def test_unsupported_shapes_raise(shape, features, block_n, message):
     x = jnp.zeros(shape, jnp.float32)
     channels = shape[-1]
     with pytest.raises(ValueError, match=message):
         pallas_output_head.output_head(x, jnp.ones((channels,)), jnp.zeros((channels,)),
                                        jnp.zeros((3, 3, channels, features)), jnp.zeros((features,)),
-                                       block_n=block_n, stats_block_n=stats_block_n, interpret=True)
+                                       block_n=block_n, interpret=True)
 
 
 def test_wrong_parameter_shapes_raise():

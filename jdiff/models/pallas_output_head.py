@@ -36,8 +36,7 @@ from jdiff.models.layers import conv3x3_by_taps
 from jdiff.models.pallas_group_norm import SlabProgram, centred, group_statistics
 from jdiff.models.per_image import partitioned_per_image
 
-BLOCK_N = 64  # positions per tile of the products
-STATS_BLOCK_N = 16  # positions per tile of the statistics
+BLOCK_N = 64  # positions per tile
 NUM_WARPS = 4
 MAX_TAPS = 128  # 9F: the (tile, 9F) float32 product stays in registers
 
@@ -46,8 +45,7 @@ def _next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def unsupported_reason(x_shape: tuple[int, ...], features: int, *, block_n: int = BLOCK_N,
-                       stats_block_n: int = STATS_BLOCK_N) -> str | None:
+def unsupported_reason(x_shape: tuple[int, ...], features: int, *, block_n: int = BLOCK_N) -> str | None:
     """Why the kernel cannot take h of this (B, H, W, C) shape with F output channels, or None if it can."""
     if len(x_shape) != 4:
         return f"h must be (B, H, W, C), got shape {x_shape}"
@@ -61,9 +59,6 @@ def unsupported_reason(x_shape: tuple[int, ...], features: int, *, block_n: int 
     if block_n < 16 or block_n & (block_n - 1) or (height * width) % block_n:
         return (f"H·W = {height * width} positions must be a multiple of block_n = {block_n}, a power of two "
                 f"from 16")
-    if stats_block_n < 1 or stats_block_n & (stats_block_n - 1) or (height * width) % stats_block_n:
-        return (f"H·W = {height * width} positions must be a multiple of stats_block_n = {stats_block_n}, a "
-                f"power of two")
     return None
 
 
@@ -88,41 +83,36 @@ class _Settings(NamedTuple):
     """The kernel's static settings (hashable: the static argument of the partitioned call)."""
     taps: int  # 9F
     block_n: int
-    stats_block_n: int
     eps: float
     num_warps: int
     interpret: bool
 
 
-def _kernel(x_ref, gamma_ref, beta_ref, w_ref, taps_ref, *, block_n: int, stats_block_n: int, eps: float):
+def _kernel(x_ref, gamma_ref, beta_ref, w_ref, taps_ref, *, block_n: int, eps: float):
     n, channels = x_ref.shape[1:]
-    # all channels of one image; pass 1 in smaller tiles than pass 2's products (its two whole-tile float32
-    # accumulators would otherwise hold 2·block_n·C values in registers)
-    stats = SlabProgram.here(n, stats_block_n, channels)
-    program = SlabProgram.here(n, block_n, channels)
+    program = SlabProgram.here(n, block_n, channels)  # all channels of one image
     shift = program.load_channels(x_ref, row=jnp.int32(0))
     taps_width = w_ref.shape[1]
     taps_here = jax.lax.broadcasted_iota(jnp.int32, (taps_width, 1), 0) < taps_ref.shape[1]
 
-    sums = stats.sum_over_positions(lambda i: centred(shift)(i, stats.load_tile(x_ref, i, "evict_last")), 2)
-    mean, rstd = group_statistics(stats, shift, sums, channels, channels // NUM_GROUPS, eps)
-    scale = rstd * program.load_channels(gamma_ref)
-    offset = program.load_channels(beta_ref) - mean * scale
-    w = w_ref[...]
+    def products(sums):
+        mean, rstd = group_statistics(program, shift, sums, channels, channels // NUM_GROUPS, eps)
+        scale = rstd * program.load_channels(gamma_ref)
+        offset = program.load_channels(beta_ref) - mean * scale
+        w = w_ref[...]
 
-    def write(j):  # the tiles in reverse order: those pass 1 read last are the likeliest still in L2
-        i = program.chunks - 1 - j
-        x = program.load_tile(x_ref, i, "evict_first")
-        t = jnp.dot(jax.nn.silu(x * scale + offset), w)  # TF32, like XLA's float32 product
-        plt.store(taps_ref.at[program.image, pl.ds(0, taps_width), program.rows(i)], t.T, mask=taps_here)
-    pl.loop(0, program.chunks)(write)
+        def write(i, x):
+            t = jnp.dot(jax.nn.silu(x * scale + offset), w)  # TF32, like XLA's float32 product
+            plt.store(taps_ref.at[program.image, pl.ds(0, taps_width), program.rows(i)], t.T, mask=taps_here)
+        return write
+
+    program.two_passes(lambda i, policy: (program.load_tile(x_ref, i, policy),), centred(shift), 2, products)
 
 
 def _call(x, gamma, beta, w, settings: _Settings):
     batch, n, _ = x.shape
     return pl.pallas_call(
-        functools.partial(_kernel, block_n=settings.block_n, stats_block_n=settings.stats_block_n,
-                          eps=settings.eps),
+        functools.partial(_kernel, block_n=settings.block_n, eps=settings.eps),
         out_shape=jax.ShapeDtypeStruct((batch, settings.taps, n), jnp.float32),
         grid=(1, batch),
         compiler_params=plt.CompilerParams(num_warps=settings.num_warps),
@@ -170,15 +160,15 @@ _head.defvjp(_head_forward, _head_backward)
 
 
 def output_head(x: jax.Array, gamma: jax.Array, beta: jax.Array, kernel: jax.Array, bias: jax.Array, *,
-                eps: float = EPS, block_n: int = BLOCK_N, stats_block_n: int = STATS_BLOCK_N,
-                num_warps: int = NUM_WARPS, interpret: bool = False) -> jax.Array:
+                eps: float = EPS, block_n: int = BLOCK_N, num_warps: int = NUM_WARPS,
+                interpret: bool = False) -> jax.Array:
     """ε = conv3×3(SiLU(GN(x)·γ + β), W) + c (B, H, W, F) float32 for x (B, H, W, C), the GroupNorm over
     :data:`~jdiff.models.group_norm.NUM_GROUPS` groups with γ, β (C,), W (3, 3, C, F) and c (F,): what
     :func:`reference` computes, with the normalisation, SiLU and the taps' product in one kernel per image and
     XLA's shifted sum of the taps. ``interpret`` runs the kernel in Pallas's interpreter (any backend, slow).
     Under ``jax.jit`` over a mesh with x split along its batch axis, each device computes its own images.
     Gradients are :func:`reference`'s. Raises ValueError for what :func:`unsupported_reason` rejects."""
-    reason = unsupported_reason(x.shape, kernel.shape[-1], block_n=block_n, stats_block_n=stats_block_n)
+    reason = unsupported_reason(x.shape, kernel.shape[-1], block_n=block_n)
     if reason:
         raise ValueError(f"pallas_output_head.output_head: {reason}")
     channels, features = x.shape[-1], kernel.shape[-1]
@@ -187,5 +177,4 @@ def output_head(x: jax.Array, gamma: jax.Array, beta: jax.Array, kernel: jax.Arr
         raise ValueError(f"pallas_output_head.output_head: for C = {channels} expected γ, β (C,), "
                          f"W (3, 3, C, F) and c (F,), got {gamma.shape}, {beta.shape}, {kernel.shape}, "
                          f"{bias.shape}")
-    return _head(x, gamma, beta, kernel, bias,
-                 _Settings(9 * features, block_n, stats_block_n, eps, num_warps, interpret))
+    return _head(x, gamma, beta, kernel, bias, _Settings(9 * features, block_n, eps, num_warps, interpret))
