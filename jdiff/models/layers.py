@@ -65,6 +65,12 @@ def conv2d(x: jax.Array, features: int, *, name: str, kernel_size: int = 3, stri
     return conv(x)
 
 
+def taps_matrix(kernel: jax.Array) -> jax.Array:
+    """The (C, 9F) matrix [W₀₀ … W₂₂] of a (3, 3, C, F) conv kernel W, its columns ordered (u, v, f)."""
+    _, _, channels, features = kernel.shape
+    return kernel.transpose(2, 0, 1, 3).reshape(channels, 9 * features)
+
+
 def conv3x3_by_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """conv3×3(x, W) with padding 1 for x (B, H, W, C) and W (3, 3, C, F), as one matrix product of x with the
     nine taps' (C, F) kernels side by side, T = x·[W₀₀ … W₂₂] (B, H, W, 9F), and the sum of the nine
@@ -74,9 +80,9 @@ def conv3x3_by_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
     For a convolution with few output channels (the UNet's output head: 6). cuDNN's convolution kernels
     tile the output channels by 32 or more, so at F = 6 most of their work is padding: 0.32 ms per call
     of the head in float32 at batch 512 on an H200, where this reads x once into a skinny product."""
-    batch, height, width, channels = x.shape
+    batch, height, width, _ = x.shape
     features = kernel.shape[-1]
-    taps = x @ kernel.transpose(2, 0, 1, 3).reshape(channels, 9 * features)
+    taps = x @ taps_matrix(kernel)
     taps = jnp.pad(taps.reshape(batch, height, width, 3, 3, features),
                    ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
     return sum(taps[:, u:u + height, v:v + width, u, v] for u in range(3) for v in range(3))

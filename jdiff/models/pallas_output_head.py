@@ -5,12 +5,13 @@ XLA adds the taps, shifted into place.
 Why: the head runs in float32 (as guided-diffusion's fp16 mode keeps it), and in XLA it is three passes
 over float32 data at 32×32: the GroupNorm kernel writes SiLU(GN(h)·γ + β) as float32 (B, H, W, C), 268 MB at
 batch 512 and C = 128; :func:`jdiff.models.layers.conv3x3_by_taps` reads it into the (C, 9F) product of the
-taps; and the shifted sum reads the taps in their (B, H, W, 9F) layout with 9F = 54 lanes per position,
-367 µs of a sampling step on an H200 (docs/benchmarks.md). Here the normalised activations never leave
-registers: one program per image takes its statistics (pass 1, the shifted sums of
-:mod:`jdiff.models.pallas_group_norm`), then normalises a tile of positions at a time, multiplies it by
-the taps' (C, 9F) kernels and writes the taps position-minor, (B, 9F, H·W), so that the shifted sum reads
-whole rows of an image.
+taps; and the shifted sum reads the taps in their (B, H, W, 9F) layout with 9F = 54 lanes per position:
+369 µs of a sampling step on an H200, against 203 µs for this kernel and the sum (docs/benchmarks.md). Here
+the normalised activations never leave registers: one program per image takes its statistics (pass 1, the
+shifted sums of :mod:`jdiff.models.pallas_group_norm`), then normalises a tile of positions at a time,
+multiplies it by the taps' (C, 9F) kernels and writes the taps position-minor, (B, 9F, H·W), so that the
+shifted sum reads whole rows of an image. (Splitting an image's products between several programs, each
+repeating the statistics pass, was slower: the pass costs more than the parallelism gains.)
 
 Arithmetic: statistics, normalisation and SiLU in float32, the taps' product with the float32 operands
 rounded to TF32 on the tensor cores (as XLA's float32 product of the unfused head, JAX's default precision on
@@ -32,7 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine
-from jdiff.models.layers import conv3x3_by_taps
+from jdiff.models.layers import conv3x3_by_taps, taps_matrix
 from jdiff.models.pallas_group_norm import SlabProgram, centred, group_statistics
 from jdiff.models.per_image import partitioned_per_image
 
@@ -60,12 +61,6 @@ def unsupported_reason(x_shape: tuple[int, ...], features: int, *, block_n: int 
         return (f"H·W = {height * width} positions must be a multiple of block_n = {block_n}, a power of two "
                 f"from 16")
     return None
-
-
-def taps_kernel(kernel: jax.Array) -> jax.Array:
-    """The (C, 9F) matrix [W₀₀ … W₂₂] of a (3, 3, C, F) conv kernel, columns ordered (u, v, f)."""
-    _, _, channels, features = kernel.shape
-    return kernel.transpose(2, 0, 1, 3).reshape(channels, 9 * features)
 
 
 def shifted_tap_sum(taps: jax.Array, height: int, width: int) -> jax.Array:
@@ -139,7 +134,7 @@ def _head(x, gamma, beta, kernel, bias, settings: _Settings):
     batch, height, width, channels = x.shape
     features = kernel.shape[-1]
     lanes = _next_power_of_2(channels)
-    w = taps_kernel(kernel.astype(jnp.float32))
+    w = taps_matrix(kernel.astype(jnp.float32))
     # power-of-two blocks for Triton: zero rows for the masked lanes, zero columns past the 9F taps
     w = jnp.pad(w, ((0, lanes - channels), (0, max(16, _next_power_of_2(9 * features)) - 9 * features)))
     taps = _per_image(x.reshape(batch, height * width, channels), gamma.astype(jnp.float32),

@@ -45,7 +45,9 @@ class UNet(nn.Module):
     ``one_pass_norm`` computes every GroupNorm's statistics from one read of the activations (shifted
     sums; a speed option, see :mod:`jdiff.models.group_norm`). ``norm_implementation`` ('auto',
     'xla', 'pallas') picks who computes the GroupNorms, XLA or jdiff's Triton kernels
-    (:func:`~jdiff.models.group_norm.norm_implementation`).
+    (:func:`~jdiff.models.group_norm.norm_implementation`); with the kernels, the output head (GroupNorm,
+    SiLU, 3×3 conv) is one kernel where nothing is differentiated
+    (:func:`~jdiff.models.pallas_output_head.output_head`).
     """
     image_size: int
     in_channels: int
