@@ -209,17 +209,18 @@ def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_ord
         raise ValueError(f"pallas_attention.attention_from_qkv: kernel {kernel!r} is not one of {KERNELS}")
     head_channels = width // (3 * heads)
     shape = (batch, tokens, heads, head_channels)
-    reasons = {"triton": unsupported_reason(shape, qkv.dtype),
-               "mosaic": mosaic_attention.unsupported_reason(shape, qkv.dtype)}
+    reason_of = {"triton": unsupported_reason, "mosaic": mosaic_attention.unsupported_reason}
     if kernel == "auto":
         if interpret:
-            kernel = next((name for name in ("triton", "mosaic") if reasons[name] is None), None)
+            kernel = next((name for name, reason in reason_of.items() if reason(shape, qkv.dtype) is None),
+                          None)
         else:
             kernel = kernel_for(shape, qkv.dtype)
         if kernel is None:
             raise ValueError(f"pallas_attention.attention_from_qkv: {no_kernel_reason(shape, qkv.dtype)}")
-    if reasons[kernel]:
-        raise ValueError(f"pallas_attention.attention_from_qkv: {reasons[kernel]}")
+    reason = reason_of[kernel](shape, qkv.dtype)
+    if reason:
+        raise ValueError(f"pallas_attention.attention_from_qkv: {reason}")
     if kernel == "mosaic":
         check_runs("attention", interpret, interpreted_on_jax_010=True,
                    instead="model.attention_implementation='cudnn' (or kernel='triton' where it takes L)")
