@@ -81,7 +81,8 @@ TUNED_BACKWARD = {(1024, 256): (16, 64, 8), (1024, 384): (16, 48, 8), (256, 256)
 KERNELS = ("auto", "triton", "mosaic")  # the forward's
 
 
-def _next_power_of_2(n: int) -> int:
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ≥ n (n ≥ 1): the width of a Triton block that holds n lanes."""
     return 1 << (n - 1).bit_length()
 
 
@@ -98,7 +99,7 @@ def default_channels_per_program(channels: int, groups: int = NUM_GROUPS) -> int
 def default_block_n(n: int, channels_per_program: int) -> int:
     """Positions per tile: the largest power of two dividing N with at most TILE_ELEMENTS elements of
     the padded channel width."""
-    rows = max(1, TILE_ELEMENTS[n >= 1024] // _next_power_of_2(channels_per_program))
+    rows = max(1, TILE_ELEMENTS[n >= 1024] // next_power_of_2(channels_per_program))
     while n % rows:
         rows //= 2
     return rows
@@ -106,7 +107,7 @@ def default_block_n(n: int, channels_per_program: int) -> int:
 
 def default_num_warps(block_n: int, channels_per_program: int) -> int:
     """8 warps for tiles of 4096 elements or more, else 4."""
-    return 8 if block_n * _next_power_of_2(channels_per_program) >= 4096 else 4
+    return 8 if block_n * next_power_of_2(channels_per_program) >= 4096 else 4
 
 
 def _resolve(n: int, channels: int, groups: int, block_n: int | None,
@@ -155,7 +156,7 @@ class SlabProgram(NamedTuple):
 
     @staticmethod
     def here(n: int, block_n: int, channels_per_program: int) -> "SlabProgram":
-        width = _next_power_of_2(channels_per_program)
+        width = next_power_of_2(channels_per_program)
         lanes = None if width == channels_per_program else jnp.arange(width) < channels_per_program
         return SlabProgram(image=pl.program_id(1),
                            cols=pl.ds(pl.program_id(0) * channels_per_program, width),
@@ -245,7 +246,7 @@ def _group_reductions(program: SlabProgram, channels_per_program: int, per_group
     Both reduce a (width, groups) membership mask over one axis: a reshape to (groups, channels per group)
     would need a power-of-two group size, and a one-hot matrix product would run in TF32 on Triton's tensor
     cores."""
-    groups_here = _next_power_of_2(channels_per_program // per_group)
+    groups_here = next_power_of_2(channels_per_program // per_group)
     lane = jax.lax.broadcasted_iota(jnp.int32, (program.width, groups_here), 0)
     first = jax.lax.broadcasted_iota(jnp.int32, (program.width, groups_here), 1) * per_group
     member = (lane >= first) & (lane < first + per_group)

@@ -34,16 +34,12 @@ from jax.experimental.pallas import triton as plt
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine
 from jdiff.models.layers import conv3x3_by_taps, taps_matrix
-from jdiff.models.pallas_group_norm import SlabProgram, centred, group_statistics
+from jdiff.models.pallas_group_norm import SlabProgram, centred, group_statistics, next_power_of_2
 from jdiff.models.per_image import partitioned_per_image
 
 BLOCK_N = 64  # positions per tile
 NUM_WARPS = 4
 MAX_TAPS = 128  # 9F: the (tile, 9F) float32 product stays in registers
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 def unsupported_reason(x_shape: tuple[int, ...], features: int, *, block_n: int = BLOCK_N) -> str | None:
@@ -133,10 +129,10 @@ def reference(x: jax.Array, gamma: jax.Array, beta: jax.Array, kernel: jax.Array
 def _head(x, gamma, beta, kernel, bias, settings: _Settings):
     batch, height, width, channels = x.shape
     features = kernel.shape[-1]
-    lanes = _next_power_of_2(channels)
+    lanes = next_power_of_2(channels)
     w = taps_matrix(kernel.astype(jnp.float32))
     # power-of-two blocks for Triton: zero rows for the masked lanes, zero columns past the 9F taps
-    w = jnp.pad(w, ((0, lanes - channels), (0, max(16, _next_power_of_2(9 * features)) - 9 * features)))
+    w = jnp.pad(w, ((0, lanes - channels), (0, max(16, next_power_of_2(9 * features)) - 9 * features)))
     taps = _per_image(x.reshape(batch, height * width, channels), gamma.astype(jnp.float32),
                       beta.astype(jnp.float32), w, settings)
     return shifted_tap_sum(taps, height, width) + bias.astype(jnp.float32)
