@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,15 @@ def interpret_params(**options: Any) -> Any:
 def interpreter(interpret: Any) -> Any:
     """None (compile for the GPU), or the interpreter's parameters: the ones given, or its defaults."""
     return interpret_params() if interpret is True else interpret or None
+
+
+def unpartitioned_if_interpreted(partitioned: Callable[..., Any], unpartitioned: Callable[..., Any],
+                                 interpret: Any) -> Callable[..., Any]:
+    """The call that runs a kernel: ``partitioned`` (each device on its own images, through
+    :func:`jdiff.models.per_image.partitioned_per_image`), or ``unpartitioned`` where the kernel runs in
+    Mosaic GPU's interpreter (``interpret``): the interpreter runs on ordered host callbacks, which a
+    custom-partitioned call cannot lower under ``jax.jit``."""
+    return unpartitioned if interpret else partitioned
 
 
 def sm_count(interpret: Any) -> int:

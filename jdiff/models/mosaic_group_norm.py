@@ -46,7 +46,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, forward_sharding_rule, shift_operands
-from jdiff.models.mosaic_gpu import Registers, check_runs, interpreter, runs_here, sm_count
+from jdiff.models.mosaic_gpu import (Registers, check_runs, interpreter, runs_here, sm_count,
+                                     unpartitioned_if_interpreted)
 from jdiff.models.per_image import partitioned_per_image
 
 Dtype = Any
@@ -318,7 +319,5 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     shifts = shift_operands("mosaic_group_norm.forward", shift, x.shape[-1])
     settings = _Settings(groups=groups, eps=float(eps), silu=silu, chunk_rows=chunk_rows,
                          ring_bytes_per_sm=ring_bytes_per_sm, interpret=interpret)
-    # Mosaic GPU's interpreter runs on ordered host callbacks, which a custom-partitioned call cannot lower
-    # (under jit): interpreted, the kernel runs unpartitioned
-    call = _call if interpret else _per_image[a.ndim == 1, bool(shifts)]
+    call = unpartitioned_if_interpreted(_per_image[a.ndim == 1, bool(shifts)], _call, interpret)
     return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, settings)

@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from jdiff.models import mosaic_attention
-from jdiff.models.mosaic_gpu import check_runs
+from jdiff.models.mosaic_gpu import check_runs, unpartitioned_if_interpreted
 from jdiff.models.per_image import partitioned_per_image
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -124,11 +124,9 @@ def _split(operands: tuple[jax.Array, ...], fused_axis: int | None) -> tuple[jax
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _attention(operands, settings):
-    if settings.kernel == "mosaic" and settings.interpret:
-        # Mosaic GPU's interpreter runs on ordered host callbacks, which a custom-partitioned call cannot
-        # lower (under jit): interpreted, that kernel runs unpartitioned
-        return _call(*operands, settings)
-    return _PER_IMAGE[settings.fused_axis](*operands, settings)
+    mosaic_interpreted = settings.kernel == "mosaic" and settings.interpret
+    call = unpartitioned_if_interpreted(_PER_IMAGE[settings.fused_axis], _call, mosaic_interpreted)
+    return call(*operands, settings)
 
 
 def _attention_forward(operands, settings):
