@@ -416,9 +416,18 @@ def main() -> None:
                              "machine (e.g. CUDA_VISIBLE_DEVICES=0 beside all devices, for scaling). "
                              "A process that compiles meanwhile still runs autotuning kernels on the "
                              "GPU and slows the one timing: start timing after all have compiled")
+    parser.add_argument("--compilation-cache", default=None,
+                        help="a folder for JAX's persistent compilation cache (jdiff.compilation): a second "
+                             "run of the same code loads its programs instead of compiling them (its "
+                             "'compile s' is then the time to load them); default: none")
     args = parser.parse_args()
+    if args.compilation_cache:
+        from jdiff import compilation
 
-    results = dict(environment=environment(), train={}, sample={}, fid={}, largest_batch={})
+        compilation.enable_persistent_cache(args.compilation_cache)
+
+    results = dict(environment=environment(), compilation_cache=args.compilation_cache, train={}, sample={},
+                   fid={}, largest_batch={})
     what = args.what.split(",")
 
     def save():

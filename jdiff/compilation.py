@@ -7,12 +7,20 @@ graphs between host-launched convolutions, and each launch leaves the GPU a few 
 convolutions captured as well, a bf16 train step ran 1.9–4.0% faster (two H200 machines) and 100-step sampling
 0.4% faster; capturing the sampler's loop as a whole too (``WHILE``, ``CONDITIONAL``) made sampling 0.8%
 faster (docs/benchmarks.md, "Convolutions and loops in CUDA graphs").
+
+Compiling is slow too (the CIFAR-10 train step and sampler take about a minute each on a GPU), so
+``jdiff.main`` keeps compiled programs between runs in JAX's persistent compilation cache
+(:func:`enable_persistent_cache`, the config's ``compilation.cache_dir``): a resumed run, or sampling from
+a checkpoint again, loads them instead of compiling them again.
 """
 
 from __future__ import annotations
 
 import os
 
+import jax
+
+from jdiff.config import default_cache_dir
 from jdiff.models.platform import nvidia_sm80_or_newer
 
 COMMAND_BUFFER_FLAG = "xla_gpu_enable_command_buffer"
@@ -31,3 +39,28 @@ def compiler_options() -> dict[str, str] | None:
     if COMMAND_BUFFER_FLAG in os.environ.get("XLA_FLAGS", "") or not nvidia_sm80_or_newer():
         return None
     return {COMMAND_BUFFER_FLAG: ",".join(COMMAND_BUFFER_TYPES)}
+
+
+def cache_directory(setting: str) -> str | None:
+    """The folder of the persistent compilation cache for the config value ``compilation.cache_dir``: 'auto'
+    is JAX's own setting where the user made one (``JAX_COMPILATION_CACHE_DIR``), else ``xla`` in jdiff's
+    cache folder (:func:`jdiff.config.default_cache_dir`); '' is no cache; any other value the folder it
+    names."""
+    if setting == "auto":
+        return jax.config.jax_compilation_cache_dir or os.path.join(default_cache_dir(), "xla")
+    return setting or None
+
+
+def enable_persistent_cache(directory: str) -> None:
+    """Keeps compiled programs in ``directory`` (JAX's persistent compilation cache: those that took at least
+    ``jax_persistent_cache_min_compile_time_secs``, 1 s by default, to compile), and loads a program from
+    there instead of compiling it when a process compiles the same one again (the same HLO, compile
+    options, devices, jax and jaxlib versions and XLA flags). Call it before the process compiles anything:
+    JAX sets the cache up at its first compilation. Raises ValueError when the folder cannot be created."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"the compilation cache folder {directory!r} cannot be created ({error}); give "
+                         f"another with --config.compilation.cache_dir=DIR, or none with "
+                         f"--config.compilation.cache_dir=") from None
+    jax.config.update("jax_compilation_cache_dir", directory)

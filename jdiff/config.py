@@ -8,6 +8,7 @@ is locked: an unknown key is refused by ml-collections with the list of the keys
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
@@ -121,6 +122,10 @@ def default_config() -> ml_collections.ConfigDict:
         batch_size=200,
     ))
 
+    c.compilation = ml_collections.ConfigDict(dict(
+        cache_dir="auto",         # compiled programs kept between runs; 'auto' = <jdiff cache>/xla, '' = none
+    ))
+
     c.distributed = ml_collections.ConfigDict(dict(
         initialize="auto",        # 'auto': when the environment names a coordinator; 'yes' / 'no'
         coordinator_address="",
@@ -128,6 +133,15 @@ def default_config() -> ml_collections.ConfigDict:
         process_id=-1,
     ))
     return c
+
+
+def default_cache_dir() -> str:
+    """jdiff's cache folder (FID statistics, Inception weights, compiled programs): ``$JDIFF_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/jdiff``, else ``~/.cache/jdiff``."""
+    if os.environ.get("JDIFF_CACHE_DIR"):
+        return os.environ["JDIFF_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jdiff")
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:

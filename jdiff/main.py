@@ -34,13 +34,20 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         raise app.UsageError(str(e)) from None
 
-    from jdiff import sharding
+    from jdiff import compilation, sharding
     from jdiff.metrics import configure_logging
 
+    cache = compilation.cache_directory(config.compilation.cache_dir)
+    if cache:
+        try:
+            compilation.enable_persistent_cache(cache)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
     d = config.distributed
     sharding.maybe_initialize_distributed(d.initialize, d.coordinator_address, d.num_processes, d.process_id)
     configure_logging(FLAGS.workdir)
-    logging.info("mode %s, workdir %s, config:\n%s", FLAGS.mode, FLAGS.workdir, config)
+    logging.info("mode %s, workdir %s, compilation cache %s, config:\n%s", FLAGS.mode, FLAGS.workdir,
+                 cache or "none", config)
     if FLAGS.mode == "train":
         from jdiff import train
 

@@ -1,5 +1,11 @@
 """The XLA options of the train step and the sampler (jdiff.compilation): when they apply, that XLA parses
-them, and that both jitted programs are compiled with them."""
+them, and that both jitted programs are compiled with them; the persistent compilation cache's folder, and
+that a second process loads its program from there."""
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -67,3 +73,53 @@ def test_compile_time_options_override_them():
     np.testing.assert_array_equal(compiled(x), x * 2)
     with pytest.raises(Exception, match="NOT_A_COMMAND_TYPE"):
         f.lower(x).compile()
+
+
+def test_cache_folder_settings(tmp_path):
+    assert compilation.cache_directory("") is None
+    assert compilation.cache_directory(str(tmp_path)) == str(tmp_path)
+
+
+def test_a_cache_folder_that_cannot_be_created_is_refused(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="cannot be created .*--config.compilation.cache_dir="):
+        compilation.enable_persistent_cache(str(blocker / "xla"))
+
+
+CACHED_PROGRAM = """
+import json, sys
+import jax, jax.numpy as jnp
+from jdiff import compilation
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **_: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
+folder = compilation.cache_directory(sys.argv[1])
+compilation.enable_persistent_cache(folder)
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
+print(json.dumps(dict(folder=folder, hits=len(hits))))
+"""
+
+
+def test_a_second_process_loads_the_program_from_the_cache(tmp_path):
+    """'auto' is <JDIFF_CACHE_DIR>/xla unless JAX_COMPILATION_CACHE_DIR names a folder; the first process
+    compiles and writes the program there, the second loads it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+               JDIFF_CACHE_DIR=str(tmp_path / "jdiff"), JAX_PLATFORMS="cpu",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+    def run(setting, **extra):
+        done = subprocess.run([sys.executable, "-c", CACHED_PROGRAM, setting], env=dict(env, **extra),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = run("auto")
+    assert first == dict(folder=str(tmp_path / "jdiff" / "xla"), hits=0)
+    assert os.listdir(first["folder"])
+    assert run("auto")["hits"] >= 1
+    users = run("auto", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "users"))
+    assert users == dict(folder=str(tmp_path / "users"), hits=0)
+    assert os.listdir(tmp_path / "users")

@@ -223,6 +223,18 @@ def test_cli_train_then_sample(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_refuses_a_compilation_cache_folder_it_cannot_create(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    workdir = tmp_path / "run"
+    result = run_cli("--config=configs/digits.py", f"--workdir={workdir}",
+                     f"--config.compilation.cache_dir={blocker}/xla")
+    assert result.returncode != 0
+    assert "compilation cache folder" in result.stderr and "--config.compilation.cache_dir=" in result.stderr
+    assert not workdir.exists()
+
+
+@pytest.mark.slow
 def test_cli_refuses_unknown_key_and_bad_value(tmp_path):
     result = run_cli("--config=configs/digits.py", f"--workdir={tmp_path}", "--config.training.batch_sise=3")
     assert result.returncode != 0

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jdiff import sharding
+from jdiff.config import default_cache_dir
 from jdiff.evaluation import inception
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -264,13 +265,13 @@ def load_reference_statistics(path: str, feature_fn: FeatureFn | None = None,
 
 def statistics_cache_path(dataset: str, split: str, network: str, cache_dir: str | None = None) -> str:
     """``<cache_dir>/fid_stats/<dataset>_<split>_<network>.npz`` (cache_dir:
-    ``inception.default_cache_dir()``; network: which feature network, e.g.
+    :func:`jdiff.config.default_cache_dir`; network: which feature network, e.g.
     :func:`jdiff.evaluation.inception.fingerprint` of its weights)."""
     if not network:
         raise ValueError("name the feature network (e.g. inception.fingerprint(params)): statistics of "
                          "different networks must not share a cache file")
     name = re.sub(r"[^A-Za-z0-9._\-\[\]:]", "_", f"{dataset}_{split}_{network}")
-    return os.path.join(cache_dir or inception.default_cache_dir(), "fid_stats", f"{name}.npz")
+    return os.path.join(cache_dir or default_cache_dir(), "fid_stats", f"{name}.npz")
 
 
 def dataset_statistics(batches: Callable[[], Iterable[np.ndarray]], feature_fn: FeatureFn, *, dataset: str,

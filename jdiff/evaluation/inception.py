@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff.config import default_cache_dir
+
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -382,14 +384,6 @@ def fingerprint(variables: Mapping[str, Any]) -> str:
         digest.update(f"{jax.tree_util.keystr(path)}:{array.shape}:{array.dtype}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()[:12]
-
-
-def default_cache_dir() -> str:
-    """``$JDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/jdiff``, else ``~/.cache/jdiff``."""
-    if os.environ.get("JDIFF_CACHE_DIR"):
-        return os.environ["JDIFF_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jdiff")
 
 
 def _sha256(path: str) -> str:
