@@ -138,6 +138,85 @@ def test_default_settings_fit_the_unet_shapes():
     for (n, channels), (block_n, cpp, _) in pallas_group_norm.TUNED_BACKWARD.items():
         assert unsupported_reason((128, n, channels), jnp.bfloat16, block_n=block_n,
                                   channels_per_program=cpp) is None
+    for (n, channels), (block_n, cpp, _) in pallas_group_norm.TUNED_FORWARD.items():
+        assert n <= pallas_group_norm.GROUPED_MAX_POSITIONS  # measured in the grouped layout 'auto' takes
+        assert unsupported_reason((512, n, channels), jnp.bfloat16, block_n=block_n, channels_per_program=cpp,
+                                  tile_layout="groups") is None
+
+
+LAYOUT_CASES = [  # (B, N, C), kernel settings: shapes whose groups the grouped layout holds
+    ((3, 64, 256), dict(block_n=16)),  # 4 row chunks, pass 2 in reverse
+    ((2, 16, 512), {}),  # groups of 16, one chunk: read once
+    ((2, 256, 128), dict(channels_per_program=32)),  # groups of 4, 8 per program
+    ((3, 16, 128), dict(groups=16, channels_per_program=128)),  # 16 groups of 8 in one program
+]
+
+
+@pytest.mark.parametrize("shape,settings", LAYOUT_CASES)
+@pytest.mark.parametrize("variant", ["per_image", "shared", "shift", "dropout"])
+def test_both_tile_layouts_compute_the_same_norm(shape, settings, variant):
+    """The grouped layout ((positions, groups, channels per group) tiles) against the lanes layout on the same
+    inputs, y, mean and rstd in float32: a, b per image or shared (C,), an input shift, dropout (the same
+    mask); and y against the float64 reference."""
+    x, a, b = inputs(shape, jnp.bfloat16, seed=sum(shape) + 3)
+    groups = settings.get("groups", NUM_GROUPS)
+    extra = {}
+    if variant == "shared":
+        a, b = a[0], b[0]
+    elif variant == "shift":
+        extra = dict(shift=jnp.asarray(np.random.default_rng(3).normal(size=shape[-1]), jnp.float32))
+    elif variant == "dropout":
+        extra = dict(dropout=0.3, seeds=dropout_seeds(jax.random.key(sum(shape)), shape[0], shape[2]))
+    lanes, grouped = (pallas_group_norm.forward(x, a, b, silu=True, out_dtype=jnp.float32, interpret=True,
+                                                tile_layout=layout, **settings, **extra)
+                      for layout in ("lanes", "groups"))
+    for got, want in zip(grouped, lanes):  # float32 sums of the same values in another order
+        np.testing.assert_allclose(as64(got), as64(want), rtol=1e-5, atol=1e-5)
+    if variant in ("per_image", "shared"):
+        wide = (lambda v: np.broadcast_to(v, (shape[0], shape[2])))
+        np.testing.assert_allclose(as64(grouped[0]), reference(x, wide(a), wide(b), groups, True),
+                                   rtol=1e-5, atol=1e-5)
+    if variant == "dropout":
+        assert 0.2 < float(jnp.mean(grouped[0] == 0)) < 0.4
+
+
+def test_the_forward_chooses_its_tile_layout_and_tuned_settings(monkeypatch):
+    """'auto' takes the grouped layout for N ≤ GROUPED_MAX_POSITIONS where its blocks are powers of two, the
+    lanes layout otherwise; TUNED_FORWARD's settings only when the caller gives none and not 'lanes'."""
+    launched = []
+    real_launch = pallas_group_norm._launch
+    monkeypatch.setattr(pallas_group_norm, "_launch",
+                        lambda kernel, name, settings, operands, **options: launched.append(settings)
+                        or real_launch(kernel, name, settings, operands, **options))
+    monkeypatch.setitem(pallas_group_norm.TUNED_FORWARD, (16, 128), (8, 32, 2))
+
+    def settings_of(shape, **kwargs):
+        x, a, b = inputs(shape, jnp.float32, seed=9)
+        pallas_group_norm.forward(x, a, b, interpret=True, **kwargs)
+        s = launched.pop()
+        return s.grouped, (s.block_n, s.channels_per_program, s.num_warps)
+
+    assert settings_of((2, 16, 128)) == (True, (8, 32, 2))  # tuned
+    assert settings_of((2, 16, 128), block_n=16) == (True, (16, 64, 4))  # given: the rules for the rest
+    assert settings_of((2, 16, 128), tile_layout="lanes") == (False, (16, 64, 4))  # not the grouped table
+    assert settings_of((2, 16, 96), groups=24, channels_per_program=12)[0] is False  # 3 groups of 4
+    assert settings_of((2, 16, 384))[0] is False  # groups of 12 channels
+    assert settings_of((1, 512, 128))[0] is False  # N > GROUPED_MAX_POSITIONS
+    assert settings_of((1, 256, 128)) == (True, (32, 64, 4))
+
+
+@pytest.mark.parametrize("shape,settings,message", [
+    ((2, 16, 384), dict(tile_layout="groups"), "power-of-two group size"),
+    ((2, 16, 96), dict(tile_layout="groups", groups=24, channels_per_program=12),
+     "power-of-two number of groups"),
+    ((2, 16, 128), dict(tile_layout="rows"), "not one of"),
+    ((2, 16, 128), dict(tile_layout="lanes", kernel="mosaic"), "takes no Triton settings"),
+])
+def test_unsupported_tile_layouts_raise(shape, settings, message):
+    x = jnp.zeros(shape, jnp.float32)
+    a = jnp.ones((shape[0], shape[-1]), jnp.float32)
+    with pytest.raises(ValueError, match=message):
+        pallas_group_norm.forward(x, a, a, interpret=True, **settings)
 
 
 def test_the_backward_takes_its_tuned_settings_only_when_given_none(monkeypatch):
@@ -268,6 +347,9 @@ def test_partitioned_over_a_sharded_batch():
     # an input shift (C,): replicated, no collective
     assert result["shifted_max_diff"] == 0.0
     assert result["shifted_collectives"] == []
+    # the grouped tile layout (C = 128: groups of 4), operands reshaped inside each device's call
+    assert result["grouped_max_diff"] == 0.0
+    assert result["grouped_collectives"] == []
 
 
 @pytest.mark.parametrize("direction,dropout", [("forward", 0.0), ("training", 0.0), ("training", 0.3)])

@@ -1,7 +1,7 @@
 """Run with 4 CPU devices by tests/test_pallas_group_norm.py: the GroupNorm kernels (Pallas interpreter) under
 jax.jit over a batch split on the mesh — the forward inside a lax.scan as in the sampler, and the forward
 and backward (with dropout) under jax.grad as in a train step, with a, b per image (B, C) and shared (C,),
-and the forward with an input shift (C,) —
+and the forward with an input shift (C,), and in the grouped tile layout (C = 128) —
 against the unsharded calls; prints a JSON line with the
 differences and whether the compiled programs move data between devices."""
 
@@ -59,7 +59,12 @@ shared_grads = jax.jit(gradients, in_shardings=(by_batch, None, None))
 # an input shift c (C,), replicated
 shifted = jax.jit(steps, in_shardings=(by_batch, by_batch, by_batch, None), out_shardings=by_batch)
 c = 0.5 * jax.random.normal(keys[2], (96,))
+# groups of 4 channels: 'auto' takes the grouped tile layout
+x4, a4, b4 = (jnp.tile(v, 4 // 3 + 1)[..., :128] for v in (x, a, b))
+grouped = jax.jit(steps, in_shardings=(by_batch, by_batch, by_batch), out_shardings=by_batch)
 print(json.dumps(dict(
+    grouped_max_diff=max_diff(grouped(x4, a4, b4), jax.jit(steps)(x4, a4, b4)),
+    grouped_collectives=collectives(grouped.lower(x4, a4, b4).compile().as_text()),
     shifted_max_diff=max_diff(shifted(x, a, b, c), jax.jit(steps)(x, a, b, c)),
     shifted_collectives=collectives(shifted.lower(x, a, b, c).compile().as_text()),
     shared_max_diff=max_diff(shared(x, a[0], b[0]), jax.jit(steps)(x, a[0], b[0])),
