@@ -10,6 +10,7 @@ experiments/bench_group_norm.py's check on the GPU. The partitioning rule (each 
 its share of a sharded batch) is checked on 4 CPU devices in a subprocess."""
 
 import json
+import re
 import os
 import sys
 
@@ -157,7 +158,8 @@ LAYOUT_CASES = [  # (B, N, C), kernel settings: shapes whose groups the grouped 
 def test_both_tile_layouts_compute_the_same_norm(shape, settings, variant):
     """The grouped layout ((positions, groups, channels per group) tiles) against the lanes layout on the same
     inputs, y, mean and rstd in float32: a, b per image or shared (C,), an input shift, dropout (the same
-    mask); and y against the float64 reference."""
+    mask); y against the float64 reference; and the backward's dx, da, db (not for the shift, which it does
+    not take)."""
     x, a, b = inputs(shape, jnp.bfloat16, seed=sum(shape) + 3)
     groups = settings.get("groups", NUM_GROUPS)
     extra = {}
@@ -178,6 +180,16 @@ def test_both_tile_layouts_compute_the_same_norm(shape, settings, variant):
                                    rtol=1e-5, atol=1e-5)
     if variant == "dropout":
         assert 0.2 < float(jnp.mean(grouped[0] == 0)) < 0.4
+    if variant != "shift":
+        dy = jnp.asarray(np.random.default_rng(4).normal(size=shape), jnp.bfloat16)
+        extra.pop("shift", None)
+        lanes, grouped = (pallas_group_norm.backward(x, dy, a, b, *grouped[1:], silu=True, interpret=True,
+                                                     tile_layout=layout, **settings, **extra)
+                          for layout in ("lanes", "groups"))
+        for got, want in zip(grouped, lanes):
+            scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+            np.testing.assert_allclose(as64(got), as64(want), rtol=0,
+                                       atol=scale * (2**-7 if got.dtype == jnp.bfloat16 else 1e-5))
 
 
 def test_the_forward_chooses_its_tile_layout_and_tuned_settings(monkeypatch):
@@ -368,3 +380,30 @@ def test_benchmark_script_smoke(tmp_path, direction, dropout):
     rows = result["pallas"]
     assert len(rows) == 2  # the defaults and the one swept setting
     assert all(row["ok"] and row["max_diff_f32"] < 1e-5 and row["ms"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize("n,channels,dropout", [(16, 256, 0.0), (16, 512, 0.0), (64, 256, 0.3),
+                                                (64, 512, 0.0), (256, 256, 0.3), (256, 512, 0.0),
+                                                (256, 384, 0.0)])
+def test_the_forward_lowers_to_triton_for_cuda(monkeypatch, n, channels, dropout):
+    """Pallas's Triton lowering (what the interpreter does not run) of the UNet's 16×16 and smaller norms at
+    batch 512, for the CUDA platform on the CPU: the grouped layout with TUNED_FORWARD's settings (with
+    dropout, as training runs them), and C = 384 (groups of 12) in lanes."""
+    from jax._src.pallas.triton import pallas_call_registration
+    if hasattr(pallas_call_registration, "gpu_info_lib"):  # jax ≥ 0.11 asks the GPU for its capability
+        monkeypatch.setattr(pallas_call_registration, "gpu_info_lib", type("FakeHopper", (), dict(
+            get_gpu_info=staticmethod(lambda: type("Info", (), dict(compute_capability=90))))))
+    x = jax.ShapeDtypeStruct((512, n, channels), jnp.bfloat16)
+    affine = jax.ShapeDtypeStruct((512, channels), jnp.float32)
+    seeds = jax.ShapeDtypeStruct((512, channels), jnp.int32)
+
+    def norm(x, a, b, s0, s1):
+        return pallas_group_norm.forward(x, a, b, silu=True, out_dtype=jnp.bfloat16, kernel="triton",
+                                         dropout=dropout, seeds=(s0, s1) if dropout else None)
+
+    text = jax.jit(norm).trace(x, affine, affine, seeds, seeds).lower(lowering_platforms=("cuda",)).as_text()
+    assert "group_norm_forward" in text
+    grid = dict(re.findall(r"(grid_[xy]) = (\d+)", text))
+    default = (None, pallas_group_norm.default_channels_per_program(channels))
+    cpp = pallas_group_norm.TUNED_FORWARD.get((n, channels), default)[1]
+    assert grid == {"grid_x": str(channels // cpp), "grid_y": "512"}

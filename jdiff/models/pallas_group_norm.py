@@ -576,18 +576,20 @@ def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.
              groups: int = NUM_GROUPS, silu: bool = False, interpret: bool = False, dropout: float = 0.0,
              seeds: tuple[jax.Array, jax.Array] | None = None, block_n: int | None = None,
              channels_per_program: int | None = None, num_warps: int | None = None,
-             num_stages: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+             num_stages: int | None = None,
+             tile_layout: str = "lanes") -> tuple[jax.Array, jax.Array, jax.Array]:
     """(dx, da, db), the gradients of Σ dy·y for y = :func:`forward`'s output, from its mean and rstd (and
     its dropout mask, recomputed from the same seeds), in one kernel (group_norm.py's docstring has the
     equations): pass 1 sums da_bc = Σ_n dz·x̂ and db_bc = Σ_n dz, pass 2 writes dx = r·(a·dz − m1 − x̂·m2)
     in x's dtype; da, db are (B, C) float32, per image also when a and b are shared (C,). Settings as
     :func:`forward`'s, with the same defaults except for the UNet's shapes in :data:`TUNED_BACKWARD` when
-    none of the three is given."""
+    none of the three is given. ``tile_layout`` as the forward's, but 'lanes' by default: the backward's
+    grouped form computes the same (tests) but was not timed on a GPU."""
     settings = _checked_settings("pallas_group_norm.backward", x, (a, b), dict(mean=mean, rstd=rstd),
                                  groups=groups, eps=0.0, silu=silu, out_dtype=x.dtype, interpret=interpret,
                                  dropout=dropout, seeds=seeds, block_n=block_n,
                                  channels_per_program=channels_per_program, num_warps=num_warps,
-                                 num_stages=num_stages, tile_layout="lanes", tuned=TUNED_BACKWARD)
+                                 num_stages=num_stages, tile_layout=tile_layout, tuned=TUNED_BACKWARD)
     if dy.shape != x.shape:
         raise ValueError(f"pallas_group_norm.backward: dy must have x's shape {x.shape}, got {dy.shape}")
     f32 = (v.astype(jnp.float32) for v in (a, b, mean, rstd))
