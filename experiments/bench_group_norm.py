@@ -1,7 +1,7 @@
 """Micro-benchmark of the UNet's GroupNorm (+ scale-shift + SiLU): XLA against the Pallas kernels.
 
     python experiments/bench_group_norm.py --out results.json [--block-n 8,16,32,64] [--num-warps 4,8]
-        [--widths 32,64,128] [--repeats 7] [--batch 512]
+        [--widths 32,64,128] [--tile-layouts auto|lanes,groups] [--repeats 7] [--batch 512]
     python experiments/bench_group_norm.py --out results.json --direction training --batch 128 [--dropout 0.3]
     python experiments/bench_group_norm.py --smoke --out /tmp/smoke.json    # CPU: interpreter, tiny shapes
 
@@ -11,8 +11,8 @@ For each activation shape of the ADM CIFAR-10 UNet in bf16 (POSITIONS_CHANNELS, 
 ``one_pass=True``, and (c) the Triton kernel (``pallas_group_norm.forward(kernel='triton')``) at its
 defaults, the Mosaic GPU kernel (``kernel='mosaic'``) where it runs and takes the shape (Hopper GPUs,
 jax ≥ 0.11, no dropout), and the Triton kernel for every setting of the sweep (block_n positions per
-tile × num_warps × padded channel width per program, the settings the kernel rejects or whose tile is
-outside [--min-tile, --max-tile] elements skipped), all with bf16 output. Before timing,
+tile × num_warps × padded channel width per program × tile layout, the settings the kernel rejects or whose
+tile is outside [--min-tile, --max-tile] elements skipped), all with bf16 output. Before timing,
 each kernel setting's float32 output (the Mosaic GPU kernel's bf16 one, relative to within a bf16 ulp: it
 writes y in x's dtype) is checked against (a)'s (max abs difference; a setting over
 --tolerance is reported and not timed). ``--direction training`` times instead the forward and backward
@@ -52,7 +52,7 @@ from jdiff.models.pallas_group_norm import unsupported_reason  # noqa: E402
 
 POSITIONS_CHANNELS = [(1024, 128), (1024, 256), (1024, 384), (256, 256), (256, 512), (64, 256), (64, 512),
                       (16, 512)]  # (N = H·W, C) at 32², 16², 8², 4²
-SMOKE_SHAPES = [(2, 16, 384)]  # groups of 12 channels: masked lanes
+SMOKE_SHAPES = [(2, 16, 384), (2, 16, 128)]  # groups of 12 channels (masked lanes), of 4 (grouped tiles too)
 DTYPE = jnp.bfloat16
 INPUT_BYTES_PER_TIMING = 2 * 2**30  # distinct inputs per timed call: enough to dwarf L2 and dispatch
 
@@ -148,10 +148,13 @@ def settings(shape, args) -> list[dict]:
         for block_n in args.block_n:
             if not args.min_tile <= block_n * width <= args.max_tile:
                 continue
-            if unsupported_reason(shape, DTYPE, block_n=block_n, channels_per_program=cpp):
-                continue
-            for num_warps in args.num_warps:
-                out.append(dict(block_n=block_n, channels_per_program=cpp, num_warps=num_warps))
+            for layout in args.tile_layouts:
+                if unsupported_reason(shape, DTYPE, block_n=block_n, channels_per_program=cpp,
+                                      tile_layout=layout):
+                    continue
+                for num_warps in args.num_warps:
+                    out.append(dict(block_n=block_n, channels_per_program=cpp, num_warps=num_warps,
+                                    tile_layout=layout))
     return out
 
 
@@ -246,7 +249,7 @@ def bench_shape(shape, args) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = ["| B, N, C | XLA two-pass ms (GB/s) | XLA one-pass ms (GB/s) | Pallas best ms (GB/s) "
-             "| best setting (block_n, channels/program, warps) | speed-up vs two-pass "
+             "| best setting (block_n, channels/program, warps, tile layout) | speed-up vs two-pass "
              "| its max diff from two-pass (training: relative) "
              "| settings wrong |",
              "|---|---|---|---|---|---|---|---|"]
@@ -256,8 +259,8 @@ def table(results: list[dict]) -> str:
         wrong = f"{len(r['pallas']) - len(ok)} of {len(r['pallas'])}"
         if ok:
             best = min(ok, key=lambda p: p["ms"])
-            setting = (f"{best['block_n']}, {best['channels_per_program']}, {best['num_warps']}"
-                       if "block_n" in best else best.get("kernel", "defaults"))
+            setting = (f"{best['block_n']}, {best['channels_per_program']}, {best['num_warps']}, "
+                       f"{best['tile_layout']}" if "block_n" in best else best.get("kernel", "defaults"))
             diff = best["max_diff_f32"]
             pallas_cells = (f"{best['ms']:.3f} ({best['gbps']:.0f})", setting,
                             f"{two['ms'] / best['ms']:.2f}×", f"{diff:.1e}", wrong)
@@ -280,6 +283,10 @@ def main(argv=None):
     parser.add_argument("--widths", type=parse_ints, default=[32, 64, 128],
                         help="padded channel widths per program (a power of two); each takes the most whole "
                              "groups that fit")
+    parser.add_argument("--tile-layouts", type=lambda text: [v for v in text.split(",") if v],
+                        default=["auto"],
+                        help="the kernel's tile layouts to sweep (pallas_group_norm.TILE_LAYOUTS: auto, "
+                             "lanes, groups); those a shape cannot take are skipped")
     parser.add_argument("--min-tile", type=int, default=1024,
                         help="fewest elements (block_n × width) per tile")
     parser.add_argument("--max-tile", type=int, default=4096, help="most elements (block_n × width) per tile")
@@ -297,6 +304,10 @@ def main(argv=None):
                         help="largest max difference of a correct setting's float32 output "
                              "(training: relative)")
     args = parser.parse_args(argv)
+    unknown = set(args.tile_layouts) - set(pallas_group_norm.TILE_LAYOUTS)
+    if unknown or not args.tile_layouts:
+        parser.error(f"--tile-layouts: {sorted(unknown) or 'none given'}; choose from "
+                     f"{', '.join(pallas_group_norm.TILE_LAYOUTS)}")
     if args.smoke:
         args.repeats, args.min_tile = 1, 1
         args.block_n, args.num_warps, args.widths = [8], [4], [32]
@@ -305,7 +316,8 @@ def main(argv=None):
     meta = dict(device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform, jax=jax.__version__,
                 jaxlib=jaxlib.__version__, dtype=jnp.dtype(DTYPE).name, smoke=args.smoke,
                 sweep=dict(block_n=args.block_n, num_warps=args.num_warps, widths=args.widths,
-                           tile=[args.min_tile, args.max_tile]), repeats=args.repeats)
+                           tile_layouts=args.tile_layouts, tile=[args.min_tile, args.max_tile]),
+                repeats=args.repeats)
     print(json.dumps(meta), flush=True)
     results = []
     for shape in shapes:

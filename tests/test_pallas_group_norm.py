@@ -382,6 +382,24 @@ def test_benchmark_script_smoke(tmp_path, direction, dropout):
     assert all(row["ok"] and row["max_diff_f32"] < 1e-5 and row["ms"] > 0 for row in rows)
 
 
+def test_benchmark_script_sweeps_tile_layouts(tmp_path):
+    """--tile-layouts lanes,groups times each swept setting in both layouts where the shape takes them (groups
+    of 4 channels), in lanes only where it does not (groups of 12); an unknown layout is refused."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "experiments"))
+    import bench_group_norm
+
+    out = tmp_path / "gn.json"
+    bench_group_norm.main(["--smoke", "--direction", "training", "--tile-layouts", "lanes,groups",
+                           "--out", str(out)])
+    twelve, four = json.loads(out.read_text())["results"]
+    assert [r.get("tile_layout") for r in twelve["pallas"]] == [None, "lanes"]  # defaults, then the sweep
+    assert [r.get("tile_layout") for r in four["pallas"]] == [None, "lanes", "groups"]
+    assert all(row["ok"] and row["max_diff_f32"] < 1e-5 for row in twelve["pallas"] + four["pallas"])
+    with pytest.raises(SystemExit):
+        bench_group_norm.main(["--smoke", "--tile-layouts", "rows", "--out", str(out)])
+
+
 @pytest.mark.parametrize("n,channels,dropout", [(16, 256, 0.0), (16, 512, 0.0), (64, 256, 0.3),
                                                 (64, 512, 0.0), (256, 256, 0.3), (256, 512, 0.0),
                                                 (256, 384, 0.0)])
