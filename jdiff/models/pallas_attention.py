@@ -32,15 +32,12 @@ from jax.experimental.pallas import triton as plt
 
 from jdiff.models import mosaic_attention
 from jdiff.models.mosaic_gpu import check_runs, unpartitioned_if_interpreted
+from jdiff.models.pallas_group_norm import is_power_of_2
 from jdiff.models.per_image import partitioned_per_image
 from jdiff.models.platform import nvidia_sm80_or_newer
 
 MAX_TOKENS = 64  # the longest sequence it takes: the (L, L) float32 logits stay in registers; timed up to 64
 NUM_WARPS = 4  # fastest of 2, 4 and 8 at L = 16 and 64 on an H200
-
-
-def _is_power_of_2(n: int) -> bool:
-    return n > 0 and not n & (n - 1)
 
 
 def unsupported_reason(shape: tuple[int, ...], dtype) -> str | None:
@@ -50,10 +47,10 @@ def unsupported_reason(shape: tuple[int, ...], dtype) -> str | None:
     _, tokens, _, head_channels = shape
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return f"q, k, v must be bfloat16 or float16 (tensor-core products), got {jnp.dtype(dtype)}"
-    if not (_is_power_of_2(tokens) and 16 <= tokens <= MAX_TOKENS):
+    if not (is_power_of_2(tokens) and 16 <= tokens <= MAX_TOKENS):
         return (f"the sequence length L = {tokens} must be a power of two from 16 to {MAX_TOKENS} (Triton's "
                 f"products take blocks of at least 16; longer sequences suit cuDNN's flash attention)")
-    if not (_is_power_of_2(head_channels) and 16 <= head_channels <= 128):
+    if not (is_power_of_2(head_channels) and 16 <= head_channels <= 128):
         return f"the head width d = {head_channels} must be a power of two from 16 to 128"
     return None
 

@@ -101,6 +101,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def is_power_of_2(n: int) -> bool:
+    """Whether n is a power of two (≥ 1), as every dimension of a Triton block must be."""
+    return n > 0 and not n & (n - 1)
+
+
 def default_channels_per_program(channels: int, groups: int = NUM_GROUPS) -> int:
     """The fewest whole groups (a divisor of G) with at least MIN_CHANNELS channels (small slabs, so
     that many programs' slabs stay in L2 between the two passes), else all C."""
@@ -133,16 +138,12 @@ def _resolve(n: int, channels: int, groups: int, block_n: int | None,
     return (default_block_n(n, cpp) if block_n is None else block_n), cpp
 
 
-def _power_of_2(k: int) -> bool:
-    return k >= 1 and not k & (k - 1)
-
-
 def grouped_layout_reason(per_group: int, channels_per_program: int) -> str | None:
     """Why the grouped tile layout cannot hold groups of ``per_group`` channels, ``channels_per_program`` per
     program, or None if it can (Triton's blocks are powers of two along every axis)."""
-    if not _power_of_2(per_group):
+    if not is_power_of_2(per_group):
         return f"the grouped tile layout needs a power-of-two group size, not {per_group} channels per group"
-    if not _power_of_2(channels_per_program // per_group):
+    if not is_power_of_2(channels_per_program // per_group):
         return (f"the grouped tile layout needs a power-of-two number of groups per program, not "
                 f"{channels_per_program // per_group}")
     return None
@@ -169,7 +170,7 @@ def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, *, groups: int = 
         return (f"channels_per_program = {cpp} must be a whole number of groups ({per_group} channels "
                 f"each) and divide C = {channels}")
     rows, cpp = _resolve(n, channels, groups, block_n, cpp)
-    if not _power_of_2(rows):
+    if not is_power_of_2(rows):
         return f"block_n = {rows} must be a power of two (Triton's blocks are)"
     if n % rows:
         return f"N = {n} positions must be a multiple of block_n = {rows} (the kernel has no row mask)"

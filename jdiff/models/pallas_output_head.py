@@ -34,7 +34,8 @@ from jax.experimental.pallas import triton as plt
 
 from jdiff.models.group_norm import EPS, NUM_GROUPS, normalise_affine
 from jdiff.models.layers import conv3x3_by_taps, taps_matrix
-from jdiff.models.pallas_group_norm import SlabProgram, centred, group_statistics, next_power_of_2
+from jdiff.models.pallas_group_norm import (SlabProgram, centred, group_statistics, is_power_of_2,
+                                            next_power_of_2)
 from jdiff.models.per_image import partitioned_per_image
 
 BLOCK_N = 64  # positions per tile
@@ -53,7 +54,7 @@ def unsupported_reason(x_shape: tuple[int, ...], features: int, *, block_n: int 
         return f"C = {channels} is below the 16 channels of the smallest tensor-core product"
     if not 1 <= 9 * features <= MAX_TAPS:
         return f"9F = {9 * features} taps (F = {features} output channels) must be at most {MAX_TAPS}"
-    if block_n < 16 or block_n & (block_n - 1) or (height * width) % block_n:
+    if block_n < 16 or not is_power_of_2(block_n) or (height * width) % block_n:
         return (f"H·W = {height * width} positions must be a multiple of block_n = {block_n}, a power of two "
                 f"from 16")
     return None
