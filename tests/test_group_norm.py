@@ -297,3 +297,52 @@ def test_jit_vmap_free_and_sharded_over_the_batch():
     want = f(x, a, b)
     got = f(*(jax.device_put(v, sharded) for v in (x, a, b)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas_interpret"])
+def test_parts_stand_for_their_concatenation_forward_and_backward(implementation):
+    """normalise_affine of x given as parts (B, N, C_k) is the norm of their concatenation along the channels
+    (XLA concatenates: bit for bit; the kernel reads the parts: the same float32 arithmetic, see
+    test_pallas_group_norm), and under jax.grad the parts' gradient is a tuple of arrays of the parts'
+    shapes and dtype, the concatenation's gradient cut at the parts' bounds, bit for bit (the backward
+    concatenates x and reads the same statistics); a and b get the concatenation's gradients."""
+    x, a, b, dy = inputs((2, 16, 128), jnp.bfloat16, seed=21)
+    parts = (x[..., :64], x[..., 64:])
+    cotangent = jnp.asarray(dy, jnp.float32)
+
+    def loss(x, a, b):
+        return jnp.vdot(normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation),
+                        cotangent)
+
+    y_parts = normalise_affine(parts, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation)
+    y_whole = normalise_affine(x, a, b, NUM_GROUPS, EPS, True, False, jnp.float32, implementation)
+    if implementation == "xla":
+        np.testing.assert_array_equal(np.asarray(y_parts), np.asarray(y_whole))
+    else:  # float32 roundings of values of order 1
+        np.testing.assert_allclose(np.asarray(y_parts), np.asarray(y_whole), rtol=0, atol=4e-6)
+    assert rel(y_parts, reference(*(v.astype(jnp.float64) for v in (x, a, b)), True)) < 2e-6
+    d_parts, da_parts, db_parts = jax.grad(loss, argnums=(0, 1, 2))(parts, a, b)
+    d_whole, da_whole, db_whole = jax.grad(loss, argnums=(0, 1, 2))(x, a, b)
+    assert isinstance(d_parts, tuple) and len(d_parts) == 2
+    assert [(d.shape, d.dtype) for d in d_parts] == [((2, 16, 64), jnp.bfloat16)] * 2
+    for d, bounds in zip(d_parts, (slice(0, 64), slice(64, 128))):
+        np.testing.assert_array_equal(np.asarray(d, np.float32), np.asarray(d_whole[..., bounds], np.float32))
+    np.testing.assert_array_equal(np.asarray(da_parts), np.asarray(da_whole))
+    np.testing.assert_array_equal(np.asarray(db_parts), np.asarray(db_whole))
+
+
+def test_module_takes_parts_with_the_concatenations_parameters():
+    """GroupNorm given (B, H, W, C_k) parts has the parameters of the concatenation's norm and its output
+    (XLA, bit for bit, with a scale-shift); three parts of unequal widths too."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(1.0, 2.0, size=(2, 4, 4, 128)), jnp.float32)
+    s, t = (jnp.asarray(rng.normal(size=(2, 128)), jnp.float32) for _ in range(2))
+    parts = (x[..., :32], x[..., 32:96], x[..., 96:])
+    norm = GroupNorm()
+    params = norm.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, norm.init(jax.random.key(0), parts)) == jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    got = norm.apply(params, parts, scale_shift=(s, t), silu=True)
+    assert got.shape == x.shape
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(norm.apply(params, x, scale_shift=(s, t),
+                                                                         silu=True)))

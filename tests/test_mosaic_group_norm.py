@@ -154,3 +154,69 @@ def test_interpreted_ring_has_no_races():
                                   chunk_rows=64, ring_bytes_per_sm=2 * 6 * 64 * 32 * 2)[0]
     y.block_until_ready()
     assert get_races().races_found is False
+
+
+PARTS_CASES = [  # B, N, the parts' channels, dtype, a and b shared, shifted, chunk_rows, ring bytes per SM
+    # 4 slabs of 32 channels (2 a part) × 2 images, 2 chunks each through a ring of 6
+    (2, 128, (64, 64), jnp.bfloat16, False, False, 64, 2 * 6 * 64 * 32 * 2),
+    # groups of 3: slabs of 48 channels, one a part; a, b shared, an input shift
+    (2, 128, (48, 48), jnp.float32, True, True, 64, 2 * 3 * 64 * 48 * 4),
+]
+
+
+@pytest.mark.parametrize("batch,n,parts,dtype,shared,shifted,chunk_rows,ring_bytes", PARTS_CASES)
+def test_interpreted_forward_of_parts_is_the_concatenations(batch, n, parts, dtype, shared, shifted,
+                                                            chunk_rows, ring_bytes):
+    """x given as parts (B, N, C_k), each a whole number of slabs: every slab is copied from the part that
+    holds its channels, so y, mean and rstd are bit for bit the concatenation's (the copies fill the same
+    ring buffers, the arithmetic is the same); y is also the float64 norm of the concatenation."""
+    channels = sum(parts)
+    whole, a, b = inputs((batch, n, channels), dtype, seed=n + channels)
+    xs = tuple(jnp.split(whole, np.cumsum(parts)[:-1], axis=-1))
+    if shared:
+        a, b = a[0], b[0]
+    rng = np.random.default_rng(channels)
+    shift = jnp.asarray(rng.normal(size=channels), jnp.float32) if shifted else None
+    kw = dict(silu=True, shift=shift, interpret=True, chunk_rows=chunk_rows, ring_bytes_per_sm=ring_bytes)
+    slab = plan(n, channels, jnp.dtype(dtype).itemsize, chunk_rows=chunk_rows,
+                ring_bytes_per_sm=ring_bytes).channels_per_cta
+    assert all(c % slab == 0 for c in parts)  # whole slabs
+    got = mosaic_group_norm.forward(xs, a, b, **kw)
+    want = mosaic_group_norm.forward(whole, a, b, **kw)
+    assert got[0].shape == whole.shape and got[0].dtype == dtype
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+    x64 = as64(whole) + (0.0 if shift is None else as64(shift))
+    a64, b64 = (np.broadcast_to(as64(v), (batch, channels)) for v in (a, b))
+    y64 = reference(x64, a64, b64, NUM_GROUPS, True)
+    np.testing.assert_allclose(as64(got[0]), y64, rtol=2**-8 if dtype == jnp.bfloat16 else 1e-5, atol=1e-5)
+
+
+def test_parts_that_are_not_whole_slabs_are_refused():
+    """Parts of 48 + 80 channels where the slabs hold 32 channels: refused by unsupported_reason, preferred
+    and forward with the reason; 64 + 64 are taken."""
+    shape, bf16 = (2, 1024, 128), jnp.bfloat16
+    reason = unsupported_reason(shape, bf16, bf16, parts=(48, 80))
+    assert reason is not None and "whole number of slabs' 32 channels" in reason
+    assert unsupported_reason(shape, bf16, bf16, parts=(64, 64)) is None
+    assert not mosaic_group_norm.preferred(shape, bf16, bf16, parts=(48, 80))
+    xs = (jnp.zeros((2, 128, 48), bf16), jnp.zeros((2, 128, 80), bf16))
+    a = jnp.ones((2, 128), jnp.float32)
+    with pytest.raises(ValueError, match="whole number of slabs' 32 channels"):
+        mosaic_group_norm.forward(xs, a, a, interpret=True, chunk_rows=64)
+
+
+@needs_jax_011
+def test_the_forward_of_parts_lowers_for_the_gpu(monkeypatch):
+    """Mosaic GPU's lowering of the decoder's 32×32 norm read from its two parts (128 + 128 channels, batch
+    512) for the CUDA platform on the CPU: the one kernel, with no concatenation in the program."""
+    monkeypatch.setattr(mosaic_gpu, "runs_here", lambda: True)
+    monkeypatch.setattr(mosaic_group_norm, "sm_count", lambda interpret: 132)
+    part = jax.ShapeDtypeStruct((512, 1024, 128), jnp.bfloat16)
+    affine = jax.ShapeDtypeStruct((512, 256), jnp.float32)
+
+    def norm(h, s, a, b):
+        return mosaic_group_norm.forward((h, s), a, b, silu=True)
+
+    text = jax.jit(norm).trace(part, part, affine, affine).lower(lowering_platforms=("cuda",)).as_text()
+    assert "group_norm_forward_tma_mosaic_gpu" in text and "concatenate" not in text

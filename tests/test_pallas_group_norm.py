@@ -21,7 +21,7 @@ import pytest
 
 from conftest import run_helper_on_devices
 from jdiff.models.group_norm import EPS, NUM_GROUPS, dropout_seeds, norm_implementation, normalise_affine
-from jdiff.models import pallas_group_norm
+from jdiff.models import mosaic_group_norm, pallas_group_norm
 from jdiff.models.pallas_group_norm import unsupported_reason
 
 
@@ -425,3 +425,130 @@ def test_the_forward_lowers_to_triton_for_cuda(monkeypatch, n, channels, dropout
     default = (None, pallas_group_norm.default_channels_per_program(channels))
     cpp = pallas_group_norm.TUNED_FORWARD.get((n, channels), default)[1]
     assert grid == {"grid_x": str(channels // cpp), "grid_y": "512"}
+
+
+def part_inputs(batch, n, parts, dtype, seed):
+    """x as parts (B, N, C_k) with per-channel offsets and spreads (:func:`inputs` of the concatenation, cut
+    along the channels), their concatenation, and a, b (B, C)."""
+    whole, a, b = inputs((batch, n, sum(parts)), dtype, seed)
+    bounds = np.cumsum(parts)[:-1]
+    return tuple(jnp.split(whole, bounds, axis=-1)), whole, a, b
+
+
+PARTS_CASES = [  # N, the parts' channels, kernel settings, variant
+    (16, (64, 64), dict(tile_layout="groups", channels_per_program=32), "per_image"),  # 4 programs, 2 a part
+    (16, (64, 64), dict(tile_layout="lanes", channels_per_program=32), "shared"),
+    (64, (128, 64, 64), dict(channels_per_program=32), "shift"),  # 'auto': groups of 8, 4 + 2 + 2 programs
+    (16, (96, 96), {}, "dropout"),  # the defaults: lanes, 16 groups of 6 = 96 channels in 128 lanes
+    (64, (32, 96), dict(tile_layout="groups", channels_per_program=32, block_n=16), "dropout"),  # 4 chunks
+    (16, (96, 96), dict(block_n=8), "shift"),  # lanes, masked lanes, 2 row chunks
+]
+
+
+@pytest.mark.parametrize("n,parts,settings,variant", PARTS_CASES)
+def test_the_forward_of_parts_is_the_forward_of_their_concatenation(n, parts, settings, variant):
+    """x given as parts (B, N, C_k): each program reads its channels from the part that holds them, so mean
+    and rstd are bit for bit those of the concatenation (the same float32 sums per program) and y is the
+    same float32 arithmetic, in the grouped and lanes layouts, with a, b per image or shared (C,), an input
+    shift, and dropout (the mask of the concatenation's channel indices: zeros in the same places); and y is
+    the float64 norm of the concatenation.
+
+    y is compared within a few float32 roundings, not bit for bit: in the interpreter the parts' program body
+    runs inside a branch (pl.when), which XLA's CPU compiler contracts differently (checked: the
+    concatenation's body put in an always-true pl.when gives the parts' y bit for bit). A program reading
+    the wrong channels, rows or part is off by O(1)."""
+    batch = 2
+    xs, whole, a, b = part_inputs(batch, n, parts, jnp.bfloat16, seed=n + len(parts) + parts[0])
+    channels = sum(parts)
+    extra = {}
+    if variant == "shared":
+        a, b = a[1], b[1]
+    elif variant == "shift":
+        extra = dict(shift=jnp.asarray(np.random.default_rng(n).normal(0.0, 2.0, size=channels), jnp.float32))
+    elif variant == "dropout":
+        extra = dict(dropout=0.3, seeds=dropout_seeds(jax.random.key(n), batch, channels))
+    kw = dict(silu=True, out_dtype=jnp.float32, interpret=True, **settings, **extra)
+    got = pallas_group_norm.forward(xs, a, b, **kw)
+    want = pallas_group_norm.forward(whole, a, b, **kw)
+    assert [v.shape for v in got] == [(batch, n, channels), (batch, channels), (batch, channels)]
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    scale = float(jnp.max(jnp.abs(want[0])))
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=0, atol=1e-6 * scale)
+    if variant == "dropout":
+        np.testing.assert_array_equal(np.asarray(got[0]) == 0, np.asarray(want[0]) == 0)
+        assert 0.2 < float(jnp.mean(got[0] == 0)) < 0.4
+        return
+    x64 = as64(whole) + (as64(extra["shift"]) if variant == "shift" else 0.0)
+    a64, b64 = (np.broadcast_to(as64(v), (batch, channels)) for v in (a, b))
+    np.testing.assert_allclose(as64(got[0]), reference(x64, a64, b64, NUM_GROUPS, True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("parts,settings,message", [
+    (((2, 16, 48), (2, 16, 80)), {}, "whole number of programs' 64 channels"),  # the default 64 per program
+    (((2, 16, 64), (2, 16, 64)), dict(channels_per_program=128), "whole number of programs' 128 channels"),
+    (((2, 16, 64), (2, 32, 64)), {}, "must agree in every axis but the last"),
+    (((2, 16, 64), (1, 16, 64)), {}, "must agree in every axis but the last"),
+])
+def test_parts_that_do_not_fit_are_refused(parts, settings, message):
+    """Parts whose channels are not a whole number of programs' channels, and parts that disagree in B or N,
+    raise ValueError with what is wrong; unsupported_reason names the first."""
+    xs = tuple(jnp.zeros(shape, jnp.float32) for shape in parts)
+    channels = sum(shape[-1] for shape in parts)
+    a = jnp.ones((2, channels), jnp.float32)
+    with pytest.raises(ValueError, match=message):
+        pallas_group_norm.forward(xs, a, a, interpret=True, **settings)
+    if "programs'" in message:
+        reason = unsupported_reason((2, 16, channels), jnp.float32, parts=tuple(s[-1] for s in parts),
+                                    **settings)
+        assert reason is not None and message in reason
+        assert unsupported_reason((2, 16, channels), jnp.float32, **settings) is None  # the concatenation
+
+
+def test_parts_of_two_dtypes_are_refused():
+    xs = (jnp.zeros((2, 16, 64), jnp.float32), jnp.zeros((2, 16, 64), jnp.bfloat16))
+    a = jnp.ones((2, 128), jnp.float32)
+    with pytest.raises(ValueError, match="must agree in every axis but the last and in dtype"):
+        pallas_group_norm.forward(xs, a, a, interpret=True)
+
+
+def test_parts_reason_follows_the_kernel_forward_would_take(monkeypatch):
+    """parts_reason: None where the default forward (TUNED_FORWARD's 64 channels per program at 16×16, C =
+    512) takes the parts; the reason for 384 = 256 + 128 channels (96 per program); and where the Mosaic
+    kernel is preferred (N = 1024, faked to run here), None for parts of its 32-channel slabs and a reason
+    naming it for parts that are not (136 + 120)."""
+    bf16 = jnp.bfloat16
+    assert pallas_group_norm.parts_reason((512, 256, 512), bf16, bf16, (256, 256)) is None
+    reason = pallas_group_norm.parts_reason((512, 256, 384), bf16, bf16, (256, 128))
+    assert reason is not None and "whole number of programs' 96 channels" in reason
+    assert not mosaic_group_norm.preferred((512, 1024, 256), bf16, bf16)  # on the CPU
+    monkeypatch.setattr(mosaic_group_norm, "runs_here", lambda: True)
+    assert mosaic_group_norm.preferred((512, 1024, 256), bf16, bf16)
+    assert pallas_group_norm.parts_reason((512, 1024, 256), bf16, bf16, (128, 128)) is None
+    reason = pallas_group_norm.parts_reason((512, 1024, 256), bf16, bf16, (136, 120))
+    assert reason is not None and "Mosaic" in reason
+    # nor would the Triton kernel take them (64 channels per program at C = 256 divide neither part)
+    reason = pallas_group_norm.unsupported_reason((512, 1024, 256), bf16, parts=(136, 120))
+    assert reason is not None and "programs' 64 channels" in reason
+
+
+@pytest.mark.parametrize("n", [16, 64, 256])
+def test_the_forward_of_parts_lowers_to_triton_for_cuda(monkeypatch, n):
+    """Pallas's Triton lowering of the parts forward at the UNet's decoder shapes (256 + 256 channels, batch
+    512), for the CUDA platform on the CPU: one kernel over TUNED_FORWARD's grid, reading both parts (no
+    concatenation in the program)."""
+    from jax._src.pallas.triton import pallas_call_registration
+    if hasattr(pallas_call_registration, "gpu_info_lib"):  # jax ≥ 0.11 asks the GPU for its capability
+        monkeypatch.setattr(pallas_call_registration, "gpu_info_lib", type("FakeHopper", (), dict(
+            get_gpu_info=staticmethod(lambda: type("Info", (), dict(compute_capability=90))))))
+    part = jax.ShapeDtypeStruct((512, n, 256), jnp.bfloat16)
+    affine = jax.ShapeDtypeStruct((512, 512), jnp.float32)
+
+    def norm(h, s, a, b):
+        return pallas_group_norm.forward((h, s), a, b, silu=True, out_dtype=jnp.bfloat16, kernel="triton")
+
+    text = jax.jit(norm).trace(part, part, affine, affine).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("group_norm_forward") >= 1 and "concatenate" not in text
+    grid = dict(re.findall(r"(grid_[xy]) = (\d+)", text))
+    cpp = pallas_group_norm.TUNED_FORWARD[(n, 512)][1]
+    assert grid == {"grid_x": str(512 // cpp), "grid_y": "512"}

@@ -52,6 +52,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -219,9 +220,33 @@ SEEDS_RULE = ", b c, b c"  # dropout's two seeds per image and channel
 OUTPUTS_RULE = " -> b n c, b c, b c"  # y (or dx), and two per-channel (B, C) arrays
 
 
-def forward_sharding_rule(shared: bool, shifted: bool, seeded: bool = False) -> str:
-    """The rule of a forward kernel's call (x, a, b[, c][, seed0, seed1]) → (y, mean, rstd)."""
-    return "b n c" + AFFINE_RULE[shared] + ", c" * shifted + SEEDS_RULE * seeded + OUTPUTS_RULE
+def forward_sharding_rule(shared: bool, shifted: bool, seeded: bool = False, parts: int = 1) -> str:
+    """The rule of a forward kernel's call (x, a, b[, c][, seed0, seed1]) → (y, mean, rstd), with x given as
+    ``parts`` arrays whose channel concatenation it stands for (their channel factors p0, p1, …)."""
+    inputs = "b n c" if parts == 1 else ", ".join(f"b n p{k}" for k in range(parts))
+    return inputs + AFFINE_RULE[shared] + ", c" * shifted + SEEDS_RULE * seeded + OUTPUTS_RULE
+
+
+Parts = tuple  # of arrays (B, N, C_k) that stand for their concatenation along the channels
+
+
+def channel_parts(x: jax.Array | Parts) -> tuple[jax.Array, ...]:
+    """x as a tuple of parts: x itself alone, or the arrays of a tuple or list."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def concatenation_shape(caller: str, x: jax.Array | Parts) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of the channel concatenation of ``x``'s parts (:func:`channel_parts`), which must
+    agree in every axis but the last and in dtype (ValueError otherwise)."""
+    parts = channel_parts(x)
+    if not parts:
+        raise ValueError(f"{caller}: x has no parts")
+    first = parts[0]
+    for part in parts[1:]:
+        if part.shape[:-1] != first.shape[:-1] or part.dtype != first.dtype:
+            raise ValueError(f"{caller}: the parts of a channel concatenation must agree in every axis but "
+                             f"the last and in dtype, got {[(p.shape, str(p.dtype)) for p in parts]}")
+    return jax.ShapeDtypeStruct((*first.shape[:-1], sum(p.shape[-1] for p in parts)), first.dtype)
 
 
 def shift_operands(caller: str, shift: jax.Array | None, channels: int) -> tuple[jax.Array, ...]:
@@ -257,6 +282,10 @@ def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM
     """y = [SiLU](x̂·a + b) for x (B, N, C), a and b float32, both (B, C) or both (C,) for all images (see
     the module docstring), with
     ``dropout`` > 0 then dropped by the mask of ``seeds`` (:func:`dropout_seeds`) and scaled by 1/p.
+    x may be a tuple of parts (B, N, C_k) standing for their concatenation along the channels (the UNet
+    decoder's input and skip): the kernels read the parts where they can
+    (:func:`jdiff.models.pallas_group_norm.forward`), XLA and the backward concatenate them; the gradient
+    comes as the same parts.
     With ``shift`` c (C,), the norm is of x + c, c added in float32 as x is read: a per-channel bias of
     x's producer that would otherwise be a pass over x of its own (a transposed convolution's, which cuDNN
     does not add); its gradient is Σ_{b,n} dx.
@@ -271,12 +300,13 @@ def normalise_affine(x: jax.Array, a: jax.Array, b: jax.Array, groups: int = NUM
 
 def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dropout, seeds, shift):
     _check_implementation(implementation)
-    check_affine("normalise_affine", a, b, x.shape[0], x.shape[-1])
-    check_dropout("normalise_affine", dropout, seeds, x.shape[0], x.shape[-1])
-    shift_operands("normalise_affine", shift, x.shape[-1])
+    whole = concatenation_shape("normalise_affine", x)
+    check_affine("normalise_affine", a, b, whole.shape[0], whole.shape[-1])
+    check_dropout("normalise_affine", dropout, seeds, whole.shape[0], whole.shape[-1])
+    shift_operands("normalise_affine", shift, whole.shape[-1])
     if implementation == "xla":
-        y, (mean, rstd) = _normalise(_shifted(x, shift), a, b, groups, eps, silu, one_pass, out_dtype,
-                                     dropout, seeds)
+        y, (mean, rstd) = _normalise(_shifted(_concatenated(x), shift), a, b, groups, eps, silu, one_pass,
+                                     out_dtype, dropout, seeds)
     else:
         from jdiff.models import pallas_group_norm  # Pallas only where it is asked for
 
@@ -289,13 +319,14 @@ def _forward(x, a, b, groups, eps, silu, one_pass, out_dtype, implementation, dr
 
 
 def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, residuals, dy):
-    x, a, b, mean, rstd, seeds, shift = residuals
+    parts, a, b, mean, rstd, seeds, shift = residuals
+    x = _concatenated(parts)
     if implementation != "xla":
         from jdiff.models import pallas_group_norm
 
         settings = _kernel_settings(groups, silu, implementation, dropout, seeds)
         dx, da, db = pallas_group_norm.backward(x, dy, a, b, mean, rstd, **settings)
-        return dx, *_affine_gradients(a, da, db), None, _shift_gradient(dx, shift)
+        return _split_like(dx, parts), *_affine_gradients(a, da, db), None, _shift_gradient(dx, shift)
     _, n, channels = x.shape
     xhat = _standardise(_shifted(x, shift), mean, rstd)
     dz = dy.astype(jnp.float32)
@@ -314,7 +345,21 @@ def _backward(groups, eps, silu, one_pass, out_dtype, implementation, dropout, r
     dx = _per_channel(rstd, channels) * (dz * _over_positions(a) - group_mean(a * db)
                                          - xhat * group_mean(a * da))
     dx = dx.astype(x.dtype)
-    return dx, *_affine_gradients(a, da, db), None, _shift_gradient(dx, shift)  # None: the integer seeds
+    return (_split_like(dx, parts), *_affine_gradients(a, da, db), None,  # None: the integer seeds
+            _shift_gradient(dx, shift))
+
+
+def _concatenated(x: jax.Array | Parts) -> jax.Array:
+    parts = channel_parts(x)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def _split_like(dx: jax.Array, x: jax.Array | Parts) -> jax.Array | Parts:
+    """dx (…, C) cut into x's parts along the channels (dx itself when x is one array)."""
+    if not isinstance(x, (tuple, list)):
+        return dx
+    bounds = np.cumsum([p.shape[-1] for p in x])[:-1]
+    return type(x)(jnp.split(dx, bounds, axis=-1))
 
 
 def _shift_gradient(dx: jax.Array, shift: jax.Array | None) -> jax.Array | None:
@@ -334,7 +379,8 @@ class GroupNorm(nn.Module):
     """GroupNorm over 32 channel groups and all non-batch axes, with parameters ``scale`` and ``bias``
     (C,) as :class:`flax.linen.GroupNorm` (so checkpoints and the converter see the same tree).
 
-    ``__call__(x, scale_shift=(s, t), silu=True, out_dtype=..., dropout=rate)`` returns
+    ``__call__(x, scale_shift=(s, t), silu=True, out_dtype=..., dropout=rate)`` (x an array or a tuple of
+    parts standing for their channel concatenation, as :func:`normalise_affine` takes it) returns
     [SiLU](GN(x)·(1 + s) + t) in ``out_dtype``, with s, t of shape (B, C), and with ``dropout`` > 0 that
     output dropped at that rate (seeds from the 'dropout' RNG stream; pass 0 outside training).
     ``input_bias`` c (C,) normalises x + c instead, c added as the norm reads x (:func:`normalise_affine`'s
@@ -352,10 +398,12 @@ class GroupNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, scale_shift: tuple[jax.Array, jax.Array] | None = None,
+    def __call__(self, x: jax.Array | Parts, *, scale_shift: tuple[jax.Array, jax.Array] | None = None,
                  silu: bool = False, out_dtype: Dtype = jnp.float32, dropout: float = 0.0,
                  broadcast_affine: bool = False, input_bias: jax.Array | None = None) -> jax.Array:
-        channels = x.shape[-1]
+        parts = channel_parts(x)
+        whole = concatenation_shape("GroupNorm", parts)
+        channels = whole.shape[-1]
         if channels % NUM_GROUPS:
             raise ValueError(f"GroupNorm needs channels divisible by {NUM_GROUPS}, got {channels}: choose "
                              f"model_channels and channel_mult so that every level's width is "
@@ -366,10 +414,11 @@ class GroupNorm(nn.Module):
         if scale_shift is not None:
             s, t = (v.astype(jnp.float32) for v in scale_shift)
             a, b = a * (1.0 + s), b * (1.0 + s) + t
-        batch = x.shape[0]
+        batch = whole.shape[0]
         if broadcast_affine:
             a, b = jnp.broadcast_to(a, (batch, channels)), jnp.broadcast_to(b, (batch, channels))
         seeds = dropout_seeds(self.make_rng("dropout"), batch, channels) if dropout else None
-        y = normalise_affine(x.reshape(batch, -1, channels), a, b, NUM_GROUPS, EPS, silu, self.one_pass,
+        flat = tuple(p.reshape(batch, -1, p.shape[-1]) for p in parts)
+        y = normalise_affine(flat[0] if len(flat) == 1 else flat, a, b, NUM_GROUPS, EPS, silu, self.one_pass,
                              jnp.dtype(out_dtype), self.implementation, dropout, seeds, input_bias)
-        return y.reshape(x.shape)
+        return y.reshape(whole.shape)

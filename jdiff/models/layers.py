@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiff.models import pallas_attention
-from jdiff.models.group_norm import GroupNorm
+from jdiff.models import pallas_attention, pallas_concat_dense, pallas_group_norm
+from jdiff.models.group_norm import GroupNorm, Parts, channel_parts, concatenation_shape
 from jdiff.models.platform import nvidia_sm80_or_newer
 
 Dtype = Any
@@ -225,6 +225,29 @@ def attention_heads(channels: int, num_heads: int, num_head_channels: int) -> in
     return num_heads
 
 
+class ConcatConv1x1(nn.Module):
+    """A biased 1×1 conv of the channel concatenation of ``parts`` (B, H, W, C_k), with :func:`conv2d`'s
+    parameters ('kernel' (1, 1, C, F), 'bias' (F,)) and initialisation, computed without the concatenation by
+    :func:`jdiff.models.pallas_concat_dense.concat_dense` (in Pallas's interpreter with ``interpret``)."""
+    features: int
+    interpret: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, parts: Parts) -> jax.Array:
+        whole = concatenation_shape("ConcatConv1x1", parts)
+        channels = whole.shape[-1]
+        inits = _inits(channels, zero_init=False)
+        kernel = self.param("kernel", inits["kernel_init"], (1, 1, channels, self.features), self.param_dtype)
+        bias = self.param("bias", inits["bias_init"], (self.features,), self.param_dtype)
+        batch = whole.shape[0]
+        flat = tuple(p.astype(self.dtype).reshape(batch, -1, p.shape[-1]) for p in parts)
+        y = pallas_concat_dense.concat_dense(flat, kernel.reshape(channels, self.features).astype(self.dtype),
+                                             bias.astype(self.dtype), interpret=self.interpret)
+        return y.reshape(*whole.shape[:-1], self.features)
+
+
 class Downsample(nn.Module):
     """Halves H and W: a stride-2 3×3 conv (``op``), as guided-diffusion with ``conv_resample``."""
     dtype: Dtype = jnp.float32
@@ -255,6 +278,11 @@ class ResBlock(nn.Module):
     changes. The dropout (in training) is the GroupNorm's own (:mod:`jdiff.models.group_norm`). When
     ``up`` with the scale-shift norm, the up-sampling conv's bias is added by that norm as it reads h
     (``input_bias``), not by a pass of its own.
+
+    x may be a tuple of parts standing for their concatenation along the channels (the decoder's activations
+    and the encoder's skip). Where :meth:`reads_parts` (sampling with the GroupNorm kernels) the block never
+    writes that concatenation: the first GroupNorm's kernel and the skip's product
+    (:class:`ConcatConv1x1`) read the parts; elsewhere it concatenates them.
     """
     out_channels: int
     dropout: float = 0.0
@@ -266,11 +294,35 @@ class ResBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    def reads_parts(self, parts: Parts, train: bool) -> bool:
+        """Whether the block reads an input given as ``parts`` as they are: where nothing is differentiated
+        (``train=False``, not at initialisation), the GroupNorms run as kernels ('pallas', or
+        'pallas_interpret' in tests), the block neither resamples nor keeps the width (so it has a skip
+        product), the parts have one dtype, and the GroupNorm's kernel
+        (:func:`jdiff.models.pallas_group_norm.parts_reason`) and the skip's
+        (:func:`jdiff.models.pallas_concat_dense.unsupported_reason`, for the positions of one image, so for
+        any share of the batch a device holds) take them."""
+        if (train or self.norm_implementation not in ("pallas", "pallas_interpret") or self.up or self.down
+                or self.is_initializing() or len({p.dtype for p in parts}) > 1):
+            return False
+        whole = concatenation_shape("ResBlock", parts)
+        if whole.shape[-1] == self.out_channels:
+            return False
+        batch, *positions, channels = whole.shape
+        flat = (batch, math.prod(positions), channels)
+        part_channels = tuple(p.shape[-1] for p in parts)
+        return (pallas_group_norm.parts_reason(flat, whole.dtype, self.dtype, part_channels) is None
+                and pallas_concat_dense.unsupported_reason(part_channels, self.out_channels, flat[1]) is None)
+
     @nn.compact
-    def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array | Parts, emb: jax.Array, *, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm_kw = dict(param_dtype=self.param_dtype, one_pass=self.one_pass_norm,
                        implementation=self.norm_implementation)
+        parts = channel_parts(x)
+        if len(parts) > 1 and not self.reads_parts(parts, train):
+            parts = (jnp.concatenate(parts, axis=-1),)
+        x = parts[0] if len(parts) == 1 else parts
         h = GroupNorm(name="in_layers_0", **norm_kw)(x, silu=True, out_dtype=self.dtype,
                                                      broadcast_affine=train)
         h_bias = None  # the conv's bias when the norm below adds it
@@ -297,7 +349,10 @@ class ResBlock(nn.Module):
                          dropout=dropout, broadcast_affine=train)
         h = conv2d(h, self.out_channels, name="out_layers_3", zero_init=True, **kw)
 
-        if x.shape[-1] != self.out_channels:
+        if len(parts) > 1:
+            x = ConcatConv1x1(self.out_channels, interpret=self.norm_implementation == "pallas_interpret",
+                              name="skip_connection", **kw)(parts)
+        elif x.shape[-1] != self.out_channels:
             x = conv2d(x, self.out_channels, kernel_size=1, name="skip_connection", **kw)
         elif self.up and not train:
             # x is the upsampled input, a broadcast: as the side input that cuDNN adds to the conv's output

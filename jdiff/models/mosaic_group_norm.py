@@ -45,7 +45,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jdiff.models.group_norm import EPS, NUM_GROUPS, check_affine, forward_sharding_rule, shift_operands
+from jdiff.models.group_norm import (EPS, NUM_GROUPS, Parts, channel_parts, check_affine, concatenation_shape,
+                                     forward_sharding_rule, shift_operands)
 from jdiff.models.mosaic_gpu import (Registers, check_runs, interpreter, runs_here, sm_count,
                                      unpartitioned_if_interpreted)
 from jdiff.models.per_image import partitioned_per_image
@@ -97,8 +98,10 @@ def plan(n: int, channels: int, itemsize: int, groups: int = NUM_GROUPS, chunk_r
 
 def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, out_dtype: Dtype, *, groups: int = NUM_GROUPS,
                        dropout: float = 0.0, chunk_rows: int = CHUNK_ROWS,
-                       ring_bytes_per_sm: int = RING_BYTES_PER_SM) -> str | None:
-    """Why the kernel cannot take x of this shape and dtype, or None if it can."""
+                       ring_bytes_per_sm: int = RING_BYTES_PER_SM,
+                       parts: tuple[int, ...] | None = None) -> str | None:
+    """Why the kernel cannot take x of this shape and dtype, or None if it can; with ``parts``, x given as
+    parts of these channel counts (each must be a whole number of slabs' channels)."""
     if len(x_shape) != 3:
         return f"x must be (B, N, C), got shape {x_shape}"
     _, n, channels = x_shape
@@ -115,19 +118,24 @@ def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, out_dtype: Dtype,
     if rows % ROWS or n % rows:
         return (f"N = {n} positions must be a multiple of {ROWS} and, above {chunk_rows}, of the chunk's "
                 f"{chunk_rows} positions")
-    if plan(n, channels, jnp.dtype(dtype).itemsize, groups, chunk_rows, ring_bytes_per_sm) is None:
+    plan_ = plan(n, channels, jnp.dtype(dtype).itemsize, groups, chunk_rows, ring_bytes_per_sm)
+    if plan_ is None:
         return (f"no block of whole groups of C = {channels} has a multiple of 8 and at least {MIN_CHANNELS} "
                 f"channels whose slab of N = {n} positions fits in shared memory")
+    if parts is not None and (sum(parts) != channels or any(c % plan_.channels_per_cta for c in parts)):
+        return (f"parts of {list(parts)} channels must add up to C = {channels} and each be a whole number "
+                f"of slabs' {plan_.channels_per_cta} channels")
     return None
 
 
 def preferred(x_shape: tuple[int, ...], dtype: Dtype, out_dtype: Dtype, *, groups: int = NUM_GROUPS,
-              dropout: float = 0.0) -> bool:
+              dropout: float = 0.0, parts: tuple[int, ...] | None = None) -> bool:
     """Whether jdiff's 'pallas' norms take this kernel for the forward: where it runs (:func:`runs_here`),
     takes the input (:func:`unsupported_reason`) and was measured faster than the Triton kernel
     (N ≥ MIN_POSITIONS)."""
     return (len(x_shape) == 3 and x_shape[1] >= MIN_POSITIONS and runs_here()
-            and unsupported_reason(x_shape, dtype, out_dtype, groups=groups, dropout=dropout) is None)
+            and unsupported_reason(x_shape, dtype, out_dtype, groups=groups, dropout=dropout,
+                                   parts=parts) is None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,12 +147,14 @@ class _Settings:
     chunk_rows: int
     ring_bytes_per_sm: int
     interpret: Any  # False, True, or Mosaic GPU's InterpretGPUParams
+    parts: tuple[int, ...]  # the channel counts of x's parts ((C,) for one array)
 
 
-def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: int, plan_: Plan, blocks: int,
+def _group_norm_forward_tma(*refs, parts: tuple[int, ...], n: int, per_group: int, plan_: Plan, blocks: int,
                             slabs: int, ctas: int, eps: float, silu: bool, shifted: bool, layouts: bool):
     """One CTA's work (the module docstring has the scheme): its slabs in turn, each chunk's load issued
-    R − 1 chunks ahead."""
+    R − 1 chunks ahead, from the part of x's channel concatenation that holds the slab's channels."""
+    x_gmems, (a_gmem, b_gmem, *refs) = refs[:len(parts)], refs[len(parts):]
     shift_gmem, refs = (refs[0], refs[1:]) if shifted else (None, refs)
     y_gmem, mean_gmem, rstd_gmem, ring_buf, lanes, mean_out, rstd_out, loaded = refs
     cpp, chunk_rows, ring = plan_.channels_per_cta, plan_.chunk_rows, plan_.ring
@@ -162,8 +172,16 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
         @pl.when(m < my_chunks)
         def _():
             image, col0, row0 = located(m)
-            plgpu.copy_gmem_to_smem(x_gmem.at[image, pl.ds(row0, chunk_rows), pl.ds(col0, cpp)],
-                                    ring_buf.at[m % ring], loaded.at[m % ring])
+            first = 0
+            for x_gmem, channels in zip(x_gmems, parts):
+                def copy(x_gmem=x_gmem, first=first):
+                    source = x_gmem.at[image, pl.ds(row0, chunk_rows), pl.ds(col0 - first, cpp)]
+                    plgpu.copy_gmem_to_smem(source, ring_buf.at[m % ring], loaded.at[m % ring])
+                if len(parts) == 1:
+                    copy()
+                else:  # each part is a whole number of slabs: one copy runs
+                    pl.when((col0 >= first) & (col0 < first + channels))(copy)
+                first += channels
 
     for m in range(ring - 1):
         issue_load(jnp.int32(m))
@@ -257,10 +275,11 @@ def _group_norm_forward_tma(x_gmem, a_gmem, b_gmem, *refs, n: int, per_group: in
 
 
 def _call(*operands_and_settings):
-    """(x, a, b[, c], settings) → the kernel's (y, mean, rstd) on this device's images."""
+    """(x's parts…, a, b[, c], settings) → the kernel's (y, mean, rstd) on this device's images."""
     *operands, settings = operands_and_settings
     x = operands[0]
-    batch, n, channels = x.shape
+    batch, n, _ = x.shape
+    channels = sum(settings.parts)
     plan_ = plan(n, channels, x.dtype.itemsize, settings.groups, settings.chunk_rows,
                  settings.ring_bytes_per_sm)
     blocks = channels // plan_.channels_per_cta
@@ -270,11 +289,12 @@ def _call(*operands_and_settings):
     lanes_pad = _round_up(plan_.channels_per_cta, 64)
     kernel = functools.partial(
         _group_norm_forward_tma, n=n, per_group=channels // settings.groups, plan_=plan_, blocks=blocks,
-        slabs=slabs, ctas=ctas, eps=settings.eps, silu=settings.silu, shifted=len(operands) == 4,
-        layouts=not settings.interpret)
+        slabs=slabs, ctas=ctas, eps=settings.eps, silu=settings.silu,
+        shifted=len(operands) - len(settings.parts) == 3, layouts=not settings.interpret,
+        parts=settings.parts)
     return plgpu.kernel(
         kernel,
-        out_type=(jax.ShapeDtypeStruct(x.shape, x.dtype), per_channel, per_channel),
+        out_type=(jax.ShapeDtypeStruct((batch, n, channels), x.dtype), per_channel, per_channel),
         grid=(ctas,),
         grid_names=("cta",),
         kernel_name="group_norm_forward_tma",  # in profiles (the body is a partial, which has no name)
@@ -289,17 +309,20 @@ def _call(*operands_and_settings):
     )(*operands)
 
 
-_per_image = {(shared, shifted): partitioned_per_image(_call, forward_sharding_rule(shared, shifted))
-              for shared in (False, True) for shifted in (False, True)}
+@functools.cache
+def _per_image(shared: bool, shifted: bool, parts: int):
+    return partitioned_per_image(_call, forward_sharding_rule(shared, shifted, parts=parts))
 
 
-def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
+def forward(x: jax.Array | Parts, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
             silu: bool = False, out_dtype: Dtype | None = None, shift: jax.Array | None = None,
             interpret: Any = False, chunk_rows: int = CHUNK_ROWS,
             ring_bytes_per_sm: int = RING_BYTES_PER_SM) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(y, mean, rstd) as :func:`jdiff.models.pallas_group_norm.forward` gives them for x (B, N, C), a and b
     both (B, C) or both (C,), and an optional shift c (C,) (mean is then the group mean less c), without
-    dropout and with y in x's dtype (``out_dtype``, if given, must be it), in one Mosaic GPU kernel.
+    dropout and with y in x's dtype (``out_dtype``, if given, must be it), in one Mosaic GPU kernel. x may be
+    a tuple of parts standing for their channel concatenation, each a whole number of slabs' channels: each
+    slab is copied from the part that holds it.
 
     ``chunk_rows`` (positions per ring buffer) and ``ring_bytes_per_sm`` (shared memory for the rings of one
     SM's CTAs) are for tests, which shrink them to exercise the ring on small inputs. ``interpret`` (True, or
@@ -310,14 +333,18 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     (:func:`runs_here`, unless interpreted) or does not take the input (:func:`unsupported_reason`)."""
     check_runs("GroupNorm", interpret, interpreted_on_jax_010=True,
                instead="jdiff.models.pallas_group_norm.forward(kernel='triton')")
-    out_dtype = x.dtype if out_dtype is None else out_dtype
-    reason = unsupported_reason(x.shape, x.dtype, out_dtype, groups=groups, chunk_rows=chunk_rows,
-                                ring_bytes_per_sm=ring_bytes_per_sm)
+    parts = channel_parts(x)
+    whole = concatenation_shape("mosaic_group_norm.forward", parts)
+    part_channels = tuple(p.shape[-1] for p in parts)
+    out_dtype = whole.dtype if out_dtype is None else out_dtype
+    reason = unsupported_reason(whole.shape, whole.dtype, out_dtype, groups=groups, chunk_rows=chunk_rows,
+                                ring_bytes_per_sm=ring_bytes_per_sm,
+                                parts=part_channels if len(parts) > 1 else None)
     if reason:
         raise ValueError(f"mosaic_group_norm.forward: {reason}")
-    check_affine("mosaic_group_norm.forward", a, b, x.shape[0], x.shape[-1])
-    shifts = shift_operands("mosaic_group_norm.forward", shift, x.shape[-1])
+    check_affine("mosaic_group_norm.forward", a, b, whole.shape[0], whole.shape[-1])
+    shifts = shift_operands("mosaic_group_norm.forward", shift, whole.shape[-1])
     settings = _Settings(groups=groups, eps=float(eps), silu=silu, chunk_rows=chunk_rows,
-                         ring_bytes_per_sm=ring_bytes_per_sm, interpret=interpret)
-    call = unpartitioned_if_interpreted(_per_image[a.ndim == 1, bool(shifts)], _call, interpret)
-    return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, settings)
+                         ring_bytes_per_sm=ring_bytes_per_sm, interpret=interpret, parts=part_channels)
+    call = unpartitioned_if_interpreted(_per_image(a.ndim == 1, bool(shifts), len(parts)), _call, interpret)
+    return call(*parts, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, settings)

@@ -65,8 +65,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from jdiff.models.group_norm import (AFFINE_RULE, EPS, NUM_GROUPS, OUTPUTS_RULE, SEEDS_RULE, check_affine,
-                                     check_dropout, dropout_keep, dropout_keep_scale, dropout_threshold,
+from jdiff.models.group_norm import (AFFINE_RULE, EPS, NUM_GROUPS, OUTPUTS_RULE, SEEDS_RULE, Parts,
+                                     channel_parts, check_affine, check_dropout, concatenation_shape,
+                                     dropout_keep, dropout_keep_scale, dropout_threshold,
                                      forward_sharding_rule, shift_operands)
 from jdiff.models import mosaic_group_norm
 from jdiff.models.per_image import partitioned_per_image
@@ -151,8 +152,9 @@ def grouped_layout_reason(per_group: int, channels_per_program: int) -> str | No
 
 def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, *, groups: int = NUM_GROUPS,
                        block_n: int | None = None, channels_per_program: int | None = None,
-                       tile_layout: str = "auto") -> str | None:
-    """Why the kernel cannot take x of this shape and dtype with these settings, or None if it can.
+                       tile_layout: str = "auto", parts: tuple[int, ...] | None = None) -> str | None:
+    """Why the kernel cannot take x of this shape and dtype with these settings, or None if it can; with
+    ``parts``, x given as parts of these channel counts (each must be a whole number of programs' channels).
 
     ``None`` for block_n or channels_per_program stands for the default."""
     if tile_layout not in TILE_LAYOUTS:
@@ -170,6 +172,9 @@ def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, *, groups: int = 
         return (f"channels_per_program = {cpp} must be a whole number of groups ({per_group} channels "
                 f"each) and divide C = {channels}")
     rows, cpp = _resolve(n, channels, groups, block_n, cpp)
+    if parts is not None and (sum(parts) != channels or any(c % cpp for c in parts)):
+        return (f"parts of {list(parts)} channels must add up to C = {channels} and each be a whole number "
+                f"of programs' {cpp} channels (channels_per_program)")
     if not is_power_of_2(rows):
         return f"block_n = {rows} must be a power of two (Triton's blocks are)"
     if n % rows:
@@ -212,6 +217,13 @@ class SlabProgram(NamedTuple):
     @property
     def grouped(self) -> bool:
         return len(self.channel_shape) == 2
+
+    def reading_part(self, first_channel: int) -> "SlabProgram":
+        """This program reading a part of a channel concatenation that begins at channel ``first_channel``
+        (the part holds all of the program's channels): its channel indexers moved back by that much."""
+        first, *rest = self.cols
+        step = self.channel_shape[1] if self.grouped else 1
+        return self._replace(cols=(pl.ds(first.start - first_channel // step, first.size), *rest))
 
     @property
     def width(self) -> int:
@@ -349,15 +361,46 @@ def group_statistics(program: SlabProgram, shift: jax.Array, sums: tuple[jax.Arr
     return mean, to_lanes(jax.lax.rsqrt(m2 / (n * per_group) + eps))
 
 
-def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, channels_per_program: int,
+def _each_part(program: SlabProgram, refs, parts: tuple[int, ...], channels_per_program: int,
+               body: Callable[[Any, SlabProgram], None]) -> None:
+    """``body(ref, source)`` with the ref of the part of a channel concatenation (``parts`` its channel
+    counts) that holds the program's channels and the program reading it
+    (:meth:`SlabProgram.reading_part`). Each part is a whole number of programs' channels, so one branch
+    runs per program."""
+    if len(parts) == 1:
+        body(refs[0], program)
+        return
+    block, first = pl.program_id(0), 0
+    for ref, channels in zip(refs, parts):
+        low, high = first // channels_per_program, (first + channels) // channels_per_program
+        pl.when((block >= low) & (block < high))(functools.partial(body, ref, program.reading_part(first)))
+        first += channels
+
+
+def _forward_kernel(*refs, parts: tuple[int, ...], block_n: int, per_group: int, channels_per_program: int,
                     eps: float, silu: bool, dropout_threshold: int, dropout_scale: float, grouped: bool,
                     shifted: bool):
+    x_refs, (a_ref, b_ref, *refs) = refs[:len(parts)], refs[len(parts):]
     *inputs, y_ref, mean_ref, rstd_ref = refs  # the input shift c if shifted; the seeds with dropout
     shift_ref, seed_refs = (inputs[0], inputs[1:]) if shifted else (None, inputs)
-    n = x_ref.shape[1]
-    program = SlabProgram.here(n, block_n, channels_per_program, per_group if grouped else None)
+    program = SlabProgram.here(x_refs[0].shape[1], block_n, channels_per_program,
+                               per_group if grouped else None)
+    _each_part(program, x_refs, parts, channels_per_program,
+               functools.partial(_normalise_slab, program=program, a_ref=a_ref, b_ref=b_ref,
+                                 shift_ref=shift_ref, seed_refs=seed_refs, y_ref=y_ref, mean_ref=mean_ref,
+                                 rstd_ref=rstd_ref, per_group=per_group,
+                                 channels_per_program=channels_per_program, eps=eps, silu=silu,
+                                 dropout_threshold=dropout_threshold, dropout_scale=dropout_scale))
+
+
+def _normalise_slab(x_ref, source: SlabProgram, *, program: SlabProgram, a_ref, b_ref, shift_ref, seed_refs,
+                    y_ref, mean_ref, rstd_ref, per_group: int, channels_per_program: int, eps: float,
+                    silu: bool, dropout_threshold: int, dropout_scale: float) -> None:
+    """The forward of one program: x read through ``source`` (the program itself, or it reading a part of a
+    channel concatenation), everything else through ``program``."""
+    shifted = shift_ref is not None
     # an array, not a Python int, as the row: the interpreter's load takes no int index
-    shift = program.load_channels(x_ref, row=jnp.int32(0))
+    shift = source.load_channels(x_ref, row=jnp.int32(0))
 
     def normalise(sums):
         c = program.load_channels(shift_ref) if shifted else None
@@ -375,7 +418,7 @@ def _forward_kernel(x_ref, a_ref, b_ref, *refs, block_n: int, per_group: int, ch
             program.store_tile(y_ref, i, drop(i, jax.nn.silu(z) if silu else z))
         return apply
 
-    program.two_passes(lambda i, policy: (program.load_tile(x_ref, i, policy),), centred(shift), 2, normalise)
+    source.two_passes(lambda i, policy: (source.load_tile(x_ref, i, policy),), centred(shift), 2, normalise)
 
 
 def _backward_kernel(x_ref, dy_ref, a_ref, b_ref, mean_ref, rstd_ref, *refs, block_n: int, per_group: int,
@@ -432,15 +475,22 @@ class _Settings(NamedTuple):
     num_stages: int | None
     interpret: bool
     grouped: bool  # the grouped tile layout (operands viewed as (…, G, C/G)), else lanes
+    parts: tuple[int, ...]  # the channel counts of x's parts (the forward's; (C,) for one array)
 
 
 def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, ...],
             **options: Any) -> tuple[jax.Array, ...]:
-    """``kernel`` over the images of operands[0] (B, N, C), however many this device holds: its outputs
-    are one (B, N, C) array in ``settings.out_dtype`` and two (B, C) float32 arrays. ``options`` go to the
-    kernel as they are. In the grouped layout the kernel sees every operand's and output's channel axis C
-    as (G, C/G) (a free reshape)."""
-    batch, n, channels = operands[0].shape
+    """``kernel`` over the images of operands[0] (B, N, C) (or of the channel concatenation of the first
+    ``len(settings.parts)`` operands), however many this device holds: its outputs are one (B, N, C) array
+    in ``settings.out_dtype`` and two (B, C) float32 arrays. ``options`` go to the kernel as they are. In the
+    grouped layout the kernel sees every operand's and output's channel axis as (groups, C/G) (a free
+    reshape)."""
+    batch, n, _ = operands[0].shape
+    channels = sum(settings.parts)
+
+    def kernel_view(v):
+        return v.reshape(*v.shape[:-1], v.shape[-1] // settings.per_group, settings.per_group)
+
     channel_shape = ((channels // settings.per_group, settings.per_group) if settings.grouped
                      else (channels,))
     kernel = functools.partial(kernel, block_n=settings.block_n, per_group=settings.per_group,
@@ -457,15 +507,16 @@ def _launch(kernel, name: str, settings: _Settings, operands: tuple[jax.Array, .
         compiler_params=plt.CompilerParams(num_warps=settings.num_warps, num_stages=settings.num_stages),
         interpret=settings.interpret,
         name=name,
-    )(*(v.reshape(*v.shape[:-1], *channel_shape) for v in operands))
+    )(*(kernel_view(v) if settings.grouped else v for v in operands))
     return tuple(v.reshape(*v.shape[:-len(channel_shape)], channels) for v in outputs)
 
 
 def _forward_call(*operands_and_settings):
-    """(x, a, b[, c][, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
+    """(x's parts…, a, b[, c][, seed0, seed1], settings) → the forward kernel's (y, mean, rstd)."""
     *operands, settings = operands_and_settings
-    shifted = len(operands) - 3 - 2 * bool(settings.dropout) == 1
-    return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands), shifted=shifted)
+    shifted = len(operands) - len(settings.parts) - 2 - 2 * bool(settings.dropout) == 1
+    return _launch(_forward_kernel, "group_norm_forward", settings, tuple(operands), shifted=shifted,
+                   parts=settings.parts)
 
 
 def _backward_call(*operands_and_settings):
@@ -474,10 +525,11 @@ def _backward_call(*operands_and_settings):
     return _launch(_backward_kernel, "group_norm_backward", settings, tuple(operands))
 
 
-_forward_per_image = {
-    (seeded, shared, shifted): partitioned_per_image(_forward_call,
-                                                     forward_sharding_rule(shared, shifted, seeded))
-    for seeded in (False, True) for shared in (False, True) for shifted in (False, True)}
+@functools.cache
+def _forward_per_image(seeded: bool, shared: bool, shifted: bool, parts: int) -> Callable[..., Any]:
+    return partitioned_per_image(_forward_call, forward_sharding_rule(shared, shifted, seeded, parts))
+
+
 _backward_per_image = {
     (seeded, shared): partitioned_per_image(
         _backward_call,
@@ -485,19 +537,22 @@ _backward_per_image = {
     for seeded in (False, True) for shared in (False, True)}
 
 
-def _checked_settings(caller: str, x: jax.Array, affine: tuple[jax.Array, jax.Array],
+def _checked_settings(caller: str, x: jax.Array | Parts, affine: tuple[jax.Array, jax.Array],
                       per_channel: dict[str, jax.Array], *, groups: int,
                       eps: float, silu: bool, out_dtype: Dtype, interpret: bool, dropout: float, seeds,
                       block_n: int | None, channels_per_program: int | None, num_warps: int | None,
                       num_stages: int | None, tile_layout: str, tuned: dict) -> _Settings:
-    """The kernel's settings, checked; ``tuned`` maps (N, C) to (block_n, channels_per_program, num_warps)
-    used when the caller gives none of the three (with the UNet's 32 groups). 'auto' ``tile_layout`` is
-    'groups' for N ≤ GROUPED_MAX_POSITIONS where the layout holds the groups, else 'lanes'."""
-    untouched = (block_n, channels_per_program, num_warps) == (None,) * 3
-    if untouched and x.ndim == 3 and groups == NUM_GROUPS:
-        block_n, channels_per_program, num_warps = tuned.get(tuple(x.shape[1:]), (None,) * 3)
+    """The kernel's settings, checked, for x or the concatenation of its parts; ``tuned`` maps (N, C) to
+    (block_n, channels_per_program, num_warps) used when the caller gives none of the three (with the UNet's
+    32 groups). 'auto' ``tile_layout`` is 'groups' for N ≤ GROUPED_MAX_POSITIONS where the layout holds the
+    groups, else 'lanes'."""
+    parts = tuple(p.shape[-1] for p in channel_parts(x))
+    x = concatenation_shape(caller, x)
+    if (block_n, channels_per_program, num_warps) == (None,) * 3:
+        block_n, channels_per_program, num_warps = _tuned(x.shape, groups, tuned)
     reason = unsupported_reason(x.shape, x.dtype, groups=groups, block_n=block_n,
-                                channels_per_program=channels_per_program, tile_layout=tile_layout)
+                                channels_per_program=channels_per_program, tile_layout=tile_layout,
+                                parts=parts if len(parts) > 1 else None)
     if reason:
         raise ValueError(f"{caller}: {reason}")
     batch, n, channels = x.shape
@@ -513,14 +568,35 @@ def _checked_settings(caller: str, x: jax.Array, affine: tuple[jax.Array, jax.Ar
     return _Settings(block_n=rows, per_group=per_group, channels_per_program=cpp, eps=eps, silu=silu,
                      out_dtype=jnp.dtype(out_dtype), dropout=float(dropout),
                      num_warps=default_num_warps(rows, cpp) if num_warps is None else num_warps,
-                     num_stages=num_stages, interpret=interpret, grouped=grouped)
+                     num_stages=num_stages, interpret=interpret, grouped=grouped, parts=parts)
+
+
+def _tuned(x_shape: tuple[int, ...], groups: int, tuned: dict) -> tuple[int | None, int | None, int | None]:
+    """(block_n, channels_per_program, num_warps) of ``tuned`` for x of this shape (the UNet's 32 groups),
+    else the defaults (None)."""
+    return tuned.get(tuple(x_shape[1:]), (None,) * 3) if len(x_shape) == 3 and groups == NUM_GROUPS else (
+        (None,) * 3)
+
+
+def parts_reason(x_shape: tuple[int, ...], dtype: Dtype, out_dtype: Dtype, parts: tuple[int, ...], *,
+                 groups: int = NUM_GROUPS, dropout: float = 0.0) -> str | None:
+    """Why :func:`forward` with its defaults (kernel 'auto', tuned settings) cannot take x of this shape (the
+    concatenation) as parts of these channel counts, or None if it can. Also where the Mosaic kernel would
+    take the concatenation but not its parts: the parts would then go to the slower Triton kernel."""
+    if mosaic_group_norm.preferred(x_shape, dtype, out_dtype, groups=groups, dropout=dropout, parts=parts):
+        return None
+    if mosaic_group_norm.preferred(x_shape, dtype, out_dtype, groups=groups, dropout=dropout):
+        return "the Mosaic GPU kernel, which takes the concatenation, cannot take these parts"
+    block_n, channels_per_program, _ = _tuned(x_shape, groups, TUNED_FORWARD)
+    return unsupported_reason(x_shape, dtype, groups=groups, block_n=block_n,
+                              channels_per_program=channels_per_program, parts=parts)
 
 
 def _seed_operands(settings: _Settings, seeds) -> tuple[jax.Array, ...]:
     return tuple(s.astype(jnp.int32) for s in seeds) if settings.dropout else ()
 
 
-def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
+def forward(x: jax.Array | Parts, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUPS, eps: float = EPS,
             silu: bool = False, out_dtype: Dtype = jnp.float32, interpret: bool = False, dropout: float = 0.0,
             seeds: tuple[jax.Array, jax.Array] | None = None, shift: jax.Array | None = None,
             block_n: int | None = None, channels_per_program: int | None = None, num_warps: int | None = None,
@@ -532,6 +608,10 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     (σ² + ε)^(−1/2) (B, C) float32 are each channel's group statistics, for :func:`backward`. With a
     ``shift`` c (C,), x + c is normalised (c added in float32 as x is read) and ``mean`` is μ − c, the
     group mean less c, so that :func:`backward` computes x̂ from x as it is.
+
+    x may be a tuple of parts (B, N, C_k) standing for their concatenation along the channels (the UNet
+    decoder's input and skip): each program reads its channels from the part that holds them (each part a
+    whole number of programs' channels, else ValueError), so the concatenation is never written.
 
     ``block_n`` positions per tile, ``channels_per_program`` (a whole number of groups dividing C) and
     ``num_warps`` default to :func:`default_block_n`, :func:`default_channels_per_program` and
@@ -552,11 +632,15 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
     """
     if kernel not in KERNELS:
         raise ValueError(f"pallas_group_norm.forward: kernel {kernel!r} is not one of {KERNELS}")
+    whole = concatenation_shape("pallas_group_norm.forward", x)
+    parts = channel_parts(x)
+    part_channels = tuple(p.shape[-1] for p in parts) if len(parts) > 1 else None
     triton_settings = (block_n, channels_per_program, num_warps, num_stages) != (None,) * 4 or (
         tile_layout != "auto")
     if kernel == "mosaic" or (kernel == "auto" and not (interpret or triton_settings)
-                              and mosaic_group_norm.preferred(x.shape, x.dtype, out_dtype, groups=groups,
-                                                              dropout=dropout)):
+                              and mosaic_group_norm.preferred(whole.shape, whole.dtype, out_dtype,
+                                                              groups=groups, dropout=dropout,
+                                                              parts=part_channels)):
         if triton_settings or dropout:
             raise ValueError("pallas_group_norm.forward: kernel='mosaic' takes no Triton settings (block_n, "
                              "channels_per_program, num_warps, num_stages, tile_layout) and no dropout")
@@ -567,10 +651,10 @@ def forward(x: jax.Array, a: jax.Array, b: jax.Array, *, groups: int = NUM_GROUP
                                  seeds=seeds, block_n=block_n, channels_per_program=channels_per_program,
                                  num_warps=num_warps, num_stages=num_stages, tile_layout=tile_layout,
                                  tuned=TUNED_FORWARD if tile_layout != "lanes" else {})
-    shifts = shift_operands("pallas_group_norm.forward", shift, x.shape[-1])
-    call = _forward_per_image[bool(settings.dropout), a.ndim == 1, bool(shifts)]
-    return call(x, a.astype(jnp.float32), b.astype(jnp.float32), *shifts, *_seed_operands(settings, seeds),
-                settings)
+    shifts = shift_operands("pallas_group_norm.forward", shift, whole.shape[-1])
+    call = _forward_per_image(bool(settings.dropout), a.ndim == 1, bool(shifts), len(parts))
+    return call(*parts, a.astype(jnp.float32), b.astype(jnp.float32), *shifts,
+                *_seed_operands(settings, seeds), settings)
 
 
 def backward(x: jax.Array, dy: jax.Array, a: jax.Array, b: jax.Array, mean: jax.Array, rstd: jax.Array, *,

@@ -154,9 +154,9 @@ class UNet(nn.Module):
         block = 0
         for level, width in reversed(list(enumerate(widths))):
             for i in range(self.num_res_blocks + 1):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
-                layer = 0
-                h = ResBlock(width, name=f"output_blocks_{block}_{layer}", **res_kw)(h, emb, train=train)
+                layer = 0  # the block concatenates h and the skip, or reads them as they are (ResBlock)
+                h = ResBlock(width, name=f"output_blocks_{block}_{layer}", **res_kw)(
+                    (h, skips.pop()), emb, train=train)
                 if size in attention_sizes:
                     layer += 1
                     h = AttentionBlock(heads_up, name=f"output_blocks_{block}_{layer}", **attn_kw)(
