@@ -48,6 +48,10 @@ On Hopper GPUs (jax ≥ 0.11) :func:`forward` hands the norms of N ≥ 1024 posi
 :mod:`jdiff.models.mosaic_group_norm`, whose TMA copies keep each slab in shared memory between the two passes
 (``kernel`` chooses explicitly); the backward kernel reads either forward's mean and rstd.
 
+The forward also takes x as parts standing for their concatenation along the channels (the UNet decoder's
+activations and the encoder's skip), each part a whole number of programs' channels: a program's loads go to
+the part that holds its channels (one ``pl.when`` branch per part), so the concatenation is never written.
+
 Over a batch sharded on a mesh, each device runs the kernels on its own images
 (:func:`jdiff.models.per_image.partitioned_per_image`).
 

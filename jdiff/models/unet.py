@@ -47,7 +47,8 @@ class UNet(nn.Module):
     'xla', 'pallas') picks who computes the GroupNorms, XLA or jdiff's Triton kernels
     (:func:`~jdiff.models.group_norm.norm_implementation`); with the kernels, the output head (GroupNorm,
     SiLU, 3×3 conv) is one kernel where nothing is differentiated
-    (:func:`~jdiff.models.pallas_output_head.output_head`).
+    (:func:`~jdiff.models.pallas_output_head.output_head`), and there the decoder's ResBlocks read their
+    input and skip as parts, without writing their concatenation (:meth:`ResBlock.reads_parts`).
     """
     image_size: int
     in_channels: int
