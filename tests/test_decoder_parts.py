@@ -94,13 +94,16 @@ def block_for(settings):
 def test_reads_parts_only_where_the_kernels_take_them():
     """reads_parts is True for a sampling block with the GroupNorm kernels whose parts both kernels take,
     and False in training, with XLA's norms, for up- and down-sampling blocks, for parts that are not whole
-    programs of the norm's kernel and when the block keeps the width (no skip product); and at
-    initialisation (the block then creates the 1×1 conv's parameters)."""
+    programs of the norm's kernel, when the block keeps the width (no skip product) and for parts of two
+    dtypes (concatenated, they promote); and at initialisation (the block then creates the 1×1 conv's
+    parameters)."""
     xs, _ = decoder_inputs((64, 64))
     assert block_for({}).bind({}).reads_parts(xs, False)
     for name, (parts, settings, training) in BLOCKS.items():
         xs, _ = decoder_inputs(parts)
         assert not block_for(settings).bind({}).reads_parts(xs, training), name
+    h, s = decoder_inputs((64, 64))[0]
+    assert not block_for({}).bind({}).reads_parts((h, s.astype(jnp.float32)), False)  # two dtypes
     seen = []
 
     class Probe(ResBlock):
