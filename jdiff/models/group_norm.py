@@ -249,6 +249,16 @@ def concatenation_shape(caller: str, x: jax.Array | Parts) -> jax.ShapeDtypeStru
     return jax.ShapeDtypeStruct((*first.shape[:-1], sum(p.shape[-1] for p in parts)), first.dtype)
 
 
+def whole_blocks_reason(parts: tuple[int, ...], channels: int, block: int, blocks: str) -> str | None:
+    """Why parts of these channel counts cannot stand for x of C = ``channels``, read by a kernel in blocks of
+    ``block`` channels (``blocks`` names them in the message), or None: they must add up to C and each hold
+    a whole number of blocks, so that no block straddles two parts."""
+    if sum(parts) == channels and not any(c % block for c in parts):
+        return None
+    return (f"parts of {list(parts)} channels must add up to C = {channels} and each be a whole number of "
+            f"{blocks}")
+
+
 def shift_operands(caller: str, shift: jax.Array | None, channels: int) -> tuple[jax.Array, ...]:
     """The kernels' optional shift operand: () without a shift, else (c,) as float32; raises ValueError unless
     c is (C,)."""

@@ -46,7 +46,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.group_norm import (EPS, NUM_GROUPS, Parts, channel_parts, check_affine, concatenation_shape,
-                                     forward_sharding_rule, shift_operands)
+                                     forward_sharding_rule, shift_operands, whole_blocks_reason)
 from jdiff.models.mosaic_gpu import (Registers, check_runs, interpreter, runs_here, sm_count,
                                      unpartitioned_if_interpreted)
 from jdiff.models.per_image import partitioned_per_image
@@ -122,9 +122,9 @@ def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, out_dtype: Dtype,
     if plan_ is None:
         return (f"no block of whole groups of C = {channels} has a multiple of 8 and at least {MIN_CHANNELS} "
                 f"channels whose slab of N = {n} positions fits in shared memory")
-    if parts is not None and (sum(parts) != channels or any(c % plan_.channels_per_cta for c in parts)):
-        return (f"parts of {list(parts)} channels must add up to C = {channels} and each be a whole number "
-                f"of slabs' {plan_.channels_per_cta} channels")
+    if parts is not None:
+        return whole_blocks_reason(parts, channels, plan_.channels_per_cta,
+                                   f"slabs' {plan_.channels_per_cta} channels")
     return None
 
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from jdiff.models.pallas_group_norm import is_power_of_2
+from jdiff.models.pallas_group_norm import is_power_of_2, largest_power_of_2_dividing
 from jdiff.models.per_image import partitioned_per_image
 
 Dtype = Any
@@ -54,14 +54,6 @@ class _Settings(NamedTuple):
     block_k: int
     num_warps: int
     interpret: bool
-
-
-def largest_power_of_2_dividing(sizes: Sequence[int], most: int) -> int:
-    """The largest power of two ≤ ``most`` that divides every one of ``sizes``."""
-    block = most
-    while any(size % block for size in sizes) and block > 1:
-        block //= 2
-    return block
 
 
 def default_block_m(rows: int) -> int:

@@ -62,7 +62,7 @@ JVP of the kernel): ``normalise_affine``'s custom VJP pairs them.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +72,7 @@ from jax.experimental.pallas import triton as plt
 from jdiff.models.group_norm import (AFFINE_RULE, EPS, NUM_GROUPS, OUTPUTS_RULE, SEEDS_RULE, Parts,
                                      channel_parts, check_affine, check_dropout, concatenation_shape,
                                      dropout_keep, dropout_keep_scale, dropout_threshold,
-                                     forward_sharding_rule, shift_operands)
+                                     forward_sharding_rule, shift_operands, whole_blocks_reason)
 from jdiff.models import mosaic_group_norm
 from jdiff.models.per_image import partitioned_per_image
 
@@ -111,6 +111,14 @@ def is_power_of_2(n: int) -> bool:
     return n > 0 and not n & (n - 1)
 
 
+def largest_power_of_2_dividing(sizes: Sequence[int], most: int) -> int:
+    """The largest power of two ≤ ``most`` (a power of two) that divides every one of ``sizes``."""
+    block = most
+    while any(size % block for size in sizes) and block > 1:
+        block //= 2
+    return block
+
+
 def default_channels_per_program(channels: int, groups: int = NUM_GROUPS) -> int:
     """The fewest whole groups (a divisor of G) with at least MIN_CHANNELS channels (small slabs, so
     that many programs' slabs stay in L2 between the two passes), else all C."""
@@ -124,10 +132,8 @@ def default_channels_per_program(channels: int, groups: int = NUM_GROUPS) -> int
 def default_block_n(n: int, channels_per_program: int) -> int:
     """Positions per tile: the largest power of two dividing N with at most TILE_ELEMENTS elements of
     the padded channel width."""
-    rows = max(1, TILE_ELEMENTS[n >= 1024] // next_power_of_2(channels_per_program))
-    while n % rows:
-        rows //= 2
-    return rows
+    most = max(1, TILE_ELEMENTS[n >= 1024] // next_power_of_2(channels_per_program))
+    return largest_power_of_2_dividing([n], most)
 
 
 def default_num_warps(block_n: int, channels_per_program: int) -> int:
@@ -176,9 +182,10 @@ def unsupported_reason(x_shape: tuple[int, ...], dtype: Dtype, *, groups: int = 
         return (f"channels_per_program = {cpp} must be a whole number of groups ({per_group} channels "
                 f"each) and divide C = {channels}")
     rows, cpp = _resolve(n, channels, groups, block_n, cpp)
-    if parts is not None and (sum(parts) != channels or any(c % cpp for c in parts)):
-        return (f"parts of {list(parts)} channels must add up to C = {channels} and each be a whole number "
-                f"of programs' {cpp} channels (channels_per_program)")
+    if parts is not None:
+        reason = whole_blocks_reason(parts, channels, cpp, f"programs' {cpp} channels (channels_per_program)")
+        if reason:
+            return reason
     if not is_power_of_2(rows):
         return f"block_n = {rows} must be a power of two (Triton's blocks are)"
     if n % rows:
