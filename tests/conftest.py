@@ -9,32 +9,46 @@ import tempfile
 
 import jax
 
-# The suite is compile-bound (tiny models, a few steps each): LLVM's lightest optimisation of the CPU code
-# compiles the tiny train step ~20% faster (44 → 36 s for its first run) and runs it about as fast. It
-# must be in XLA_FLAGS before JAX starts its backend, which no import here does.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
+# The suite is compile-bound (tiny models, a few steps each), so its XLA_FLAGS trade the CPU code's speed
+# for compile time. LLVM's lightest optimisation compiles the tiny train step ~20% faster (44 → 36 s for its
+# first run) and runs it about as fast. XLA's older elemental emitters instead of its MLIR fusion emitters
+# halve the first step of tests/test_train.py's tiny_config() (9.4–11.2 → 5.6–6.0 s, its 20 next steps
+# 3.0–3.2 s either way). They must be in XLA_FLAGS before JAX starts its backend, which no import here does;
+# flags the caller set are kept.
+SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", "")]
+    + [f for f in SUITE_XLA_FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]).strip()
 
 
-# XLA's CPU devices of one process meet at every collective, and XLA aborts the process when one of them
-# waits there a minute (by default 20 s until its warning, then 40 s). On the 2-core CI machine, where
-# several multi-device subprocesses run at once, a device thread can be kept from its work that long:
-# test_sharded's 4-device run was aborted so once ("Termination timeout for `all gather RendezvousKey ...`
-# of 40 seconds"). With these flags a device held back 75 s (a callback sleeping on one of 4 devices before
-# a psum) is waited for, where the defaults abort; the limit stays below the tests' own 600 s per
-# subprocess, so a real hang still ends with XLA's message.
+# XLA's CPU devices of one process meet at every collective, each device's side of it blocking a thread of
+# the process's one pool (the tf_XLAEigen threads, max(PJRT_NPROC or the core count, device count) of
+# them: 4 for 4 devices on the 2-core CI machine). A device whose thunk executor has more work ready hands
+# a collective to that pool, so one device can hold two threads in two collectives at once; with 4
+# threads for 4 devices the last device then finds no thread, the others never leave their rendezvous,
+# and XLA aborts the process ("Termination timeout for `all gather RendezvousKey ...`"): test_sharded's
+# 4-device run did so twice in CI. Three 4-device runs of tests/helpers/train_steps.py --shard-params
+# --steps 400 at once all deadlocked with the default pool and all passed with PJRT_NPROC=16, so the
+# subprocesses get a pool of POOL_THREADS_PER_DEVICE threads per device. The longer COLLECTIVE_TIMEOUTS
+# keep a device that is merely slow on the loaded machine from being aborted; they stay below the tests'
+# own 600 s per subprocess, so a real hang still ends with XLA's message.
+POOL_THREADS_PER_DEVICE = 4
 COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=60",
                        "--xla_cpu_collective_call_terminate_timeout_seconds=300")
 
 
-def xla_flags_with_devices(count: int) -> str:
-    """The suite's XLA_FLAGS (the optimisation level above included) with ``count`` forced CPU devices and
-    the longer COLLECTIVE_TIMEOUTS, for a subprocess that needs several devices: its programs then compile
-    as fast as the in-process ones."""
-    flags = [f for f in os.environ["XLA_FLAGS"].split()
+def env_with_devices(count: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (the suite's environment by default) for a subprocess that needs ``count`` forced CPU
+    devices: the suite's XLA_FLAGS (the optimisation level above included) with the device count and the
+    longer COLLECTIVE_TIMEOUTS, so its programs compile as fast as the in-process ones, and a thread pool
+    with threads to spare for the devices' collectives (PJRT_NPROC, see above)."""
+    env = dict(os.environ if base is None else base)
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
              if not f.startswith(("--xla_force_host_platform_device_count", "--xla_cpu_collective_call_"))]
-    return " ".join(flags + [f"--xla_force_host_platform_device_count={count}", *COLLECTIVE_TIMEOUTS])
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}",
+                                         *COLLECTIVE_TIMEOUTS])
+    env["PJRT_NPROC"] = str(POOL_THREADS_PER_DEVICE * count)
+    return env
 
 
 def run_helper_on_devices(name: str, count: int) -> dict:
@@ -42,8 +56,8 @@ def run_helper_on_devices(name: str, count: int) -> dict:
     object its last output line holds (the test fails with the helper's error output if it fails)."""
     helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", name)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(count),
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = env_with_devices(count)
+    env["PYTHONPATH"] = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, helper], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import xla_flags_with_devices
+from conftest import env_with_devices
 from jdiff import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def save_steps(directory, steps, keep=3):
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 120) -> str:
-    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(devices), JAX_PLATFORMS="cpu",
+    env = dict(env_with_devices(devices), JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
                             text=True, timeout=timeout)

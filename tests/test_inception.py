@@ -17,7 +17,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from conftest import xla_flags_with_devices
+from conftest import env_with_devices
 from jdiff.evaluation import fid, inception
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -197,7 +197,7 @@ def test_sharded_over_two_devices_with_padding(fixture, npz_weights):
         pool, logits = fid.make_feature_fn(variables, mesh=sharding.make_mesh(), batch_size=2)(images)
         np.save({npz_weights + '.pool.npy'!r}, pool)
     """)
-    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(2), JAX_PLATFORMS="cpu",
+    env = dict(env_with_devices(2), JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
     pool = np.load(npz_weights + ".pool.npy")

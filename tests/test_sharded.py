@@ -12,21 +12,15 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import env_with_compilation_cache, xla_flags_with_devices
+from conftest import env_with_compilation_cache, env_with_devices
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "train_steps.py")
 
 
-def env_with_devices(count, compilation_cache):
-    env = env_with_compilation_cache() if compilation_cache else dict(os.environ)
-    env["XLA_FLAGS"] = xla_flags_with_devices(count)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HELPER) + "/..", env.get("PYTHONPATH", "")])
-    return env
-
-
 def run(out, *args, devices, compilation_cache=False):
-    return subprocess.Popen([sys.executable, HELPER, str(out), *args],
-                            env=env_with_devices(devices, compilation_cache),
+    env = env_with_devices(devices, env_with_compilation_cache() if compilation_cache else None)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HELPER) + "/..", env.get("PYTHONPATH", "")])
+    return subprocess.Popen([sys.executable, HELPER, str(out), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

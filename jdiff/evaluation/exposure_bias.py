@@ -440,7 +440,7 @@ def exposure_bias_for_checkpoint(config: ml_collections.ConfigDict, workdir: str
                                       step=None if s.checkpoint_step < 0 else s.checkpoint_step)
     if eps_scalings is None:
         configured = sampling.eps_scaling_from_config(s)
-        # λ = 1 is the unscaled sampler (bit for bit for an ε-network) and shares the compiled program.
+        # λ = 1 is the unscaled sampler (to rounding: jdiff.samplers.denoise) and shares the compiled program.
         eps_scalings = {describe(None): samplers.EpsScaling.constant(1.0)}
         if s.eps_scaling != "none":
             eps_scalings[describe(configured)] = configured

@@ -51,5 +51,6 @@ for name, fn, args, shardings in (("forward", attention, (q, k, v), (split,) * 3
         for leaf, g, w in zip(("qkv", "bias"), got, want):
             result[f"{leaf}_gradient_relative_diff"] = max_diff(g, w) / max_diff(w, 0 * w)
     result[f"{name}_max_diff"] = max_diff(got, want)
+    result[f"{name}_relative_diff"] = max_diff(got, want) / max_diff(want, jax.tree.map(jnp.zeros_like, want))
     result[f"{name}_output_axis"] = jax.tree.leaves(got)[0].sharding.spec[0]
 print(json.dumps(result))
