@@ -4,7 +4,8 @@
     python train_steps.py OUT.npz --process-id I --num-processes P --port PORT
                                                                     # one of P processes (jax.distributed)
 
-Set XLA_FLAGS=--xla_force_host_platform_device_count=K before starting it to get K CPU devices.
+Start it with the environment of tests/conftest.py's env_with_devices(K) to get K CPU devices (and an XLA
+thread pool with threads to spare for their collectives: see there).
 """
 
 import argparse
