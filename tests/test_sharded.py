@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import env_with_compilation_cache, env_with_devices
+from conftest import POOL_THREADS_PER_DEVICE, env_with_compilation_cache, env_with_devices
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "train_steps.py")
 
@@ -56,3 +56,17 @@ def test_four_devices_and_two_processes_match_one_device(tmp_path):
     # Only the order of the gradient all-reduce differs: float32 rounding after two Adam steps.
     assert_same_params(one, four, rtol=2e-4)
     assert_same_params(four, two, rtol=2e-4)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in Linux's /proc")
+def test_subprocesses_get_the_larger_xla_thread_pool():
+    """env_with_devices' PJRT_NPROC reaches XLA: a process with 4 CPU devices starts 16 pool threads (the
+    default, max(cores, devices), is 4 on the 2-core CI machine, which test_sharded's collectives could
+    exhaust). A jaxlib that stopped reading PJRT_NPROC fails here rather than by deadlocking now and then."""
+    script = ("import os, jax; jax.numpy.ones(4).block_until_ready(); "
+              "print(sum(open(f'/proc/self/task/{t}/comm').read().strip() == 'tf_XLAEigen' "
+              "for t in os.listdir('/proc/self/task')))")
+    done = subprocess.run([sys.executable, "-c", script], env=dict(env_with_devices(4), JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[-1]) == 4 * POOL_THREADS_PER_DEVICE
