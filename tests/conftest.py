@@ -8,14 +8,18 @@ import sys
 import tempfile
 
 import jax
+import jaxlib
 
 # The suite is compile-bound (tiny models, a few steps each), so its XLA_FLAGS trade the CPU code's speed
 # for compile time. LLVM's lightest optimisation compiles the tiny train step ~20% faster (44 → 36 s for its
-# first run) and runs it about as fast. XLA's older elemental emitters instead of its MLIR fusion emitters
-# halve the first step of tests/test_train.py's tiny_config() (9.4–11.2 → 5.6–6.0 s, its 20 next steps
-# 3.0–3.2 s either way). They must be in XLA_FLAGS before JAX starts its backend, which no import here does;
-# flags the caller set are kept.
-SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+# first run) and runs it about as fast. On jaxlib 0.10, XLA's older elemental emitters instead of its MLIR
+# fusion emitters halve the first step of tests/test_train.py's tiny_config() (9.4–11.2 → 5.6–6.0 s, its 20
+# next steps 3.0–3.2 s either way; the suite 944 → 693 s); jaxlib 0.11 has only the fusion emitters, and XLA
+# aborts on a flag it does not know. The flags must be in XLA_FLAGS before JAX starts its backend, which no
+# import here does; flags the caller set are kept.
+ELEMENTAL_EMITTERS = tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) < (0, 11)
+SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=0",) + (
+    ("--xla_cpu_use_fusion_emitters=false",) if ELEMENTAL_EMITTERS else ())
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", "")]
     + [f for f in SUITE_XLA_FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]).strip()

@@ -54,10 +54,10 @@ def test_linear_schedules_match_the_official_code():
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_lambda_one_is_unscaled_and_lambda_acts_only_through_eps(sampler):
-    """λ = 1 gives the unscaled sampler's numbers (to float64 rounding: with the suite's XLA flags UniPC's
-    two graphs contract their multiply-adds differently, 2e-15 apart; bit for bit with XLA's default
-    emitters); a constant λ equals the unscaled sampler on a network whose ε̂ (and nothing else: not the
-    learned variance channels) is divided by λ."""
+    """λ = 1 gives the unscaled sampler's numbers (to float64 rounding: with the elemental emitters of the
+    suite's XLA flags on jaxlib 0.10, UniPC's two graphs contract their multiply-adds differently, 2e-15
+    apart; bit for bit with XLA's default emitters); a constant λ equals the unscaled sampler on a network
+    whose ε̂ (and nothing else: not the learned variance channels) is divided by λ."""
     lam = 1.02
     with jax.enable_x64(True):
         model = network(learned=True)

@@ -141,7 +141,7 @@ def test_partitioned_over_a_sharded_batch():
         assert result[f"{name}_output_axis"] == "data"
     assert result["forward_max_diff"] == 0.0
     # XLA's backward compiled for the split batch: bit for bit with jax 0.10's default emitters, within 3e-8
-    # with jax 0.11.2's, within a bf16 rounding with the suite's (--xla_cpu_use_fusion_emitters=false)
+    # with jax 0.11.2's, within a bf16 rounding with the elemental emitters (conftest's flags on jax 0.10)
     assert result["gradients_relative_diff"] <= 2.0 ** -8
     assert result["fused_forward_max_diff"] == 0.0
     # the product's gradient within a bf16 rounding (XLA compiles the sliced backward otherwise when split);
