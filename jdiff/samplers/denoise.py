@@ -11,12 +11,11 @@ forms x̂₀ from ε̂/λ instead:
 
 With an ε-network, λ = 1 gives the unscaled sampler's numbers: ε̂/1 = ε̂ exactly and the graph is
 otherwise the same, so bit for bit where XLA contracts the two graphs' multiply-adds into FMAs alike (its
-default CPU and GPU code generation did for every sampler tested), else to rounding (UniPC differed by
+default CPU code generation did for every sampler in the tests), else to rounding (UniPC differed by
 ~1e-14 relative with XLA's older CPU emitters, ``--xla_cpu_use_fusion_emitters=false``). With x₀- and
-v-networks the correction is exactly zero at λ = 1, but the unscaled sampler
-uses the network's x̂₀ directly and XLA contracts the surrounding multiply-adds into FMAs differently in
-the two graphs, so they agree to rounding (~1e-16 relative) rather than bit for bit. Clipping to
-[−1, 1] comes after.
+v-networks the correction is exactly zero at λ = 1, but the unscaled sampler uses the network's x̂₀
+directly and XLA contracts the surrounding multiply-adds into FMAs differently in the two graphs, so they
+agree to rounding (~1e-16 relative) rather than bit for bit. Clipping to [−1, 1] comes after.
 """
 
 from __future__ import annotations
