@@ -1,9 +1,9 @@
 """The attention block's residual added in its output projection's kernel: where a block samples with the
-GroupNorm kernels (Pallas's interpreter here), x + a·W + c is one call of
+GroupNorm kernels (Pallas's interpreter here) at 256 positions or more, x + a·W + c is one call of
 jdiff.models.pallas_concat_dense.concat_dense (no add of XLA's after the product), with the parameters and,
 within one bf16 rounding, the output of the block that adds x in XLA; everywhere else (training,
-initialisation, XLA's norms, x in another dtype than the block's) the block computes exactly what it did
-before; and ShiftedDense's product choices."""
+initialisation, XLA's norms, x in another dtype than the block's, fewer positions) the block computes
+exactly what it did before; and ShiftedDense's product choices."""
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ def block(cls=AttentionBlock, **settings):
                       **settings))
 
 
-@pytest.mark.parametrize("spatial", [(4, 4), (8, 8)])
+@pytest.mark.parametrize("spatial", [(16, 16), (8, 32)])
 def test_a_sampling_attention_block_adds_its_residual_in_the_product_kernel(spatial):
     """With the GroupNorm kernels and bf16 the sampling block's output projection is the product kernel with
     the residual: its program has one concat_dense and two adds of bf16 (B, N, C) activations fewer (the
@@ -80,15 +80,17 @@ CASES = {  # why a block does not fuse: the block's settings, x's dtype, train
     "training": ({}, jnp.bfloat16, True),
     "xla_norms": (dict(norm_implementation="xla"), jnp.bfloat16, False),
     "x_in_float32": ({}, jnp.float32, False),  # x + h promotes to float32; the kernel writes bf16
+    "few_positions": ({}, jnp.bfloat16, False),  # 8×8: below FUSED_RESIDUAL_MIN_POSITIONS
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_block_that_does_not_fuse_computes_what_it_did(case):
-    """In training, with XLA's norms and for x in float32 under a bf16 block, fuses_residual is False and
-    the block's output is bit for bit that of the block that never fuses (XLA's product, then x + h)."""
+    """In training, with XLA's norms, for x in float32 under a bf16 block and at 8×8, fuses_residual is
+    False and the block's output is bit for bit that of the block that never fuses (XLA's product, then
+    x + h)."""
     settings, dtype, training = CASES[case]
-    x = inputs((4, 4), dtype=dtype)
+    x = inputs((8, 8) if case == "few_positions" else (16, 16), dtype=dtype)
     fused, unfused = block(**settings), block(Unfused, **settings)
     params = random_params(fused, x)
     assert not fused.bind({"params": params}).fuses_residual(x, training)
@@ -110,7 +112,7 @@ def test_initialisation_does_not_fuse():
             seen.append(super().fuses_residual(x, train))
             return seen[-1]
 
-    x = inputs((4, 4))
+    x = inputs((16, 16))
     params = jax.eval_shape(lambda: block(Probe).init(jax.random.key(0), x))["params"]
     assert seen == [False]
     assert params["proj_out"]["kernel"].shape == (64, 64) and params["proj_out"]["bias"].shape == (64,)

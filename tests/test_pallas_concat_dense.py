@@ -154,7 +154,7 @@ def test_a_residual_of_another_shape_or_dtype_raises(shape, dtype):
 
 def test_default_tiles():
     """block_m: the largest power of two ≤ 128 dividing B·N; block_k: the largest ≤ 128 dividing every
-    part's channels; block_n: the largest ≤ 256 dividing F."""
+    part's channels; block_n: the largest ≤ 256 dividing F (≤ 128 with a residual)."""
     assert largest_power_of_2_dividing([96, 160], 128) == 32
     assert largest_power_of_2_dividing([12], 128) == 4
     assert largest_power_of_2_dividing([7], 128) == 1
@@ -165,6 +165,8 @@ def test_default_tiles():
     assert default_block_k((96,)) == 32 and default_block_k((512, 256)) == 128
     assert default_block_n(256) == 256 and default_block_n(512) == 256 and default_block_n(128) == 128
     assert default_block_n(48) == 16 and default_block_n(96) == 32
+    # with a residual (the attention output's product): at most 128
+    assert default_block_n(256, residual=True) == 128 and default_block_n(96, residual=True) == 32
     # the CIFAR-10 UNet's decoder at batch 512 (and for one image, as ResBlock.reads_parts asks): the parts
     # and widths of the blocks that read their parts are taken with the defaults
     for n, parts, features in [(16, (256, 256), 256), (64, (256, 256), 256), (256, (256, 256), 256),
@@ -191,14 +193,13 @@ def test_partitioned_over_a_sharded_batch():
 
 
 @pytest.mark.parametrize("n,parts,features,with_residual", [
-    (1024, (128, 128), 128, False), (256, (256, 256), 256, False), (256, (256,), 256, True),
-    (64, (256,), 256, True)])
+    (1024, (128, 128), 128, False), (256, (256, 256), 256, False), (256, (256,), 256, True)])
 def test_lowers_to_triton_for_cuda(monkeypatch, n, parts, features, with_residual):
     """Pallas's Triton lowering of the decoder's skip products at batch 512 (32×32: 128 + 128 → 128, 16×16:
-    256 + 256 → 256) and of the attention blocks' output projections with their residual (16×16 and 8×8:
-    256 → 256), for the CUDA platform on the CPU: one kernel over the (F / block_n, B·N / 128) grid (one
-    block of all F channels) with 8 warps, reading the parts as they are (no concatenation in the program)
-    and adding the residual in the kernel (no add outside it)."""
+    256 + 256 → 256) and of the attention blocks' output projections with their residual (16×16: 256 →
+    256), for the CUDA platform on the CPU: one kernel over the (F / block_n, B·N / 128) grid (one block
+    of all F channels; two of 128 with the residual) with 8 warps, reading the parts as they are (no
+    concatenation in the program) and adding the residual in the kernel (no add outside it)."""
     from jax._src.pallas.triton import pallas_call_registration
     if hasattr(pallas_call_registration, "gpu_info_lib"):  # jax ≥ 0.11 asks the GPU for its capability
         monkeypatch.setattr(pallas_call_registration, "gpu_info_lib", type("FakeHopper", (), dict(
@@ -213,5 +214,5 @@ def test_lowers_to_triton_for_cuda(monkeypatch, n, parts, features, with_residua
     assert 'name = "concat_dense"' in text and "concatenate" not in text
     assert "stablehlo.add" not in text
     grid = dict(re.findall(r"(grid_[xy]) = (\d+)", text))
-    assert grid == {"grid_x": "1", "grid_y": str(512 * n // 128)}
+    assert grid == {"grid_x": "2" if with_residual else "1", "grid_y": str(512 * n // 128)}
     assert "num_warps = 8" in text

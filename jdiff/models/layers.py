@@ -28,6 +28,10 @@ from jdiff.models.platform import nvidia_sm80_or_newer
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
+# The attention blocks add their residual in the output projection's kernel from this many positions per
+# image (16×16 in the CIFAR-10 UNet): at 8×8 and 4×4 it lost to XLA's product and add (docs/benchmarks.md).
+FUSED_RESIDUAL_MIN_POSITIONS = 256
+
 
 def torch_default_init(fan_in: int) -> Initializer:
     """U(−1/√fan_in, 1/√fan_in): PyTorch's default for Conv and Linear weights and biases.
@@ -497,12 +501,14 @@ class AttentionBlock(nn.Module):
         differentiated (``train=False``, not at initialisation), the GroupNorms run as kernels ('pallas', or
         'pallas_interpret' in tests), x is in the block's compute dtype, and
         :func:`jdiff.models.pallas_concat_dense.unsupported_reason` takes the product for the positions of
-        one image (so for any share of the batch a device holds)."""
+        one image (so for any share of the batch a device holds), at FUSED_RESIDUAL_MIN_POSITIONS or more
+        positions per image."""
         if (train or self.norm_implementation not in ("pallas", "pallas_interpret") or self.is_initializing()
                 or x.dtype != jnp.dtype(self.dtype)):
             return False
         batch, height, width, channels = x.shape
-        return pallas_concat_dense.unsupported_reason((channels,), channels, height * width) is None
+        return (height * width >= FUSED_RESIDUAL_MIN_POSITIONS
+                and pallas_concat_dense.unsupported_reason((channels,), channels, height * width) is None)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
