@@ -1,10 +1,10 @@
-"""The concatenation-free product y = [x₁ | x₂ | …]·W + c (+ r) (jdiff.models.pallas_concat_dense), its
-Triton kernel run in Pallas's interpreter: against an independent float64 NumPy product for one, two and
-three parts, several row and output-channel tiles and several steps over each part's channels, with and
-without a residual r, float32 and bfloat16 (the float32 sum rounded once); its gradients (those of the XLA
-reference, checked against the closed forms); the settings and operands it refuses; its default tiles; its
-per-image partitioning over a split batch on 4 CPU devices; and Pallas's Triton lowering for CUDA of the
-UNet's decoder and attention-output shapes (what the interpreter does not run)."""
+"""The concatenation-free product y = [x₁ | x₂ | …]·W + c (jdiff.models.pallas_concat_dense), its Triton
+kernel run in Pallas's interpreter: against an independent float64 NumPy product for one, two and three
+parts, several row and output-channel tiles and several steps over each part's channels, float32 and
+bfloat16 (the float32 sum rounded once); its gradients (those of the XLA reference, checked against the
+closed forms); the settings and operands it refuses; its default tiles; its per-image partitioning over a
+split batch on 4 CPU devices; and Pallas's Triton lowering for CUDA of the UNet's decoder shapes (what the
+interpreter does not run)."""
 
 import re
 
@@ -20,47 +20,39 @@ from jdiff.models.pallas_concat_dense import (concat_dense, default_block_k, def
 
 
 def operands(batch, n, parts, features, dtype, seed=0):
-    """Parts (B, N, C_k) of mean 0.5 and spread 1, W (ΣC_k, F) of spread 1/√C, c (F,) float32, and a
-    residual r (B, N, F) of mean -1 and spread 2 in the parts' dtype."""
-    keys = jax.random.split(jax.random.key(seed), len(parts) + 3)
+    """Parts (B, N, C_k) of mean 0.5 and spread 1, W (ΣC_k, F) of spread 1/√C, c (F,) float32."""
+    keys = jax.random.split(jax.random.key(seed), len(parts) + 2)
     xs = tuple((0.5 + jax.random.normal(k, (batch, n, c))).astype(dtype) for k, c in zip(keys, parts))
     channels = sum(parts)
-    kernel = jax.random.normal(keys[-3], (channels, features)) / np.sqrt(channels)
-    bias = jax.random.normal(keys[-2], (features,))
-    residual = (2.0 * jax.random.normal(keys[-1], (batch, n, features)) - 1.0).astype(dtype)
-    return xs, kernel, bias, residual
+    kernel = jax.random.normal(keys[-2], (channels, features)) / np.sqrt(channels)
+    bias = jax.random.normal(keys[-1], (features,))
+    return xs, kernel, bias
 
 
-def float64_product(xs, kernel, bias, residual=None):
-    """[x₁ | x₂ | …]·W + c (+ r) in float64 NumPy, W rounded to the parts' dtype first (as the kernel takes
-    it)."""
+def float64_product(xs, kernel, bias):
+    """[x₁ | x₂ | …]·W + c in float64 NumPy, W rounded to the parts' dtype first (as the kernel takes it)."""
     x = np.concatenate([np.asarray(jnp.asarray(p, jnp.float32), np.float64) for p in xs], axis=-1)
     w = np.asarray(jnp.asarray(kernel.astype(xs[0].dtype), jnp.float32), np.float64)
-    y = x @ w + np.asarray(bias, np.float64)
-    return y if residual is None else y + np.asarray(jnp.asarray(residual, jnp.float32), np.float64)
+    return x @ w + np.asarray(bias, np.float64)
 
 
-CASES = [  # B, N, the parts' channels, F, dtype, settings, with a residual
-    (2, 16, (64,), 16, jnp.float32, {}, False),  # one part: the defaults, one tile
-    (2, 16, (64, 128), 32, jnp.float32, dict(block_n=16, block_k=32), False),  # 2 F tiles; 2 + 4 steps over C
-    (3, 16, (32, 64, 32), 64, jnp.bfloat16, dict(block_n=32, block_k=16), False),  # 3 row tiles (B·N = 48)
-    (2, 32, (64, 64), 48, jnp.bfloat16, dict(block_m=16, block_n=16), False),  # 4 row × 3 F tiles
-    (2, 16, (64,), 64, jnp.float32, {}, True),  # the attention output's form: one part, F = C
-    (2, 32, (64,), 64, jnp.bfloat16, dict(block_m=16, block_n=32), True),  # 4 row × 2 F tiles of r
-    (3, 16, (32, 64), 48, jnp.bfloat16, dict(block_n=16, block_k=32), True),
+CASES = [  # B, N, the parts' channels, F, dtype, settings
+    (2, 16, (64,), 16, jnp.float32, {}),  # one part: the defaults, one tile
+    (2, 16, (64, 128), 32, jnp.float32, dict(block_n=16, block_k=32)),  # 2 F tiles; 2 + 4 steps over C
+    (3, 16, (32, 64, 32), 64, jnp.bfloat16, dict(block_n=32, block_k=16)),  # 3 row tiles (B·N = 48)
+    (2, 32, (64, 64), 48, jnp.bfloat16, dict(block_m=16, block_n=16)),  # 4 row × 3 F tiles
 ]
 
 
-@pytest.mark.parametrize("batch,n,parts,features,dtype,settings,with_residual", CASES)
-def test_matches_float64(batch, n, parts, features, dtype, settings, with_residual):
-    """float32: the float64 product (plus r) within float32 roundings of the sum; bfloat16: the float32 sum
-    (of products of bf16 values, exact in float32) plus c (and r) rounded once to bf16, so within half a bf16
-    ulp (2^-8 relative at most) of the float64 result, and almost always its nearest bf16."""
-    xs, kernel, bias, residual = operands(batch, n, parts, features, dtype, seed=sum(parts) + features)
-    residual = residual if with_residual else None
-    y = concat_dense(xs, kernel, bias, residual, interpret=True, **settings)
+@pytest.mark.parametrize("batch,n,parts,features,dtype,settings", CASES)
+def test_matches_float64(batch, n, parts, features, dtype, settings):
+    """float32: the float64 product within float32 roundings of the sum; bfloat16: the float32 sum (of
+    products of bf16 values, exact in float32) plus c rounded once to bf16, so within half a bf16 ulp
+    (2^-8 relative at most) of the float64 product, and almost always its nearest bf16."""
+    xs, kernel, bias = operands(batch, n, parts, features, dtype, seed=sum(parts) + features)
+    y = concat_dense(xs, kernel, bias, interpret=True, **settings)
     assert y.shape == (batch, n, features) and y.dtype == dtype
-    expected = float64_product(xs, kernel, bias, residual)
+    expected = float64_product(xs, kernel, bias)
     scale = np.abs(expected).max()
     got = np.asarray(jnp.asarray(y, jnp.float32), np.float64)
     if dtype == jnp.float32:
@@ -73,38 +65,33 @@ def test_matches_float64(batch, n, parts, features, dtype, settings, with_residu
         assert np.mean(got == rounded) > 0.99
     # XLA's concatenation and product: in float32 the same sums in another order
     if dtype == jnp.float32:
-        reference = pallas_concat_dense.reference(xs, kernel, bias, residual)
-        np.testing.assert_allclose(np.asarray(y), np.asarray(reference), rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(pallas_concat_dense.reference(xs, kernel, bias)),
+                                   rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_gradients_are_the_references_and_the_closed_forms(with_residual):
+def test_gradients_are_the_references_and_the_closed_forms():
     """The custom VJP is the XLA reference's: for a loss linear in y (the same cotangent either way) the
-    parts', W's, c's (and r's) gradients are the reference's bit for bit, the parts' a tuple of their shapes;
-    and they are dy·W_kᵀ, [x₁ | x₂]ᵀ·dy, Σ dy (and dy) (float64 NumPy)."""
-    xs, kernel, bias, residual = operands(2, 16, (64, 32), 32, jnp.float32, seed=3)
-    residual = residual if with_residual else None
+    parts', W's and c's gradients are the reference's bit for bit, the parts' a tuple of their shapes; and
+    they are dy·W_kᵀ, [x₁ | x₂]ᵀ·dy and Σ dy (float64 NumPy)."""
+    xs, kernel, bias = operands(2, 16, (64, 32), 32, jnp.float32, seed=3)
     dy = jax.random.normal(jax.random.key(4), (2, 16, 32))
 
     def loss(product):
-        return lambda *operands: jnp.vdot(product(*operands), dy)
+        return lambda xs, kernel, bias: jnp.vdot(product(xs, kernel, bias), dy)
 
-    argnums = (0, 1, 2, 3) if with_residual else (0, 1, 2)
     kernel_grads = jax.grad(loss(lambda *a: concat_dense(*a, block_n=16, interpret=True)),
-                            argnums=argnums)(xs, kernel, bias, residual)
-    reference = loss(pallas_concat_dense.reference)
-    reference_grads = jax.grad(reference, argnums=argnums)(xs, kernel, bias, residual)
+                            argnums=(0, 1, 2))(xs, kernel, bias)
+    reference_grads = jax.grad(loss(pallas_concat_dense.reference), argnums=(0, 1, 2))(xs, kernel, bias)
     assert isinstance(kernel_grads[0], tuple)
     assert [g.shape for g in kernel_grads[0]] == [(2, 16, 64), (2, 16, 32)]
     for got, want in zip(jax.tree.leaves(kernel_grads), jax.tree.leaves(reference_grads)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     x = np.concatenate([np.asarray(p, np.float64) for p in xs], axis=-1).reshape(32, 96)
     d, w = np.asarray(dy, np.float64).reshape(32, 32), np.asarray(kernel, np.float64)
-    closed = (d @ w[:64].T, d @ w[64:].T, x.T @ d, d.sum(0), d)[:len(argnums) + 1]
-    got = (*(g.reshape(32, -1) for g in kernel_grads[0]), *(g.reshape(-1, 32) for g in kernel_grads[1:]))
+    closed = (d @ w[:64].T, d @ w[64:].T, x.T @ d, d.sum(0))
+    got = (*(g.reshape(32, -1) for g in kernel_grads[0]), kernel_grads[1], kernel_grads[2])
     for g, want in zip(got, closed):
-        np.testing.assert_allclose(np.asarray(g, np.float64), want.reshape(g.shape), rtol=0,
-                                   atol=1e-5 * np.abs(want).max())
+        np.testing.assert_allclose(np.asarray(g, np.float64), want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("shapes,dtypes,w_shape,c_shape,settings,message", [
@@ -142,19 +129,9 @@ def test_unsupported_operands_and_settings_raise(shapes, dtypes, w_shape, c_shap
         assert reason is not None and re.search(message, reason)
 
 
-@pytest.mark.parametrize("shape,dtype", [((2, 16, 32), jnp.bfloat16), ((2, 16, 16), jnp.float32),
-                                         ((1, 32, 16), jnp.bfloat16), ((2, 16, 16, 1), jnp.bfloat16)])
-def test_a_residual_of_another_shape_or_dtype_raises(shape, dtype):
-    """The residual must be (B, N, F) in the parts' dtype: anything else is a ValueError naming both."""
-    xs = (jnp.zeros((2, 16, 64), jnp.bfloat16),)
-    message = r"the residual must be \(B, N, F\) = \(2, 16, 16\) in the parts' dtype bfloat16"
-    with pytest.raises(ValueError, match=message):
-        concat_dense(xs, jnp.zeros((64, 16)), jnp.zeros(16), jnp.zeros(shape, dtype), interpret=True)
-
-
 def test_default_tiles():
     """block_m: the largest power of two ≤ 128 dividing B·N; block_k: the largest ≤ 128 dividing every
-    part's channels; block_n: the largest ≤ 256 dividing F (≤ 128 with a residual)."""
+    part's channels; block_n: the largest ≤ 256 dividing F."""
     assert largest_power_of_2_dividing([96, 160], 128) == 32
     assert largest_power_of_2_dividing([12], 128) == 4
     assert largest_power_of_2_dividing([7], 128) == 1
@@ -165,8 +142,6 @@ def test_default_tiles():
     assert default_block_k((96,)) == 32 and default_block_k((512, 256)) == 128
     assert default_block_n(256) == 256 and default_block_n(512) == 256 and default_block_n(128) == 128
     assert default_block_n(48) == 16 and default_block_n(96) == 32
-    # with a residual (the attention output's product): at most 128
-    assert default_block_n(256, residual=True) == 128 and default_block_n(96, residual=True) == 32
     # the CIFAR-10 UNet's decoder at batch 512 (and for one image, as ResBlock.reads_parts asks): the parts
     # and widths of the blocks that read their parts are taken with the defaults
     for n, parts, features in [(16, (256, 256), 256), (64, (256, 256), 256), (256, (256, 256), 256),
@@ -180,39 +155,35 @@ def test_default_tiles():
 def test_partitioned_over_a_sharded_batch():
     """On 4 devices with the parts split along the batch and W, c replicated, each device runs the product on
     its own images with its own default block_m (no collective in the compiled program), and the result is
-    the unsharded one, with and without a residual split as the parts are; the same for the GroupNorm
-    forward reading the same two parts."""
+    the unsharded one; the same for the GroupNorm forward reading the same two parts."""
     result = run_helper_on_devices("sharded_concat_dense.py", 4)
-    for product in ("product", "residual_product"):
-        assert result[f"{product}_collectives"] == []
-        assert result[f"{product}_output_axis"] == "data"
-        assert result[f"{product}_max_diff"] == 0.0
+    assert result["product_collectives"] == []
+    assert result["product_output_axis"] == "data"
+    assert result["product_max_diff"] == 0.0
     assert result["norm_collectives"] == []
     assert result["norm_output_axis"] == "data"
     assert result["norm_max_diff"] == 0.0
 
 
-@pytest.mark.parametrize("n,parts,features,with_residual", [
-    (1024, (128, 128), 128, False), (256, (256, 256), 256, False), (256, (256,), 256, True)])
-def test_lowers_to_triton_for_cuda(monkeypatch, n, parts, features, with_residual):
+@pytest.mark.parametrize("n,parts,features", [(1024, (128, 128), 128), (256, (256, 256), 256)])
+def test_lowers_to_triton_for_cuda(monkeypatch, n, parts, features):
     """Pallas's Triton lowering of the decoder's skip products at batch 512 (32×32: 128 + 128 → 128, 16×16:
-    256 + 256 → 256) and of the attention blocks' output projections with their residual (16×16: 256 →
-    256), for the CUDA platform on the CPU: one kernel over the (F / block_n, B·N / 128) grid (one block
-    of all F channels; two of 128 with the residual) with 8 warps, reading the parts as they are (no
-    concatenation in the program) and adding the residual in the kernel (no add outside it)."""
+    256 + 256 → 256), for the CUDA platform on the CPU: one kernel over the (F / block_n, B·N / 128) grid
+    (one block of all F channels) with 8 warps, reading the parts as they are (no concatenation in the
+    program)."""
     from jax._src.pallas.triton import pallas_call_registration
     if hasattr(pallas_call_registration, "gpu_info_lib"):  # jax ≥ 0.11 asks the GPU for its capability
         monkeypatch.setattr(pallas_call_registration, "gpu_info_lib", type("FakeHopper", (), dict(
             get_gpu_info=staticmethod(lambda: type("Info", (), dict(compute_capability=90))))))
-    xs = tuple(jax.ShapeDtypeStruct((512, n, c), jnp.bfloat16) for c in parts)
+    xs = [jax.ShapeDtypeStruct((512, n, c), jnp.bfloat16) for c in parts]
     kernel = jax.ShapeDtypeStruct((sum(parts), features), jnp.float32)
     bias = jax.ShapeDtypeStruct((features,), jnp.float32)
-    residual = jax.ShapeDtypeStruct((512, n, features), jnp.bfloat16) if with_residual else None
 
-    lowered = jax.jit(concat_dense).trace(xs, kernel, bias, residual).lower(lowering_platforms=("cuda",))
-    text = lowered.as_text()
+    def product(h, s, kernel, bias):
+        return concat_dense((h, s), kernel, bias)
+
+    text = jax.jit(product).trace(*xs, kernel, bias).lower(lowering_platforms=("cuda",)).as_text()
     assert 'name = "concat_dense"' in text and "concatenate" not in text
-    assert "stablehlo.add" not in text
     grid = dict(re.findall(r"(grid_[xy]) = (\d+)", text))
-    assert grid == {"grid_x": "2" if with_residual else "1", "grid_y": str(512 * n // 128)}
+    assert grid == {"grid_x": "1", "grid_y": str(512 * n // 128)}
     assert "num_warps = 8" in text

@@ -28,10 +28,6 @@ from jdiff.models.platform import nvidia_sm80_or_newer
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
-# The attention blocks add their residual in the output projection's kernel from this many positions per
-# image (16×16 in the CIFAR-10 UNet): at 8×8 and 4×4 it lost to XLA's product and add (docs/benchmarks.md).
-FUSED_RESIDUAL_MIN_POSITIONS = 256
-
 
 def torch_default_init(fan_in: int) -> Initializer:
     """U(−1/√fan_in, 1/√fan_in): PyTorch's default for Conv and Linear weights and biases.
@@ -444,34 +440,22 @@ class QKVProjection(nn.Module):
 
 
 class ShiftedDense(nn.Module):
-    """y = (x + s)·W + b (+ r) for x (..., C_in), a vector s (C_in,) and an optional residual r (..., F),
-    computed as x·W + (b + s·W) (+ r): the shift costs a (C_in,)·(C_in, F) product in float32 instead of a
-    pass over x. Parameters are flax Dense's ('kernel' (C_in, F), 'bias' (F,)), initialised as
-    :func:`dense`'s. ``product``: 'xla', or jdiff's kernel ('pallas', or 'pallas_interpret' for Pallas's
-    interpreter: :func:`jdiff.models.pallas_concat_dense.concat_dense`; x (B, N, C_in) and r in ``dtype``),
-    which adds r as it writes y instead of in a pass of XLA's over y and r (one rounding instead of two)."""
+    """y = (x + s)·W + b for x (..., C_in) and a vector s (C_in,), computed as x·W + (b + s·W): the shift
+    costs a (C_in,)·(C_in, F) product in float32 instead of a pass over x. Parameters are flax Dense's
+    ('kernel' (C_in, F), 'bias' (F,)), initialised as :func:`dense`'s."""
     features: int
     zero_init: bool = False
-    product: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, shift: jax.Array, residual: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, shift: jax.Array) -> jax.Array:
         inits = _inits(x.shape[-1], self.zero_init)
         kernel = self.param("kernel", inits["kernel_init"], (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", inits["bias_init"], (self.features,), self.param_dtype)
         bias = bias + jnp.dot(shift.astype(jnp.float32), kernel.astype(jnp.float32),
                               precision=jax.lax.Precision.HIGHEST)
-        if self.product == "xla":
-            y = x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
-            return y if residual is None else residual + y
-        if self.product not in ("pallas", "pallas_interpret"):
-            raise ValueError(f"ShiftedDense: product must be 'xla', 'pallas' or 'pallas_interpret', got "
-                             f"{self.product!r}")
-        return pallas_concat_dense.concat_dense((x.astype(self.dtype),), kernel.astype(self.dtype),
-                                                bias.astype(self.dtype), residual,
-                                                interpret=self.product == "pallas_interpret")
+        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
 
 
 class AttentionBlock(nn.Module):
@@ -483,9 +467,7 @@ class AttentionBlock(nn.Module):
     (QKVAttentionLegacy) as (head, q|k|v, channel). The two give different networks for the same weights,
     so the flag must match the checkpoint. Softmax(q·kᵀ/√d)·v (logits in float32) runs
     in the kernel that :func:`attention_implementation` picks from ``implementation``: one of
-    :func:`jax.nn.dot_product_attention`'s, or jdiff's Pallas kernel for short sequences. Where
-    :meth:`fuses_residual` (sampling with the GroupNorm kernels) the output projection adds the residual x
-    in its kernel (:class:`ShiftedDense`), which XLA would add in a pass of its own.
+    :func:`jax.nn.dot_product_attention`'s, or jdiff's Pallas kernel for short sequences.
     """
     num_heads: int = 1
     num_head_channels: int = -1
@@ -495,20 +477,6 @@ class AttentionBlock(nn.Module):
     norm_implementation: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-
-    def fuses_residual(self, x: jax.Array, train: bool) -> bool:
-        """Whether the output projection adds the residual x in jdiff's product kernel: where nothing is
-        differentiated (``train=False``, not at initialisation), the GroupNorms run as kernels ('pallas', or
-        'pallas_interpret' in tests), x is in the block's compute dtype, and
-        :func:`jdiff.models.pallas_concat_dense.unsupported_reason` takes the product for the positions of
-        one image (so for any share of the batch a device holds), at FUSED_RESIDUAL_MIN_POSITIONS or more
-        positions per image."""
-        if (train or self.norm_implementation not in ("pallas", "pallas_interpret") or self.is_initializing()
-                or x.dtype != jnp.dtype(self.dtype)):
-            return False
-        batch, height, width, channels = x.shape
-        return (height * width >= FUSED_RESIDUAL_MIN_POSITIONS
-                and pallas_concat_dense.unsupported_reason((channels,), channels, height * width) is None)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -530,11 +498,6 @@ class AttentionBlock(nn.Module):
         else:
             q, k, v, v_bias = projection(normed)
             a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
-        if self.fuses_residual(x, train):
-            product = "pallas_interpret" if self.norm_implementation == "pallas_interpret" else "pallas"
-        else:
-            product = "xla"
-        h = ShiftedDense(channels, zero_init=True, product=product, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="proj_out")(
-            a.reshape(batch, height * width, channels), v_bias, residual=tokens)
-        return h.reshape(x.shape)
+        h = ShiftedDense(channels, zero_init=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name="proj_out")(a.reshape(batch, height * width, channels), v_bias)
+        return x + h.reshape(x.shape)

@@ -1,25 +1,22 @@
-"""y = [x₁ | x₂ | …]·W + c (+ r), a product over the channel axis of the concatenation of parts
-x_k (B, N, C_k), without writing the concatenation: Σ_k x_k·W_k + c, W_k the rows of W (C, F) that meet part
-k, plus an optional residual r (B, N, F), in one Pallas (Triton) kernel. In the UNet it is the 1×1 skip
-convolution of the decoder's ResBlocks, whose input is the concatenation of the decoder's activations and the
-encoder's skip, and the attention blocks' output projection with their residual sum, x + a·W + c.
+"""y = [x₁ | x₂ | …]·W + c, a product over the channel axis of the concatenation of parts x_k (B, N, C_k),
+without writing the concatenation: Σ_k x_k·W_k + c, W_k the rows of W (C, F) that meet part k, in one Pallas
+(Triton) kernel. In the UNet it is the 1×1 skip convolution of the decoder's ResBlocks, whose input is the
+concatenation of the decoder's activations and the encoder's skip.
 
 Why: XLA writes that concatenation (B, H, W, C_h + C_s) for its two readers, the ResBlock's first GroupNorm
 and this product, and reads it back: 1.1 ms of a 21 ms sampling step at batch 512 on an H200, at ~90% of
 DRAM bandwidth (docs/benchmarks.md). The GroupNorm kernels read the parts themselves
 (:func:`jdiff.models.pallas_group_norm.forward`); this kernel is the product's side. cuBLAS cannot read its
 left operand from two arrays, and XLA's Triton products fuse a concatenation only along a non-contracting
-axis (here the channels are contracted). The residual: XLA adds it in a pass of its own after the product
-(it fuses it into neither cuBLAS's C operand nor its Triton product, docs/benchmarks.md), which writes the
-product and reads it back.
+axis (here the channels are contracted).
 
 Each program computes a (block_m, block_n) tile of y for rows block_m of the (B·N) positions: for each part,
 for each block_k of its channels, the product of the (block_m, block_k) tile of x_k with the matching
 (block_k, block_n) rows of W, accumulated in float32 on the tensor cores (bfloat16 operands as they are; a
-float32 product runs in TF32, as XLA's does by default on NVIDIA GPUs), then c (and r's tile) added in
-float32 and y written in x's dtype, one rounding (XLA rounds the product, then adds c and rounds again, then
-adds r and rounds again). The grid is (F / block_n, B·N / block_m), F blocks fastest, so the programs that
-read one tile of x run together and the second reads it from L2.
+float32 product runs in TF32, as XLA's does by default on NVIDIA GPUs), then c added in float32 and y written
+in x's dtype, one rounding (XLA rounds the product, then adds c and rounds again). The grid is (F / block_n,
+B·N / block_m), F blocks fastest, so the programs that read one tile of x run together and the second reads
+it from L2.
 
 The product has no derivative of its own: :func:`concat_dense` is a custom VJP whose backward is the VJP of
 :func:`reference` (XLA's concatenation and product), exact where it is differentiated; the UNet uses the
@@ -47,13 +44,11 @@ BLOCK_M = 128  # positions per tile (fewer where B·N has no such factor)
 BLOCK_N = 256  # output channels per tile (fewer where F has no such factor)
 BLOCK_K = 128  # input channels per step of the product (fewer where a part has no such factor)
 NUM_WARPS = 8
-RESIDUAL_BLOCK_N = 128  # BLOCK_N with a residual (the attention output at 16×16: 85.5 µs, 101.5 with 256)
 
 
 class _Settings(NamedTuple):
     """The kernel's static settings (hashable: the static argument of the partitioned call)."""
     parts: tuple[int, ...]  # the channel count of each part
-    residual: bool  # whether r is added
     block_m: int | None  # None: default_block_m of the device's B·N
     block_n: int
     block_k: int
@@ -66,10 +61,9 @@ def default_block_m(rows: int) -> int:
     return largest_power_of_2_dividing([rows], BLOCK_M)
 
 
-def default_block_n(features: int, residual: bool = False) -> int:
-    """Output channels per tile: the largest power of two ≤ BLOCK_N (RESIDUAL_BLOCK_N with a residual) that
-    divides F."""
-    return largest_power_of_2_dividing([features], RESIDUAL_BLOCK_N if residual else BLOCK_N)
+def default_block_n(features: int) -> int:
+    """Output channels per tile: the largest power of two ≤ BLOCK_N that divides F."""
+    return largest_power_of_2_dividing([features], BLOCK_N)
 
 
 def default_block_k(part_channels: Sequence[int]) -> int:
@@ -96,8 +90,8 @@ def unsupported_reason(part_channels: Sequence[int], features: int, rows: int, *
     return None
 
 
-def _kernel(*refs, parts: tuple[int, ...], residual: bool, block_m: int, block_n: int, block_k: int):
-    x_refs, (w_ref, c_ref, *r_ref, y_ref) = refs[:len(parts)], refs[len(parts):]
+def _kernel(*refs, parts: tuple[int, ...], block_m: int, block_n: int, block_k: int):
+    x_refs, (w_ref, c_ref, y_ref) = refs[:len(parts)], refs[len(parts):]
     cols = pl.ds(pl.program_id(0) * block_n, block_n)
     rows = pl.ds(pl.program_id(1) * block_m, block_m)
     acc = jnp.zeros((block_m, block_n), jnp.float32)
@@ -109,15 +103,13 @@ def _kernel(*refs, parts: tuple[int, ...], residual: bool, block_m: int, block_n
             acc += jnp.dot(x, w, preferred_element_type=jnp.float32)
         first += channels
     y = acc + plt.load(c_ref.at[cols]).astype(jnp.float32)[None, :]
-    if residual:
-        y += plt.load(r_ref[0].at[rows, cols]).astype(jnp.float32)
     plt.store(y_ref.at[rows, cols], y.astype(y_ref.dtype))
 
 
 def _call(*operands_and_settings):
-    """(x_1, …, x_K, W, c[, r], settings) → y (B, N, F) on this device's images."""
+    """(x_1, …, x_K, W, c, settings) → y (B, N, F) on this device's images."""
     *operands, settings = operands_and_settings
-    parts, (w, c, *residual) = operands[:len(settings.parts)], operands[len(settings.parts):]
+    parts, (w, c) = operands[:-2], operands[-2:]
     batch, n, _ = parts[0].shape
     features = w.shape[1]
     rows = batch * n
@@ -127,41 +119,36 @@ def _call(*operands_and_settings):
     if reason:  # a device's share of the batch
         raise ValueError(f"pallas_concat_dense.concat_dense on {batch} images: {reason}")
     y = pl.pallas_call(
-        functools.partial(_kernel, parts=settings.parts, residual=settings.residual, block_m=block_m,
-                          block_n=settings.block_n, block_k=settings.block_k),
+        functools.partial(_kernel, parts=settings.parts, block_m=block_m, block_n=settings.block_n,
+                          block_k=settings.block_k),
         out_shape=jax.ShapeDtypeStruct((rows, features), parts[0].dtype),
         grid=(features // settings.block_n, rows // block_m),
         compiler_params=plt.CompilerParams(num_warps=settings.num_warps),
         interpret=settings.interpret,
         name="concat_dense",
-    )(*(x.reshape(rows, x.shape[-1]) for x in parts), w, c, *(r.reshape(rows, features) for r in residual))
+    )(*(x.reshape(rows, x.shape[-1]) for x in parts), w, c)
     return y.reshape(batch, n, features)
 
 
 @functools.cache
-def _per_image(parts: int, residual: bool) -> Any:
-    inputs = [f"b n p{k}" for k in range(parts)] + ["c f", "f"] + ["b n f"] * residual
-    return partitioned_per_image(_call, ", ".join(inputs) + " -> b n f")
+def _per_image(parts: int) -> Any:
+    inputs = ", ".join(f"b n p{k}" for k in range(parts))
+    return partitioned_per_image(_call, inputs + ", c f, f -> b n f")
 
 
-def reference(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array,
-              residual: jax.Array | None = None) -> jax.Array:
-    """[x₁ | x₂ | …]·W + c (+ r) in XLA: the concatenation, the product (in x's dtype), the bias and the
-    residual, each rounded to x's dtype."""
+def reference(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """[x₁ | x₂ | …]·W + c in XLA: the concatenation, the product (in x's dtype) and the bias."""
     x = jnp.concatenate(parts, axis=-1)
-    y = x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
-    return y if residual is None else residual + y
+    return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _concat_dense(parts, kernel, bias, residual, settings: _Settings):
-    extra = () if residual is None else (residual,)
-    return _per_image(len(parts), settings.residual)(*parts, kernel.astype(parts[0].dtype), bias, *extra,
-                                                     settings)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _concat_dense(parts, kernel, bias, settings: _Settings):
+    return _per_image(len(parts))(*parts, kernel.astype(parts[0].dtype), bias, settings)
 
 
-def _forward(parts, kernel, bias, residual, settings):
-    return _concat_dense(parts, kernel, bias, residual, settings), (parts, kernel, bias, residual)
+def _forward(parts, kernel, bias, settings):
+    return _concat_dense(parts, kernel, bias, settings), (parts, kernel, bias)
 
 
 def _backward(settings, residuals, dy):
@@ -172,21 +159,19 @@ def _backward(settings, residuals, dy):
 _concat_dense.defvjp(_forward, _backward)
 
 
-def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array,
-                 residual: jax.Array | None = None, *, block_m: int | None = None, block_n: int | None = None,
-                 block_k: int | None = None, num_warps: int = NUM_WARPS,
+def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array, *,
+                 block_m: int | None = None, block_n: int | None = None, block_k: int | None = None,
+                 num_warps: int = NUM_WARPS,
                  interpret: bool = False) -> jax.Array:
-    """y = [x₁ | x₂ | …]·W + c (+ r) (B, N, F) in x's dtype for parts x_k (B, N, C_k) of one dtype, W
-    (ΣC_k, F) (cast to x's dtype), c (F,) and an optional residual r (B, N, F) in x's dtype: what
-    :func:`reference` computes, without the concatenation or a pass for r, in one kernel that rounds once
-    (after adding c and r in float32; XLA rounds the product, then each sum). ``block_m``
-    (default: :func:`default_block_m` of each device's B·N), ``block_n`` (default: :func:`default_block_n`
-    for the product with or without r),
+    """y = [x₁ | x₂ | …]·W + c (B, N, F) in x's dtype for parts x_k (B, N, C_k) of one dtype, W (ΣC_k, F)
+    (cast to x's dtype) and c (F,): what :func:`reference` computes, without the concatenation, in one kernel
+    that rounds once (after adding c in float32; XLA rounds the product, then the sum). ``block_m``
+    (default: :func:`default_block_m` of each device's B·N), ``block_n`` (default: :func:`default_block_n`),
     ``block_k`` (default: :func:`default_block_k`) and ``num_warps`` tile the product.
     ``interpret`` runs it in Pallas's interpreter (any backend, slow). Under ``jax.jit`` over a mesh with the
-    parts (and r) split along their batch axis, each device computes its own images (block_m must divide
-    each device's B·N). Gradients are :func:`reference`'s. Raises ValueError for what
-    :func:`unsupported_reason` rejects and for operands that do not fit."""
+    parts split along their batch axis, each device computes its own images (block_m must divide each
+    device's B·N). Gradients are :func:`reference`'s. Raises ValueError for what :func:`unsupported_reason`
+    rejects and for operands that do not fit."""
     parts = tuple(parts)
     if not parts or any(p.ndim != 3 or p.shape[:2] != parts[0].shape[:2] or p.dtype != parts[0].dtype
                         for p in parts):
@@ -198,15 +183,11 @@ def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array,
                          f"W ({sum(channels)}, F) and c (F,), got {kernel.shape} and {bias.shape}")
     batch, n, _ = parts[0].shape
     features = kernel.shape[1]
-    if residual is not None and (residual.shape != (batch, n, features) or residual.dtype != parts[0].dtype):
-        raise ValueError(f"pallas_concat_dense.concat_dense: the residual must be (B, N, F) = "
-                         f"{(batch, n, features)} in the parts' dtype {parts[0].dtype}, got "
-                         f"{residual.shape} {residual.dtype}")
-    block_n = default_block_n(features, residual is not None) if block_n is None else block_n
+    block_n = default_block_n(features) if block_n is None else block_n
     block_k = default_block_k(channels) if block_k is None else block_k
     reason = unsupported_reason(channels, features, batch * n, block_m=block_m, block_n=block_n,
                                 block_k=block_k)
     if reason:
         raise ValueError(f"pallas_concat_dense.concat_dense: {reason}")
-    settings = _Settings(channels, residual is not None, block_m, block_n, block_k, num_warps, interpret)
-    return _concat_dense(parts, kernel, bias, residual, settings)
+    settings = _Settings(channels, block_m, block_n, block_k, num_warps, interpret)
+    return _concat_dense(parts, kernel, bias, settings)
