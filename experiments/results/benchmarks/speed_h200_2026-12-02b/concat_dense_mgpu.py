@@ -1,7 +1,7 @@
 """Prototype (twenty-first session; checked in Mosaic GPU's interpreter and lowered for CUDA on the CPU with
-jax 0.11.2, not yet run on a GPU): y = [x_1 | x_2 | ...]·W + c as a Pallas Mosaic GPU kernel (persistent CTAs over (block_m, block_n)
-output tiles; per part, a TMA pipeline over its channels feeding wgmma into one float32 accumulator; c added
-in the epilogue, y stored by TMA)."""
+jax 0.11.2, not yet run on a GPU): y = [x_1 | x_2 | ...]·W + c as a Pallas Mosaic GPU kernel (persistent
+CTAs over (block_m, block_n) output tiles; per part, a TMA pipeline over its channels feeding wgmma into one
+float32 accumulator; c added in the epilogue, y stored by TMA)."""
 import functools
 
 import jax
@@ -57,7 +57,8 @@ def concat_dense(parts, w, c, *, block_m=128, block_n=128, block_k=64, steps=4, 
         from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
         kwargs["interpret"] = InterpretGPUParams()
     return plgpu.kernel(
-        body, out_type=jax.ShapeDtypeStruct((rows, features), parts[0].dtype), grid=(ctas,), grid_names=("sm",),
+        body, out_type=jax.ShapeDtypeStruct((rows, features), parts[0].dtype), grid=(ctas,),
+        grid_names=("sm",),
         kernel_name="concat_dense_mgpu",
         compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup), **kwargs,
     )(*parts, w, c)
