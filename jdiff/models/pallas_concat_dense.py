@@ -21,6 +21,10 @@ it from L2.
 The product has no derivative of its own: :func:`concat_dense` is a custom VJP whose backward is the VJP of
 :func:`reference` (XLA's concatenation and product), exact where it is differentiated; the UNet uses the
 kernel only where nothing is (sampling).
+
+``implementation='mosaic'`` computes the same product with :mod:`jdiff.models.mosaic_concat_dense`'s Mosaic
+GPU kernel (TMA and wgmma, Hopper GPUs), built because this kernel's products take ~1.4× XLA's time; it is
+not yet timed on a GPU, so 'triton' stays the default.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
+from jdiff.models import mosaic_concat_dense
 from jdiff.models.pallas_group_norm import is_power_of_2, largest_power_of_2_dividing
 from jdiff.models.per_image import partitioned_per_image
 
@@ -44,6 +49,7 @@ BLOCK_M = 128  # positions per tile (fewer where B·N has no such factor)
 BLOCK_N = 256  # output channels per tile (fewer where F has no such factor)
 BLOCK_K = 128  # input channels per step of the product (fewer where a part has no such factor)
 NUM_WARPS = 8
+IMPLEMENTATIONS = ("triton", "mosaic")
 
 
 class _Settings(NamedTuple):
@@ -142,16 +148,20 @@ def reference(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array) ->
     return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _concat_dense(parts, kernel, bias, settings: _Settings):
+def _triton(parts, kernel, bias, settings: _Settings):
     return _per_image(len(parts))(*parts, kernel.astype(parts[0].dtype), bias, settings)
 
 
-def _forward(parts, kernel, bias, settings):
-    return _concat_dense(parts, kernel, bias, settings), (parts, kernel, bias)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _concat_dense(parts, kernel, bias, product):
+    return product(parts, kernel, bias)
 
 
-def _backward(settings, residuals, dy):
+def _forward(parts, kernel, bias, product):
+    return _concat_dense(parts, kernel, bias, product), (parts, kernel, bias)
+
+
+def _backward(product, residuals, dy):
     _, vjp = jax.vjp(reference, *residuals)
     return vjp(dy)
 
@@ -161,8 +171,8 @@ _concat_dense.defvjp(_forward, _backward)
 
 def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array, *,
                  block_m: int | None = None, block_n: int | None = None, block_k: int | None = None,
-                 num_warps: int = NUM_WARPS,
-                 interpret: bool = False) -> jax.Array:
+                 num_warps: int = NUM_WARPS, interpret: Any = False,
+                 implementation: str = "triton") -> jax.Array:
     """y = [x₁ | x₂ | …]·W + c (B, N, F) in x's dtype for parts x_k (B, N, C_k) of one dtype, W (ΣC_k, F)
     (cast to x's dtype) and c (F,): what :func:`reference` computes, without the concatenation, in one kernel
     that rounds once (after adding c in float32; XLA rounds the product, then the sum). ``block_m``
@@ -171,7 +181,14 @@ def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array,
     ``interpret`` runs it in Pallas's interpreter (any backend, slow). Under ``jax.jit`` over a mesh with the
     parts split along their batch axis, each device computes its own images (block_m must divide each
     device's B·N). Gradients are :func:`reference`'s. Raises ValueError for what :func:`unsupported_reason`
-    rejects and for operands that do not fit."""
+    rejects and for operands that do not fit.
+
+    ``implementation='mosaic'``: :func:`jdiff.models.mosaic_concat_dense.concat_dense` computes it (16-bit
+    parts, its own tiles and refusals; ``interpret`` runs it in Mosaic GPU's interpreter), with the same
+    gradients; it takes none of the Triton tiles above."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"pallas_concat_dense.concat_dense: implementation {implementation!r} is not one of "
+                         f"{IMPLEMENTATIONS}")
     parts = tuple(parts)
     if not parts or any(p.ndim != 3 or p.shape[:2] != parts[0].shape[:2] or p.dtype != parts[0].dtype
                         for p in parts):
@@ -181,6 +198,13 @@ def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array,
     if kernel.ndim != 2 or kernel.shape[0] != sum(channels) or bias.shape != kernel.shape[1:]:
         raise ValueError(f"pallas_concat_dense.concat_dense: for parts of {list(channels)} channels expected "
                          f"W ({sum(channels)}, F) and c (F,), got {kernel.shape} and {bias.shape}")
+    if implementation == "mosaic":
+        if (block_m, block_n, block_k, num_warps) != (None, None, None, NUM_WARPS):
+            raise ValueError("pallas_concat_dense.concat_dense: implementation='mosaic' takes none of the "
+                             "Triton tiles (block_m, block_n, block_k, num_warps); "
+                             "jdiff.models.mosaic_concat_dense.concat_dense takes its own")
+        product = functools.partial(mosaic_concat_dense.concat_dense, interpret=interpret)
+        return _concat_dense(parts, kernel, bias, product)
     batch, n, _ = parts[0].shape
     features = kernel.shape[1]
     block_n = default_block_n(features) if block_n is None else block_n
@@ -190,4 +214,4 @@ def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array,
     if reason:
         raise ValueError(f"pallas_concat_dense.concat_dense: {reason}")
     settings = _Settings(channels, block_m, block_n, block_k, num_warps, interpret)
-    return _concat_dense(parts, kernel, bias, settings)
+    return _concat_dense(parts, kernel, bias, functools.partial(_triton, settings=settings))

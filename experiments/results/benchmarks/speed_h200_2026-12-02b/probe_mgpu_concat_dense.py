@@ -1,10 +1,10 @@
 """Probe for the next session with device time (written in the twenty-first, not yet run on a GPU): the
 decoder's 1×1 skip product y = [h | s]·W + c at the UNet's four decoder shapes (batch 512, bf16), µs per
 product, 20 chained (each product feeds the next h; probe_parts.py's harness): XLA's concatenation and
-product, jdiff's Triton kernel (pallas_concat_dense.concat_dense, its defaults), and the Mosaic GPU prototype
-in concat_dense_mgpu.py (persistent CTAs, a TMA + wgmma pipeline per part into one accumulator, c added in
-the epilogue) over a few tiles, each checked against XLA's (max abs difference). ``--smoke``: tiny shapes in
-the interpreters (Pallas's for Triton, Mosaic GPU's), on any backend."""
+product, jdiff's Triton kernel (pallas_concat_dense.concat_dense, its defaults), and its Mosaic GPU kernel
+(jdiff.models.mosaic_concat_dense: persistent CTAs, a TMA + wgmma pipeline per part into one accumulator, c
+added in the epilogue) over a few tiles, each checked against XLA's (max abs difference). ``--smoke``: tiny
+shapes in the interpreters (Pallas's for Triton, Mosaic GPU's), on any backend."""
 import os
 import sys
 
@@ -15,9 +15,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [".", "experiments", HERE, os.path.join(os.path.dirname(HERE), "speed_h200_2026-12-02a")]
 import benchmark  # noqa: E402
-import concat_dense_mgpu  # noqa: E402
 import probe_parts  # noqa: E402
-from jdiff.models import pallas_concat_dense as pcd  # noqa: E402
+from jdiff.models import mosaic_concat_dense as mcd, pallas_concat_dense as pcd  # noqa: E402
 
 SHAPES = [(1024, 128, 128, 128), (256, 256, 256, 256), (64, 256, 256, 256), (16, 256, 256, 256)]
 TILES = [(128, 128, 64, 4), (128, 256, 64, 4), (128, 128, 64, 2), (64, 128, 64, 4)]  # block_m, _n, _k, steps
@@ -49,8 +48,7 @@ def main(out, smoke):
             setting = dict(block_m=bm, block_n=bn, block_k=bk, steps=steps)
             probe_parts.timed(
                 results, out, f"mosaic {setting}",
-                lambda h: ((), concat_dense_mgpu.concat_dense((h, s), w, c, **setting, interpret=smoke,
-                                                              ctas=2 if smoke else None)), h,
+                lambda h: ((), mcd.concat_dense((h[None], s[None]), w, c, **setting, interpret=smoke)[0]), h,
                 reference, **shape, **setting)
 
 
