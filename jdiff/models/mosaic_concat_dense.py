@@ -34,6 +34,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.mosaic_gpu import check_runs, interpreter, sm_count, unpartitioned_if_interpreted
+from jdiff.models.pallas_concat_dense import tiling_reason
 from jdiff.models.pallas_group_norm import largest_power_of_2_dividing
 from jdiff.models.per_image import partitioned_per_image
 
@@ -75,13 +76,7 @@ def unsupported_reason(part_channels: Sequence[int], features: int, rows: int, d
     if smem > _SMEM_BYTES:
         return (f"{steps} pipeline steps of ({block_m}, {block_k}) and ({block_k}, {block_n}) tiles and the "
                 f"output tile need {smem} bytes of shared memory, more than {_SMEM_BYTES}")
-    if rows % block_m:
-        return f"B·N = {rows} positions must be a multiple of block_m = {block_m}"
-    if features % block_n:
-        return f"F = {features} output channels must be a multiple of block_n = {block_n}"
-    if not part_channels or any(c % block_k for c in part_channels):
-        return f"every part's channels ({list(part_channels)}) must be a multiple of block_k = {block_k}"
-    return None
+    return tiling_reason(part_channels, features, rows, block_m, block_n, block_k)
 
 
 def default_block_n(features: int) -> int:

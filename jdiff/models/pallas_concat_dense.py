@@ -37,7 +37,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from jdiff.models import mosaic_concat_dense
 from jdiff.models.pallas_group_norm import is_power_of_2, largest_power_of_2_dividing
 from jdiff.models.per_image import partitioned_per_image
 
@@ -87,6 +86,13 @@ def unsupported_reason(part_channels: Sequence[int], features: int, rows: int, *
     for name, size in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
         if size < 16 or not is_power_of_2(size):
             return f"{name} = {size} must be a power of two from 16 (Triton's tensor-core products)"
+    return tiling_reason(part_channels, features, rows, block_m, block_n, block_k)
+
+
+def tiling_reason(part_channels: Sequence[int], features: int, rows: int, block_m: int, block_n: int,
+                  block_k: int) -> str | None:
+    """Why (block_m, block_n) tiles of y and block_k steps over each part's channels do not cover the
+    product (both kernels have no masks), or None if they do."""
     if rows % block_m:
         return f"B·N = {rows} positions must be a multiple of block_m = {block_m}"
     if features % block_n:
@@ -203,6 +209,7 @@ def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array,
             raise ValueError("pallas_concat_dense.concat_dense: implementation='mosaic' takes none of the "
                              "Triton tiles (block_m, block_n, block_k, num_warps); "
                              "jdiff.models.mosaic_concat_dense.concat_dense takes its own")
+        from jdiff.models import mosaic_concat_dense  # it imports this module (tiling_reason)
         product = functools.partial(mosaic_concat_dense.concat_dense, interpret=interpret)
         return _concat_dense(parts, kernel, bias, product)
     batch, n, _ = parts[0].shape
