@@ -16,7 +16,8 @@ kernel has that structure and reads the parts as they are:
   TMA.
 
 Not yet timed on a GPU (the twenty-first session had no device time left for it):
-:func:`jdiff.models.pallas_concat_dense.concat_dense` takes it only when asked (``kernel='mosaic'``), and
+:func:`jdiff.models.pallas_concat_dense.concat_dense` takes it only when asked
+(``implementation='mosaic'``), and
 ``experiments/results/benchmarks/speed_h200_2026-12-02b/probe_mgpu_concat_dense.py`` times it. It runs on
 NVIDIA GPUs of compute capability 9.x with jax ≥ 0.11, and in Mosaic GPU's interpreter (``interpret``, jax ≥
 0.10, any backend).
@@ -34,7 +35,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from jdiff.models.mosaic_gpu import check_runs, interpreter, sm_count, unpartitioned_if_interpreted
-from jdiff.models.pallas_concat_dense import tiling_reason
+from jdiff.models.pallas_concat_dense import sharding_rule, tiling_reason
 from jdiff.models.pallas_group_norm import largest_power_of_2_dividing
 from jdiff.models.per_image import partitioned_per_image
 
@@ -149,8 +150,7 @@ def _call(*operands_and_settings):
 
 @functools.cache
 def _per_image(parts: int) -> Any:
-    inputs = [f"b n p{k}" for k in range(parts)] + ["c f", "f"]
-    return partitioned_per_image(_call, ", ".join(inputs) + " -> b n f")
+    return partitioned_per_image(_call, sharding_rule(parts))
 
 
 def concat_dense(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array, *, block_m: int = BLOCK_M,

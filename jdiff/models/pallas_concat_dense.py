@@ -144,8 +144,13 @@ def _call(*operands_and_settings):
 
 @functools.cache
 def _per_image(parts: int) -> Any:
-    inputs = ", ".join(f"b n p{k}" for k in range(parts))
-    return partitioned_per_image(_call, inputs + ", c f, f -> b n f")
+    return partitioned_per_image(_call, sharding_rule(parts))
+
+
+def sharding_rule(parts: int) -> str:
+    """The per-image partitioning rule of both kernels' calls (x_1, …, x_K, W, c) → y: the parts and y split
+    with the images, W and c whole."""
+    return ", ".join([f"b n p{k}" for k in range(parts)] + ["c f", "f"]) + " -> b n f"
 
 
 def reference(parts: Sequence[jax.Array], kernel: jax.Array, bias: jax.Array) -> jax.Array:
