@@ -85,6 +85,13 @@ def default_block_n(features: int) -> int:
     return largest_power_of_2_dividing([features], BLOCK_N)
 
 
+def _multiply_accumulate(acc_ref, _, x_smem, w_smem):
+    plgpu.wgmma(acc_ref, x_smem, w_smem)
+    # delay_release=1 lets the pipeline refill the previous step's buffers once this step's product is
+    # issued: they are free only when at most this one product is still in flight.
+    plgpu.wgmma_wait(1)
+
+
 def _concat_dense_tma(*refs, parts: tuple[int, ...], tiles_n: int, tiles: int, block_m: int, block_n: int,
                       block_k: int, steps: int):
     x_gmems, (w_gmem, c_gmem, y_gmem) = refs[:len(parts)], refs[len(parts):]
@@ -98,7 +105,7 @@ def _concat_dense_tma(*refs, parts: tuple[int, ...], tiles_n: int, tiles: int, b
             first = 0
             for x_gmem, channels in zip(x_gmems, parts):
                 plgpu.emit_pipeline(
-                    lambda _, x_smem, w_smem: plgpu.wgmma(acc_ref, x_smem, w_smem),
+                    functools.partial(_multiply_accumulate, acc_ref),
                     grid=(channels // block_k,),
                     in_specs=[plgpu.BlockSpec((block_m, block_k), lambda k: (row_block, k), delay_release=1),
                               plgpu.BlockSpec((block_k, block_n), lambda k: (k, col_block), delay_release=1)],
