@@ -7,11 +7,11 @@ R=$OUT/r; mkdir -p $R; ROOT=$PWD; date > $R/log.txt
 show() { python -c "import json,sys; d=json.load(open(sys.argv[1])); [print(w, k, round(v['images_per_sec'], 2), round(v.get('seconds_per_batch', v.get('step_ms', 0)), 4), {m: n for m, n in v.items() if 'diff' in m}) for w in ('sample', 'train') for k, v in d.get(w, {}).items()]" $1; }
 run() { name=$1; dir=$2; limit=$3; shift 3; echo "== $name ($dir)" >> $R/log.txt; (cd $dir && PYTHONPATH=/tmp/site:. timeout $limit python experiments/benchmark.py "$@" --out $R/$name.json > $R/$name.out 2>&1); echo "rc $?" >> $R/log.txt; show $R/$name.json >> $R/log.txt 2>&1; date >> $R/log.txt; }
 echo "== diag 256 256 256" >> $R/log.txt
-(cd .dev/mosaic && PYTHONPATH=/tmp/site:. timeout 60 python $ROOT/experiments/results/benchmarks/speed_h200_2026-12-02c/diag_compile.py 256 256 256 > $R/diag.out 2>&1); echo "rc $?" >> $R/log.txt
+(cd .dev/mosaic && PYTHONPATH=/tmp/site:. timeout 50 python $ROOT/experiments/results/benchmarks/speed_h200_2026-12-02c/diag_compile.py 256 256 256 > $R/diag.out 2>&1); echo "rc $?" >> $R/log.txt
 grep -v "^E1\|^W1\|^I1" $R/diag.out | tail -12 >> $R/log.txt; date >> $R/log.txt
 S="--what sample --sample-steps 100 --repeats 3 --compare-images $R/images_head.npy"
-run s_head_1 $ROOT 115 --variants bf16-auto $S --compilation-cache /tmp/cache_head
-run s_mosaic_1 $ROOT/.dev/mosaic 220 --variants bf16-auto $S --compilation-cache /tmp/cache_mosaic
+run s_head_1 $ROOT 110 --variants bf16-auto $S --compilation-cache /tmp/cache_head
+run s_mosaic_1 $ROOT/.dev/mosaic 170 --variants bf16-auto $S --compilation-cache /tmp/cache_mosaic
 run s_head_2 $ROOT 65 --variants bf16-auto $S --compilation-cache /tmp/cache_head
 run s_mosaic_2 $ROOT/.dev/mosaic 65 --variants bf16-auto $S --compilation-cache /tmp/cache_mosaic
 rm -f $R/images_head.npy
