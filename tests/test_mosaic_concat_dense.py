@@ -4,7 +4,8 @@ GPU's interpreter against an independent float64 NumPy product (one, two and thr
 CTA, pipelines of more steps than buffers, float16), against the Triton kernel through the public function,
 its gradients (the XLA reference's), the operands and settings it refuses and where it runs; and, with jax
 ≥ 0.11, the interpreter's race detector and Mosaic GPU's lowering for CUDA at the UNet's decoder shapes
-(skipped on jax 0.10 with the reason; passed with jax 0.11.2 on the CPU). Not yet timed on a GPU."""
+(skipped on jax 0.10 with the reason; passed with jax 0.11.2 on the CPU); where the UNet's 1×1 skip products
+take it (ConcatConv1x1(implementation='auto'): Hopper, at most 256 positions per image)."""
 
 import re
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from jdiff.models import mosaic_concat_dense, mosaic_gpu, pallas_concat_dense
+from jdiff.models.layers import ConcatConv1x1
 from test_mosaic_attention import needs_jax_011, on_a_fake_hopper
 from test_pallas_concat_dense import float64_product, operands
 
@@ -111,6 +113,53 @@ def test_the_defaults_take_the_unets_decoder_products():
                                (1024, (128, 128), 128), (256, (256,), 256)]:
         assert mosaic_concat_dense.unsupported_reason(parts, features, 512 * n, jnp.bfloat16) is None
     assert mosaic_concat_dense.unsupported_reason((256, 256), 256, 16, jnp.bfloat16) is not None  # < block_m
+
+
+@pytest.mark.parametrize("parts,features,positions,dtype,preferred", [
+    ((256, 256), 256, 256, jnp.bfloat16, True),  # 16×16: 114.0 against the Triton kernel's 130.1 µs
+    ((256, 256), 256, 256, jnp.float16, True),
+    ((128, 128), 128, 1024, jnp.bfloat16, False),  # 32×32: 156.9 against 143.5 µs
+    ((256, 256), 256, 64, jnp.bfloat16, False),  # 8×8: one image is less than block_m = 128 positions
+    ((256, 256), 256, 16, jnp.bfloat16, False),  # 4×4
+    ((256, 256), 256, 256, jnp.float32, False),
+    ((256, 96), 256, 256, jnp.bfloat16, False),  # 96 channels: not whole steps of 64
+])
+def test_preferred_on_hopper_at_16x16_and_only_where_one_image_fits_its_tiles(
+        monkeypatch, parts, features, positions, dtype, preferred):
+    """On a Hopper GPU with jax ≥ 0.11 (faked), the kernel is preferred for images of at most 256 positions
+    whose product it takes; on this machine's CPU, or with jax 0.10, never."""
+    assert not mosaic_concat_dense.preferred(parts, features, positions, dtype)
+    on_a_fake_hopper(monkeypatch, jax_011=False)
+    assert not mosaic_concat_dense.preferred(parts, features, positions, dtype)
+    on_a_fake_hopper(monkeypatch)
+    assert mosaic_concat_dense.preferred(parts, features, positions, dtype) is preferred
+
+
+def test_the_unets_skip_product_takes_the_mosaic_kernel_where_preferred(monkeypatch):
+    """ConcatConv1x1(implementation='auto') computes its product with the Mosaic kernel where preferred
+    (Hopper faked; interpreted here) at 16×16, with the Triton kernel's output (at most one ulp apart where
+    the sums' order differs) and the same parameters, and with the Triton kernel at 32×32; 'triton' and
+    'mosaic' force one; an unknown implementation is refused."""
+    monkeypatch.setattr(mosaic_concat_dense, "runs_here", lambda: True)
+    rng = np.random.default_rng(0)
+    parts = tuple(jnp.asarray(rng.normal(size=(1, 16, 16, 64)), jnp.bfloat16) for _ in range(2))
+
+    def run(implementation, xs=parts):
+        layer = ConcatConv1x1(64, interpret=True, implementation=implementation, dtype=jnp.bfloat16)
+        params = layer.init(jax.random.key(0), xs)
+        jaxpr = str(jax.make_jaxpr(lambda p: layer.apply(p, xs))(params))
+        return np.asarray(layer.apply(params, xs), np.float32), jaxpr, params
+
+    auto, auto_jaxpr, auto_params = run("auto")
+    triton, triton_jaxpr, triton_params = run("triton")
+    assert "concat_dense_tma" in auto_jaxpr and "concat_dense_tma" not in triton_jaxpr
+    assert jax.tree.map(jnp.shape, auto_params) == jax.tree.map(jnp.shape, triton_params)
+    assert np.abs(auto - triton).max() <= 2.0 ** -7 * np.abs(triton).max() and np.mean(auto == triton) > 0.99
+    assert "concat_dense_tma" in run("mosaic")[1]
+    large = tuple(jnp.zeros((1, 32, 32, 64), jnp.bfloat16) for _ in range(2))
+    assert "concat_dense_tma" not in run("auto", large)[1]
+    with pytest.raises(ValueError, match=r"implementation 'cutlass' is not 'auto' or one of"):
+        run("cutlass")
 
 
 @needs_jax_011

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiff.models import pallas_attention, pallas_concat_dense, pallas_group_norm
+from jdiff.models import mosaic_concat_dense, pallas_attention, pallas_concat_dense, pallas_group_norm
 from jdiff.models.group_norm import GroupNorm, Parts, channel_parts, concatenation_shape
 from jdiff.models.platform import nvidia_sm80_or_newer
 
@@ -228,9 +228,13 @@ def attention_heads(channels: int, num_heads: int, num_head_channels: int) -> in
 class ConcatConv1x1(nn.Module):
     """A biased 1×1 conv of the channel concatenation of ``parts`` (B, H, W, C_k), with :func:`conv2d`'s
     parameters ('kernel' (1, 1, C, F), 'bias' (F,)) and initialisation, computed without the concatenation by
-    :func:`jdiff.models.pallas_concat_dense.concat_dense` (in Pallas's interpreter with ``interpret``)."""
+    :func:`jdiff.models.pallas_concat_dense.concat_dense` (in the kernel's interpreter with ``interpret``).
+    ``implementation``: its 'triton' or 'mosaic' kernel, or 'auto': 'mosaic' where
+    :func:`jdiff.models.mosaic_concat_dense.preferred` (Hopper, 16×16 and its 256 + 256 channels in the
+    CIFAR-10 UNet), else 'triton'."""
     features: int
     interpret: bool = False
+    implementation: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -244,8 +248,20 @@ class ConcatConv1x1(nn.Module):
         batch = whole.shape[0]
         flat = tuple(p.astype(self.dtype).reshape(batch, -1, p.shape[-1]) for p in parts)
         y = pallas_concat_dense.concat_dense(flat, kernel.reshape(channels, self.features).astype(self.dtype),
-                                             bias.astype(self.dtype), interpret=self.interpret)
+                                             bias.astype(self.dtype), interpret=self.interpret,
+                                             implementation=self.kernel_for(flat))
         return y.reshape(*whole.shape[:-1], self.features)
+
+    def kernel_for(self, flat: Parts) -> str:
+        """The kernel that computes the product of ``flat`` parts (B, N, C_k): ``implementation`` resolved."""
+        if self.implementation not in ("auto", *pallas_concat_dense.IMPLEMENTATIONS):
+            raise ValueError(f"ConcatConv1x1: implementation {self.implementation!r} is not 'auto' or one of "
+                             f"{pallas_concat_dense.IMPLEMENTATIONS}")
+        if self.implementation != "auto":
+            return self.implementation
+        channels = tuple(p.shape[-1] for p in flat)
+        preferred = mosaic_concat_dense.preferred(channels, self.features, flat[0].shape[1], self.dtype)
+        return "mosaic" if preferred else "triton"
 
 
 class Downsample(nn.Module):

@@ -15,12 +15,13 @@ kernel has that structure and reads the parts as they are:
 - c's block_n values are added to the accumulator in float32, y is rounded once to x's dtype and leaves by
   TMA.
 
-Not yet timed on a GPU (the twenty-first session had no device time left for it):
-:func:`jdiff.models.pallas_concat_dense.concat_dense` takes it only when asked
-(``implementation='mosaic'``), and
-``experiments/results/benchmarks/speed_h200_2026-12-02b/probe_mgpu_concat_dense.py`` times it. It runs on
-NVIDIA GPUs of compute capability 9.x with jax ≥ 0.11, and in Mosaic GPU's interpreter (``interpret``, jax ≥
-0.10, any backend).
+Timed on an H200 (docs/benchmarks.md, twenty-second session; 20 or 10 chained calls at batch 512, bf16, µs
+per call against the Triton kernel in the same harness): 114.0 against 130.1 at 16×16 (256 + 256 → 256),
+53.8 against 54.4 at 8×8, 34.3 against 39.6 at 4×4, but 156.9 against 143.5 at 32×32 (128 + 128 → 128;
+measured before each step's ``wgmma_wait(1)`` was added).
+:func:`preferred` says where the UNet takes it (``ConcatConv1x1(implementation='auto')``). It runs on
+NVIDIA GPUs of compute capability 9.x with jax ≥ 0.11, and in Mosaic GPU's interpreter (``interpret``,
+jax ≥ 0.10, any backend).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from jdiff.models.mosaic_gpu import check_runs, interpreter, sm_count, unpartitioned_if_interpreted
+from jdiff.models.mosaic_gpu import check_runs, interpreter, runs_here, sm_count, unpartitioned_if_interpreted
 from jdiff.models.pallas_concat_dense import sharding_rule, tiling_reason
 from jdiff.models.pallas_group_norm import largest_power_of_2_dividing
 from jdiff.models.per_image import partitioned_per_image
@@ -44,7 +45,8 @@ Dtype = Any
 BLOCK_M = 128  # positions per tile: two of the warpgroup's 64-row wgmma products
 BLOCK_N = 128  # output channels per tile (fewer where F has no such factor)
 BLOCK_K = 64  # channels per pipeline step: 128-byte rows of 16-bit values (the widest TMA swizzle)
-STEPS = 4  # pipeline buffers in flight
+STEPS = 4  # pipeline buffers in flight (2 took 177 µs against 4's 114 at 16×16)
+MAX_POSITIONS = 256  # per image where it is preferred: slower than the Triton kernel at 32×32's 1024
 _SMEM_BYTES = 227 * 1024  # an H100's / H200's shared memory per SM
 
 
@@ -78,6 +80,16 @@ def unsupported_reason(part_channels: Sequence[int], features: int, rows: int, d
         return (f"{steps} pipeline steps of ({block_m}, {block_k}) and ({block_k}, {block_n}) tiles and the "
                 f"output tile need {smem} bytes of shared memory, more than {_SMEM_BYTES}")
     return tiling_reason(part_channels, features, rows, block_m, block_n, block_k)
+
+
+def preferred(part_channels: Sequence[int], features: int, positions: int, dtype: Dtype) -> bool:
+    """Whether a 1×1 product of parts with these channel counts in ``dtype`` into F outputs, over images of
+    ``positions`` positions each, takes this kernel rather than the Triton one: where it runs
+    (:func:`jdiff.models.mosaic_gpu.runs_here`), images have at most MAX_POSITIONS positions (at 32×32 it
+    was slower) and the default tiles take one image (so any share of the batch in whole images: at 8×8 and
+    4×4 an image has fewer positions than BLOCK_M, and those go to the Triton kernel)."""
+    return (positions <= MAX_POSITIONS and runs_here()
+            and unsupported_reason(part_channels, features, positions, dtype) is None)
 
 
 def default_block_n(features: int) -> int:
