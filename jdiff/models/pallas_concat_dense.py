@@ -23,8 +23,10 @@ The product has no derivative of its own: :func:`concat_dense` is a custom VJP w
 kernel only where nothing is (sampling).
 
 ``implementation='mosaic'`` computes the same product with :mod:`jdiff.models.mosaic_concat_dense`'s Mosaic
-GPU kernel (TMA and wgmma, Hopper GPUs), built because this kernel's products take ~1.4× XLA's time; it is
-not yet timed on a GPU, so 'triton' stays the default.
+GPU kernel (TMA and wgmma, Hopper GPUs), built because this kernel's products take ~1.4× XLA's time. On an
+H200 it was faster at 16×16 and slower at 32×32 (docs/benchmarks.md, twenty-second session), so 'triton' stays
+this function's default and the UNet's ``ConcatConv1x1`` picks per product
+(:func:`jdiff.models.mosaic_concat_dense.preferred`).
 """
 
 from __future__ import annotations
