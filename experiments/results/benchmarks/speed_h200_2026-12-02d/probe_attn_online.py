@@ -4,7 +4,9 @@ softmax, more compute warpgroups) against the library's Mosaic GPU kernel at the
 harness (distinct inputs, calls chained by optimisation barriers); each variant's output against the
 library kernel's and against float32 attention of the same rounded q + b_q, k, v.
 
-    python probe_attn_online.py OUT.json [--smoke]   # --smoke: tiny shapes in the interpreter (CPU)
+    python probe_attn_online.py OUT.json [--smoke] [--only I]
+--smoke: tiny shapes in the interpreter (CPU); --only I: one row per process (−1 the library kernel's, first;
+then 0, 1, … the VARIANTS), each adding to OUT.json, so that a kernel that hangs stops only its row.
 """
 import json
 import os
@@ -23,22 +25,22 @@ import mgpu_attn_online as online  # noqa: E402
 from jdiff.models import mosaic_attention  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv
+ONLY = int(sys.argv[sys.argv.index("--only") + 1]) if "--only" in sys.argv else None  # -1: the library's row
 B, L, H, D = (3, 256, 2, 32) if SMOKE else (512, 256, 8, 32)
 VARIANTS = [online.Variant(4, 64), online.Variant(2, 128, ping_pong=True, compute_registers=232),
-            online.Variant(2, 128, compute_registers=232), online.Variant(2, 256, ping_pong=True,
-                                                                         compute_registers=232),
+            online.Variant(2, 128, compute_registers=232),
             online.Variant(4, 64, compute_registers=104, producer_registers=56),
-            online.Variant(4, 128, compute_registers=112)]
+            online.Variant(2, 256, ping_pong=True, compute_registers=232)]  # the library's arithmetic
 
 
+@jax.jit
 def reference(qkv, q_bias):
-    """float32 softmax attention of q + b_q (rounded to bf16), k, v: (B, L, H, D)."""
+    """float32 softmax attention of q + b_q (rounded to bf16), k, v: (B, L, H, D), by XLA on the device."""
     q, k, v = (qkv[:, :, i] for i in range(3))
-    q = (q + q_bias.reshape(H, D)).astype(jnp.bfloat16)
-    q, k, v = (np.asarray(a, np.float32) for a in (q, k, v))
-    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    return np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v)
+    q = q + q_bias.reshape(H, D)
+    q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision="highest") / np.sqrt(D)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v, precision="highest")
 
 
 def main(out):
@@ -47,7 +49,7 @@ def main(out):
     keys = jax.random.split(jax.random.key(0), count + 1)
     xs = [(2.0 * jax.random.normal(k, (B, L, 3, H, D))).astype(jnp.bfloat16) for k in keys[:count]]
     q_bias = jax.random.normal(keys[-1], (H * D,)).astype(jnp.bfloat16)
-    want = reference(np.asarray(xs[0], np.float32), np.asarray(q_bias, np.float32)) if SMOKE or True else None
+    want = np.asarray(reference(xs[0], q_bias))
     library = None
 
     def row(name, fn, **extra):
@@ -69,10 +71,17 @@ def main(out):
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()}, flush=True)
         json.dump(results, open(out, "w"), indent=2)
 
-    row("library", lambda x, b: mosaic_attention.call(x, b, new_order=True, interpret=SMOKE))
-    for variant in VARIANTS:
-        row("online", lambda x, b, variant=variant: online.call(x, b, new_order=True, variant=variant,
-                                                               interpret=SMOKE), **vars(variant))
+    if ONLY is not None and os.path.exists(out):  # the rows of earlier processes
+        results["rows"] = json.load(open(out))["rows"]
+        library = np.load(out + ".library.npy")
+    if ONLY in (None, -1):
+        row("library", lambda x, b: mosaic_attention.call(x, b, new_order=True, interpret=SMOKE))
+        if ONLY is not None:
+            np.save(out + ".library.npy", library)
+    for i, variant in enumerate(VARIANTS):
+        if ONLY in (None, i):
+            row("online", lambda x, b, variant=variant: online.call(x, b, new_order=True, variant=variant,
+                                                                   interpret=SMOKE), **vars(variant))
 
 
 if __name__ == "__main__":
