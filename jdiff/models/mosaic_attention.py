@@ -1,29 +1,34 @@
-"""softmax((q + b_q)·kᵀ/√d)·v per image and head, read from the attention's one q|k|v product, as a persistent
-Pallas Mosaic GPU kernel for Hopper GPUs: the UNet's 16×16 attention (L = 256 positions, 8 heads of 32).
+"""softmax((q + b_q)·kᵀ/√d)·v per image and head, read from the attention's one q|k|v product, as a
+persistent Pallas Mosaic GPU kernel for Hopper GPUs: the UNet's 16×16 attention (L = 256 positions, 8 heads
+of 32).
 
-It computes what :func:`jdiff.models.pallas_attention.attention_from_qkv` computes: for each image and head,
-q + b_q rounded to q's dtype, logits s = (q + b_q)·kᵀ in float32, p = exp(s/√d − max) (float32), the output
-(p rounded to q's dtype)·v / Σp, rounded to q's dtype. q, k and v come straight from the (B, L, 3C) product
-(no XLA slices of it written out), b_q is added in the kernel (XLA would not fold a bias of the product into
-the product's epilogue: measured, it made a pass of its own).
+It computes :func:`jdiff.models.pallas_attention.attention_from_qkv`'s attention: for each image and head,
+q + b_q rounded to q's dtype, logits (q + b_q)·kᵀ in float32, their softmax's numerators in float32,
+rounded to q's dtype for the product with v, divided by their float32 sum, the output rounded to q's dtype;
+the numerators of each key block are taken against the running row maximum (below), so their 16-bit
+rounding differs from the Triton kernel's whole-row form by about an ulp of the output. q, k and v come
+straight from the (B, L, 3C) product (no XLA slices of it written out), b_q is added in the kernel (XLA
+would not fold a bias of the product into the product's epilogue: measured, it made a pass of its own).
 
 Why: cuDNN's flash-attention kernel took 215–234 µs per call at batch 512 on an H200 at this shape (head
 width 32, 4,096 (image, head) pairs of 256 positions), jdiff's Triton kernel for short sequences cannot hold
 256 × 256 logits, and XLA's attention writes them out. Here:
 
-- one CTA per SM stays resident and takes (image, head) items i, i + G, … (G CTAs); a third warpgroup
-  copies each item's q, k, v (256 × d each) into shared memory by TMA, ``STAGES`` items ahead, each stage
-  released by the two compute warpgroups once they have read it;
-- each compute warpgroup owns L/2 of the item's query rows, 64 at a time (the wgmma tile's height): q + b_q
-  into registers, the logits of its 64 rows against all L keys with one tensor-core product (64 × L float32,
-  so L ≤ 256), the whole softmax row in registers (no online rescaling), the product with v with p in
-  registers, the output through shared memory to a TMA store;
-- the two compute warpgroups alternate through a schedule barrier, so that one's softmax (exponentials and
-  row reductions) overlaps the other's products (the "ping-pong" of FlashAttention-3).
+- one CTA per SM stays resident and takes (image, head) items i, i + G, … (G CTAs); a producer warpgroup
+  copies each item's q, k, v (L × d each) into shared memory by TMA, ``STAGES`` items ahead, each stage
+  released by the compute warpgroups once they have read it;
+- L/64 compute warpgroups (four at L = 256) each own one block of 64 query rows (the wgmma tile's height):
+  q + b_q into registers, then the keys in blocks of ``KEY_BLOCK`` with an online softmax (FlashAttention's
+  running maximum and sum): per key block j, the 64 × KEY_BLOCK logits s_j = (q + b_q)·k_jᵀ with one
+  tensor-core product, m' = max(m, max_row(s_j)/√d), α = exp(m − m'), p_j = exp(s_j/√d − m'),
+  l = α·l + Σ_row p_j, acc = α·acc + (p_j rounded to q's dtype)·v_j (p_j from registers); the output
+  acc / l through shared memory to a TMA store.
 
-On an H200 (docs/benchmarks.md, fourteenth session) it took 156–168 µs against cuDNN's 234 on the same
-machine, and the attention layer with its q|k|v product (one (C, 3C) product instead of three (C, C) ones
-and q's bias pass) 267–275 µs against 380.
+Holding 64 × KEY_BLOCK logits instead of a whole 64 × L row is what lets four compute warpgroups fit in an
+SM's registers; the fourteenth session's kernel (two warpgroups, each with its two query blocks' whole rows
+one after the other, in ping-pong) was latency-bound. On an H200 (docs/benchmarks.md, twenty-third session)
+this scheme took 202 µs per call against 216–231 for that kernel at batch 512, and sampling ran 0.36–0.45%
+faster; that kernel had taken 156–168 µs against cuDNN's 234 in the fourteenth session's harness.
 
 It runs on NVIDIA GPUs of compute capability 9.x with jax ≥ 0.11 (:func:`jdiff.models.mosaic_gpu.runs_here`),
 and in Mosaic GPU's interpreter (jax ≥ 0.10), where the products' register operands and kᵀ go through shared
@@ -49,10 +54,13 @@ from jdiff.models.mosaic_gpu import Registers, interpreter, runs_here, sm_count
 
 Dtype = Any
 
-ROWS = 64  # query rows per product: the wgmma tile's height
-COMPUTE_WARPGROUPS = 2
+ROWS = 64  # query rows per compute warpgroup: the wgmma tile's height
+KEY_BLOCK = 64  # keys per step of the online softmax: 64 × 64 float32 logits take 32 registers per thread
+MAX_COMPUTE_WARPGROUPS = 4
 STAGES = 2  # items whose q, k, v are in shared memory at once (3 were not consistently faster on an H200)
-MAX_TOKENS = 256  # a warpgroup's 64 × L float32 logits take L / 2 registers per thread
+MAX_TOKENS = MAX_COMPUTE_WARPGROUPS * ROWS
+# per thread, by setmaxnreg: 4 × 128 × 104 + 128 × 56 of an SM's 65,536 (4 × 112 + 40 hung on an H200)
+COMPUTE_REGISTERS, PRODUCER_REGISTERS = 104, 56
 SMEM_BYTES = 200 * 1024  # of an SM's 227 KiB, for the stages and the output tiles
 _TILE = plgpu.Layout.WGMMA
 
@@ -69,10 +77,10 @@ def unsupported_reason(shape: tuple[int, ...], dtype: Dtype) -> str | None:
     _, tokens, _, head_channels = shape
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return f"q, k, v must be bfloat16 or float16 (tensor-core products), got {jnp.dtype(dtype)}"
-    rows = COMPUTE_WARPGROUPS * ROWS
-    if tokens % rows or not rows <= tokens <= MAX_TOKENS:
-        return (f"the sequence length L = {tokens} must be a multiple of {rows} up to {MAX_TOKENS} (two "
-                f"warpgroups of {ROWS}-row products; a row of float32 logits in registers)")
+    if tokens % ROWS or not 2 * ROWS <= tokens <= MAX_TOKENS:
+        return (f"the sequence length L = {tokens} must be a multiple of {ROWS} from {2 * ROWS} to "
+                f"{MAX_TOKENS} (one {ROWS}-row query block per compute warpgroup, two to "
+                f"{MAX_COMPUTE_WARPGROUPS})")
     if head_channels not in (16, 32, 64):
         return f"the head width d = {head_channels} must be 16, 32 or 64 (one swizzled row of shared memory)"
     if _smem_bytes(tokens, head_channels, jnp.dtype(dtype).itemsize) > SMEM_BYTES:
@@ -95,13 +103,15 @@ class _Shape:
     ctas: int
     qkv_axis: int  # the axis of q|k|v in the product's view: 2 (new order) or 3 (legacy)
 
+    @property
+    def warpgroups(self) -> int:  # compute warpgroups: one per query block
+        return self.tokens // ROWS
+
 
 def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_smem, bias_smem, staged,
-                   q_loaded, k_loaded, v_loaded, bias_loaded, consumed, schedule, *, shape: _Shape,
-                   compiled: bool):
+                   q_loaded, k_loaded, v_loaded, bias_loaded, consumed, *, shape: _Shape, compiled: bool):
     """One CTA's work (the module docstring has the scheme)."""
-    tokens, d = shape.tokens, shape.head_channels
-    blocks = tokens // (COMPUTE_WARPGROUPS * ROWS)  # query blocks per compute warpgroup
+    tokens, d, warpgroups = shape.tokens, shape.head_channels, shape.warpgroups
     cta, wg = lax.axis_index("cta"), lax.axis_index("wg")
     my_items = (shape.items - cta + shape.ctas - 1) // shape.ctas
 
@@ -126,13 +136,9 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
         plgpu.commit_smem()
         return ref
 
-    def rendezvous():  # both compute warpgroups here
-        plgpu.barrier_arrive(schedule)
-        plgpu.barrier_wait(schedule)
-
-    @pl.when(wg == COMPUTE_WARPGROUPS)
+    @pl.when(wg == warpgroups)
     def _copies():
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(PRODUCER_REGISTERS, action="decrease")
         plgpu.copy_gmem_to_smem(bias_gmem, bias_smem, bias_loaded.at[0])
 
         @pl.loop(0, my_items)
@@ -151,12 +157,12 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
         def _(j):  # every phase of the consumed barriers observed before they are released
             plgpu.barrier_wait(consumed.at[j % STAGES])
 
-    @pl.when(wg < COMPUTE_WARPGROUPS)
+    @pl.when(wg < warpgroups)
     def _compute():
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
         scale = math.log2(math.e) / math.sqrt(d)  # exp(x/√d) = 2^(x·scale)
         plgpu.barrier_wait(bias_loaded.at[0])
-        pl.when(wg == 1)(rendezvous)  # warpgroup 1 starts one phase behind: the ping-pong
+        row0 = wg * ROWS
 
         @pl.loop(0, my_items)
         def _(j):
@@ -166,40 +172,43 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
             q_bias = lax.broadcast_in_dim(load(bias_smem.at[pl.ds(head * d, d)], _TILE.reduce(0)).astype(
                 jnp.float32), (ROWS, d), [1])
             plgpu.barrier_wait(k_loaded.at[stage])
-            for block in range(blocks):
-                row0 = (wg * blocks + block) * ROWS
-                q = (load(q_smem.at[stage, pl.ds(row0, ROWS)], _TILE).astype(jnp.float32) + q_bias)
-                q = operand(q.astype(q_smem.dtype), 0)
+            q = (load(q_smem.at[stage, pl.ds(row0, ROWS)], _TILE).astype(jnp.float32) + q_bias)
+            q = operand(q.astype(q_smem.dtype), 0)
+            row_max = total = acc = None  # the online softmax's running m (scaled), l and acc
+            for block in range(tokens // KEY_BLOCK):
+                keys = pl.ds(block * KEY_BLOCK, KEY_BLOCK)
+                k_block = k_smem.at[stage, keys].T if compiled else operand(k_smem.at[stage, keys][...].T, 2)
 
-                keys = k_smem.at[stage].T if compiled else operand(k_smem.at[stage][...].T, 2)
-
-                def logits(acc_ref):
-                    plgpu.wgmma(acc_ref, q, keys)
-                    rendezvous()  # the other warpgroup's softmax ran while this product was issued
+                def logits(acc_ref, k_block=k_block):
+                    plgpu.wgmma(acc_ref, q, k_block)
                     return acc_ref[...]
-                s = pl.run_scoped(logits, plgpu.ACC((ROWS, tokens), jnp.float32))
-                row_max = s.max(axis=1) * scale
-                p = jnp.exp2(s * scale - lax.broadcast_in_dim(row_max, s.shape, [0]))
-                total = p.sum(axis=1)
+                s = pl.run_scoped(logits, plgpu.ACC((ROWS, KEY_BLOCK), jnp.float32))
+                block_max = s.max(axis=1) * scale
+                new_max = block_max if row_max is None else jnp.maximum(row_max, block_max)
+                p = jnp.exp2(s * scale - lax.broadcast_in_dim(new_max, s.shape, [0]))
+                block_total = p.sum(axis=1)
                 p = operand(p.astype(q_smem.dtype), 1)
-                plgpu.barrier_arrive(schedule)  # this softmax is done: the other warpgroup's turn
-                if block == 0:
+                if block == 0:  # v's copy overlapped the first logits
                     plgpu.barrier_wait(v_loaded.at[stage])
-                plgpu.barrier_wait(schedule)
 
-                def weighted(acc_ref):
-                    plgpu.wgmma(acc_ref, p, v_smem.at[stage])
+                def weighted(acc_ref, p=p, keys=keys):
+                    plgpu.wgmma(acc_ref, p, v_smem.at[stage, keys])
                     return acc_ref[...]
-                out = pl.run_scoped(weighted, plgpu.ACC((ROWS, d), jnp.float32))
-                if block == blocks - 1:
-                    plgpu.barrier_arrive(consumed.at[stage])
-                out = out * lax.broadcast_in_dim(1.0 / total, out.shape, [0])
-                # this block's tile was last stored one item ago: its store must have read it out
-                plgpu.wait_smem_to_gmem(blocks - 1, wait_read_only=True)
-                out_smem.at[wg, block][...] = out.astype(out_smem.dtype)
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(out_smem.at[wg, block], out_gmem.at[image, pl.ds(row0, ROWS), head])
-        pl.when(wg == 0)(rendezvous)  # warpgroup 1's last phase
+                block_out = pl.run_scoped(weighted, plgpu.ACC((ROWS, d), jnp.float32))
+                if row_max is None:
+                    total, acc = block_total, block_out
+                else:
+                    rescale = jnp.exp2(row_max - new_max)
+                    total = total * rescale + block_total
+                    acc = acc * lax.broadcast_in_dim(rescale, acc.shape, [0]) + block_out
+                row_max = new_max
+            plgpu.barrier_arrive(consumed.at[stage])
+            out = acc * lax.broadcast_in_dim(1.0 / total, acc.shape, [0])
+            # this warpgroup's tile was last stored one item ago: its store must have read it out
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            out_smem.at[wg][...] = out.astype(out_smem.dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(out_smem.at[wg], out_gmem.at[image, pl.ds(row0, ROWS), head])
         plgpu.wait_smem_to_gmem(0)
 
 
@@ -222,28 +231,27 @@ def call(qkv: jax.Array, q_bias: jax.Array, *, new_order: bool, interpret: Any =
                                                        plgpu.SwizzleTransform(swizzle)))
 
     compiled = not interpret
-    blocks = tokens // (COMPUTE_WARPGROUPS * ROWS)
+    warpgroups = shape.warpgroups
     kernel = functools.partial(_attention_tma, shape=shape, compiled=compiled)
 
     def body(qkv_gmem, bias_gmem, out_gmem):
         pl.run_scoped(
             lambda *scratch: kernel(qkv_gmem, bias_gmem, out_gmem, *scratch),
             smem(STAGES, tokens, d), smem(STAGES, tokens, d), smem(STAGES, tokens, d),
-            smem(COMPUTE_WARPGROUPS, blocks, ROWS, d),
+            smem(warpgroups, ROWS, d),
             plgpu.SMEM((heads * d,), qkv.dtype),
-            None if compiled else (smem(COMPUTE_WARPGROUPS, ROWS, d), smem(COMPUTE_WARPGROUPS, ROWS, tokens),
-                                   smem(COMPUTE_WARPGROUPS, d, tokens)),
+            None if compiled else (smem(warpgroups, ROWS, d), smem(warpgroups, ROWS, KEY_BLOCK),
+                                   smem(warpgroups, d, KEY_BLOCK)),
             plgpu.Barrier(num_barriers=STAGES), plgpu.Barrier(num_barriers=STAGES),
             plgpu.Barrier(num_barriers=STAGES), plgpu.Barrier(num_barriers=1),
-            plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS, num_barriers=STAGES),
-            plgpu.Barrier(num_arrivals=COMPUTE_WARPGROUPS),
+            plgpu.Barrier(num_arrivals=warpgroups, num_barriers=STAGES),
             collective_axes="wg")
 
     return plgpu.kernel(
         body,
         out_type=jax.ShapeDtypeStruct((batch, tokens, heads, d), qkv.dtype),
         grid=(shape.ctas,), grid_names=("cta",), kernel_name="mosaic_attention",  # in profiles
-        num_threads=COMPUTE_WARPGROUPS + 1, thread_name="wg",
+        num_threads=warpgroups + 1, thread_name="wg",
         # fast exp2 for the softmax, whose numerators are rounded to 16 bits; no automatic barriers around
         # shared-memory accesses: no thread reads and writes the same region, TMA copies are fenced
         compiler_params=plgpu.CompilerParams(approx_math=True, unsafe_no_auto_barriers=True),
