@@ -1,7 +1,7 @@
 """The Mosaic GPU attention kernel (jdiff.models.mosaic_attention) behind pallas_attention.attention_from_qkv:
 the shapes it refuses and why, where jdiff chooses it, and, in Mosaic GPU's interpreter, its output against an
 independent NumPy computation of the same arithmetic (the online softmax over blocks of 64 keys; both channel
-orders of the q|k|v product, L of 128, 192 and 256, so two to four compute warpgroups, head widths 16, 32 and
+orders of the q|k|v product, L of 128 and 256, so two and four compute warpgroups, head widths 16, 32 and
 64, float16, several items per CTA so that the stages wrap round) and within an ulp of the whole-row softmax,
 its gradients (XLA's attention's, bit for bit), the interpreter's race detector on the stages and the four
 compute warpgroups' output tiles, and Mosaic GPU's lowering for CUDA at the UNet's 16×16 shape.
@@ -50,8 +50,8 @@ def product(batch, tokens, heads, d, dtype=jnp.bfloat16, seed=0):
 
 @pytest.mark.parametrize("shape,dtype,message", [
     ((2, 256, 8, 32), jnp.float32, "bfloat16 or float16"),
-    ((2, 64, 8, 32), jnp.bfloat16, "L = 64 must be a multiple of 64 from 128 to 256"),
-    ((2, 320, 8, 32), jnp.bfloat16, "L = 320 must be a multiple of 64 from 128"),
+    ((2, 64, 8, 32), jnp.bfloat16, "L = 64 must be one of \\(128, 256\\)"),
+    ((2, 192, 8, 32), jnp.bfloat16, "L = 192 must be one of"),
     ((2, 384, 8, 32), jnp.bfloat16, "L = 384"),
     ((2, 512, 8, 32), jnp.bfloat16, "L = 512"),
     ((2, 256, 8, 24), jnp.bfloat16, "d = 24"),
@@ -101,7 +101,7 @@ def test_explicit_kernel_requests_are_checked():
     with pytest.raises(ValueError, match="no kernel takes q, k, v of shape \\(2, 256, 2, 32\\) here"):
         pallas_attention.attention_from_qkv(qkv, q_bias, heads=2, new_order=False)  # on the CPU
     short, short_bias = product(2, 64, 2, 32)
-    with pytest.raises(ValueError, match="L = 64 must be a multiple of 64 from 128"):
+    with pytest.raises(ValueError, match="L = 64 must be one of"):
         pallas_attention.attention_from_qkv(short, short_bias, heads=2, new_order=False, kernel="mosaic",
                                             interpret=True)
     message = "compute capability 9.x" if mosaic_gpu.jax_supports_it() else "needs jax >= 0.11"
@@ -139,7 +139,6 @@ def online_reference(q, k, v, key_block=mosaic_attention.KEY_BLOCK):
     (3, 256, 2, 32, jnp.bfloat16, False),   # the UNet's 16×16 layer (4 compute warpgroups, 4 key blocks);
     (2, 256, 3, 32, jnp.bfloat16, True),    # 6 items on 2 CTAs: the stages wrap round
     (2, 128, 2, 64, jnp.float16, False),    # two compute warpgroups, 128-byte rows
-    (2, 192, 2, 32, jnp.bfloat16, True),    # three
     (1, 128, 3, 16, jnp.bfloat16, True),    # 32-byte rows; 3 items on 2 CTAs: one CTA has one item
 ])
 def test_interpreted_kernel_matches_the_arithmetic(batch, tokens, heads, d, dtype, new_order):

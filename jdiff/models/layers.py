@@ -385,7 +385,7 @@ def attention_implementation(requested: str, dtype: Dtype, head_channels: int, *
     (:func:`jdiff.models.pallas_attention.attention_from_qkv`'s kernels) as requested; 'auto' picks, on an
     NVIDIA GPU of compute capability 8.0 or newer (Ampere on) in 16-bit compute, jdiff's kernels for q, k, v
     of ``shape`` (B, L, heads, d) where one takes it (:func:`jdiff.models.pallas_attention.kernel_for`: the
-    Triton kernel for L ≤ 64, the Mosaic GPU kernel for L of 128 to 256 on Hopper) and nothing is
+    Triton kernel for L ≤ 64, the Mosaic GPU kernel for L of 128 or 256 on Hopper) and nothing is
     differentiated (their backward is XLA's), else cuDNN's fused flash-attention kernel where it applies
     (head width a multiple of 8 up to 128), and XLA's otherwise (e.g. on a Colab T4). cuDNN made the bf16
     train step 10% and sampling 19–25% faster on an H100/H200; jdiff's kernels made the 8×8 and 4×4 layers

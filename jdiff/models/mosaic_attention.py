@@ -17,12 +17,12 @@ width 32, 4,096 (image, head) pairs of 256 positions), jdiff's Triton kernel for
 - one CTA per SM stays resident and takes (image, head) items i, i + G, … (G CTAs); a producer warpgroup
   copies each item's q, k, v (L × d each) into shared memory by TMA, ``STAGES`` items ahead, each stage
   released by the compute warpgroups once they have read it;
-- L/64 compute warpgroups (four at L = 256) each own one block of 64 query rows (the wgmma tile's height):
-  q + b_q into registers, then the keys in blocks of ``KEY_BLOCK`` with an online softmax (FlashAttention's
-  running maximum and sum): per key block j, the 64 × KEY_BLOCK logits s_j = (q + b_q)·k_jᵀ with one
-  tensor-core product, m' = max(m, max_row(s_j)/√d), α = exp(m − m'), p_j = exp(s_j/√d − m'),
-  l = α·l + Σ_row p_j, acc = α·acc + (p_j rounded to q's dtype)·v_j (p_j from registers); the output
-  acc / l through shared memory to a TMA store.
+- L/64 compute warpgroups (four at L = 256, two at 128) each own one block of 64 query rows (the wgmma
+  tile's height): q + b_q into registers, then the keys in blocks of ``KEY_BLOCK`` with an online softmax
+  (FlashAttention's running maximum and sum): per key block j, the 64 × KEY_BLOCK logits
+  s_j = (q + b_q)·k_jᵀ with one tensor-core product, m' = max(m, max_row(s_j)/√d), α = exp(m − m'),
+  p_j = exp(s_j/√d − m'), l = α·l + Σ_row p_j, acc = α·acc + (p_j rounded to q's dtype)·v_j (p_j from
+  registers); the output acc / l through shared memory to a TMA store.
 
 Holding 64 × KEY_BLOCK logits instead of a whole 64 × L row is what lets four compute warpgroups fit in an
 SM's registers; the fourteenth session's kernel (two warpgroups, each with its two query blocks' whole rows
@@ -56,11 +56,12 @@ Dtype = Any
 
 ROWS = 64  # query rows per compute warpgroup: the wgmma tile's height
 KEY_BLOCK = 64  # keys per step of the online softmax: 64 × 64 float32 logits take 32 registers per thread
-MAX_COMPUTE_WARPGROUPS = 4
 STAGES = 2  # items whose q, k, v are in shared memory at once (3 were not consistently faster on an H200)
-MAX_TOKENS = MAX_COMPUTE_WARPGROUPS * ROWS
-# per thread, by setmaxnreg: 4 × 128 × 104 + 128 × 56 of an SM's 65,536 (4 × 112 + 40 hung on an H200)
-COMPUTE_REGISTERS, PRODUCER_REGISTERS = 104, 56
+# per thread, by setmaxnreg, for each number of compute warpgroups (L/64) that has run on an H200, of an SM's
+# 65,536: (compute, producer); 4 × 128 × 104 + 128 × 56 (112 and 40 hung), 2 × 128 × 232 + 128 × 40 (the
+# fourteenth session's two warpgroups)
+REGISTERS = {4: (104, 56), 2: (232, 40)}
+TOKENS = tuple(sorted(warpgroups * ROWS for warpgroups in REGISTERS))
 SMEM_BYTES = 200 * 1024  # of an SM's 227 KiB, for the stages and the output tiles
 _TILE = plgpu.Layout.WGMMA
 
@@ -77,10 +78,9 @@ def unsupported_reason(shape: tuple[int, ...], dtype: Dtype) -> str | None:
     _, tokens, _, head_channels = shape
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return f"q, k, v must be bfloat16 or float16 (tensor-core products), got {jnp.dtype(dtype)}"
-    if tokens % ROWS or not 2 * ROWS <= tokens <= MAX_TOKENS:
-        return (f"the sequence length L = {tokens} must be a multiple of {ROWS} from {2 * ROWS} to "
-                f"{MAX_TOKENS} (one {ROWS}-row query block per compute warpgroup, two to "
-                f"{MAX_COMPUTE_WARPGROUPS})")
+    if tokens not in TOKENS:
+        return (f"the sequence length L = {tokens} must be one of {TOKENS} (one {ROWS}-row query block per "
+                f"compute warpgroup, in the warpgroup counts whose register split has run on a GPU)")
     if head_channels not in (16, 32, 64):
         return f"the head width d = {head_channels} must be 16, 32 or 64 (one swizzled row of shared memory)"
     if _smem_bytes(tokens, head_channels, jnp.dtype(dtype).itemsize) > SMEM_BYTES:
@@ -138,7 +138,7 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
 
     @pl.when(wg == warpgroups)
     def _copies():
-        plgpu.set_max_registers(PRODUCER_REGISTERS, action="decrease")
+        plgpu.set_max_registers(REGISTERS[warpgroups][1], action="decrease")
         plgpu.copy_gmem_to_smem(bias_gmem, bias_smem, bias_loaded.at[0])
 
         @pl.loop(0, my_items)
@@ -159,7 +159,7 @@ def _attention_tma(qkv_gmem, bias_gmem, out_gmem, q_smem, k_smem, v_smem, out_sm
 
     @pl.when(wg < warpgroups)
     def _compute():
-        plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
+        plgpu.set_max_registers(REGISTERS[warpgroups][0], action="increase")
         scale = math.log2(math.e) / math.sqrt(d)  # exp(x/√d) = 2^(x·scale)
         plgpu.barrier_wait(bias_loaded.at[0])
         row0 = wg * ROWS

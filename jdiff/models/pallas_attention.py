@@ -189,8 +189,8 @@ def attention_from_qkv(qkv: jax.Array, q_bias: jax.Array, *, heads: int, new_ord
     loads its head's q, k, v from the product and adds b_q itself, so neither XLA's slices of the product
     nor its bias pass are written out (three passes over (B, L, C) per layer otherwise).
 
-    ``kernel``: 'triton' (this module's, L ≤ 64), 'mosaic' (:mod:`jdiff.models.mosaic_attention`, L of 128,
-    192 or 256, Hopper GPUs with jax ≥ 0.11), or 'auto': :func:`kernel_for`, and with ``interpret`` the Triton
+    ``kernel``: 'triton' (this module's, L ≤ 64), 'mosaic' (:mod:`jdiff.models.mosaic_attention`, L of 128 or
+    256, Hopper GPUs with jax ≥ 0.11), or 'auto': :func:`kernel_for`, and with ``interpret`` the Triton
     kernel where it takes the shape, else the Mosaic one. ``interpret`` runs the kernel in Pallas's
     interpreter (True; for the Mosaic kernel also :func:`jdiff.models.mosaic_gpu.interpret_params`);
     ``num_warps`` is the Triton kernel's. Raises ValueError where the kernel does not take the operands or
