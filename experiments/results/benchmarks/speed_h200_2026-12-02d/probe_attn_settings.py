@@ -19,9 +19,11 @@ import numpy as np
 
 sys.path.insert(0, ".")
 sys.path.insert(0, "experiments")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_group_norm as bgn  # noqa: E402
 import benchmark  # noqa: E402
 from jdiff.models import mosaic_attention  # noqa: E402
+from probe_attn_online import reference  # noqa: E402  (XLA's float32 attention, the same shapes)
 
 SMOKE = "--smoke" in sys.argv
 ONLY = int(sys.argv[sys.argv.index("--only") + 1])
@@ -34,16 +36,6 @@ SETTINGS = [  # module constants to set; the first row is the library's defaults
     {"REGISTERS": {4: (96, 88), 2: (232, 40)}},
     {"KEY_BLOCK": 32, "STAGES": 3},
 ]
-
-
-@jax.jit
-def reference(qkv, q_bias):
-    """float32 softmax attention of q + b_q (rounded to bf16), k, v: (B, L, H, D), by XLA."""
-    q, k, v = (qkv[:, :, i] for i in range(3))
-    q = q + q_bias.reshape(H, D)
-    q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision="highest") / np.sqrt(D)
-    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v, precision="highest")
 
 
 def main(out):
